@@ -1,0 +1,5 @@
+"""`python -m relman`."""
+
+from relman.cli import main
+
+main()

@@ -1,0 +1,311 @@
+"""The relman command line: click commands over the control socket; the one place errors
+become output and exit codes."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from relman import __version__, control
+from relman.config import Config, find_config, load_config
+from relman.errors import INTERNAL_ERROR_EXIT, RelmanError, UsageError
+from relman.releases import AppRoot, ReleaseStore
+from relman.releases import history as audit
+from relman.views import check_all, follow, render_releases, render_status, time_ago
+
+SSH_ALLOWED = frozenset({"deploy", "rollback", "releases", "status", "history", "logs"})
+
+
+class Context:
+    def __init__(self, config_path: str | None, app: str | None, as_json: bool) -> None:
+        self.config_path, self.app, self.json = config_path, app, as_json
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            path = find_config(self.config_path, os.environ, self.app, Path.cwd())
+            self._config = load_config(path)
+        return self._config
+
+    @property
+    def root(self) -> AppRoot:
+        return AppRoot(self.config.app.root)
+
+    def emit(self, data: Any, human: Callable[[], str] | str) -> None:
+        if self.json:
+            click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+        else:
+            text = human() if callable(human) else human
+            if text:
+                click.echo(text)
+
+    def call(self, command: str, **args: Any) -> Any:
+        """One request to the daemon, printing its progress as it streams."""
+        def progress(event: dict[str, Any]) -> None:
+            if self.json:
+                click.echo(json.dumps(event), nl=True)
+            else:
+                click.echo(f"[{event.get('step', '')}] {event.get('message', '')}")
+            sys.stdout.flush()
+
+        return control.request(self.root.control_sock, command, args, client_info(), progress)
+
+
+def client_info() -> dict[str, Any]:
+    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    ssh = os.environ.get("SSH_CLIENT", "").split(" ")[0]
+    return {"user": user, "ssh": ssh, "pid": os.getpid()}
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH", help="Config file (relman.toml).")
+@click.option("--app", metavar="NAME", help="Use /etc/relman/NAME.toml.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.version_option(__version__, prog_name="relman")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, app: str | None, as_json: bool) -> None:
+    """Deploy a git ref of a Python web app behind nginx with zero failed requests."""
+    ctx.obj = Context(config_path, app, as_json)
+
+
+@cli.command()
+@pass_ctx
+def init(ctx: Context) -> None:
+    """Create the app root layout and check permissions."""
+    made = ctx.root.create()
+    problems = [str(p) for p in (ctx.root.root, ctx.root.state, ctx.root.run)
+                if not os.access(p, os.W_OK)]
+    if problems:
+        raise UsageError(f"not writable by {getpass.getuser()}: {', '.join(problems)}")
+    ctx.emit({"root": str(ctx.root.root), "created": [str(p) for p in made]},
+             lambda: f"initialised {ctx.root.root}" +
+             "".join(f"\n  created {p}" for p in made))
+
+
+@cli.command()
+@pass_ctx
+def daemon(ctx: Context) -> None:
+    """Run the daemon in the foreground (systemd's ExecStart)."""
+    from relman import logs  # noqa: PLC0415 - only the daemon configures logging
+    from relman.daemon import run_daemon  # noqa: PLC0415 - the CLI client stays light
+
+    logs.configure(json=ctx.json)
+    run_daemon(ctx.config.path)
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--wait", is_flag=True, help="Wait for a running job instead of exit 4.")
+@pass_ctx
+def deploy(ctx: Context, ref: str, wait: bool) -> None:
+    """Fetch REF, build it, run the release phase and swap it in."""
+    result = ctx.call("deploy", ref=ref, wait=wait)
+    ctx.emit(result, lambda: f"deployed {result['ref']} as {result['release']}")
+
+
+@cli.command()
+@click.argument("release", required=False)
+@click.option("--wait", is_flag=True, help="Wait for a running job instead of exit 4.")
+@pass_ctx
+def rollback(ctx: Context, release: str | None, wait: bool) -> None:
+    """Swap to the previous known-good release (or RELEASE)."""
+    result = ctx.call("rollback", release=release, wait=wait)
+    ctx.emit(result, lambda: f"rolled back to {result['release']}")
+
+
+@cli.command()
+@pass_ctx
+def releases(ctx: Context) -> None:
+    """List releases: id, ref, sha, age, state, live and rollback-target markers."""
+    store = ReleaseStore(ctx.config)
+    manifests = store.manifests()
+    live, target = store.live_id(), store.rollback_target()
+    rows = [m.to_json() | {"live": m.id == live, "rollback_target": bool(target and
+                                                                        m.id == target.id)}
+            for m in manifests]
+    ctx.emit(rows, lambda: render_releases(rows))
+
+
+@cli.command()
+@pass_ctx
+def status(ctx: Context) -> None:
+    """Daemon, live release, pids, workers, uptime, RSS, CPU, health."""
+    result = ctx.call("status")
+    ctx.emit(result, lambda: render_status(result))
+
+
+@cli.command()
+@pass_ctx
+def start(ctx: Context) -> None:
+    """Start the app server of the current release."""
+    result = ctx.call("start")
+    ctx.emit(result, lambda: f"started {result['release']} (pid {result['pid']})")
+
+
+@cli.command()
+@pass_ctx
+def stop(ctx: Context) -> None:
+    """Stop the app servers (the site is down until `relman start`)."""
+    result = ctx.call("stop")
+    ctx.emit(result, "stopped")
+
+
+@cli.command()
+@click.option("--wait", is_flag=True, help="Wait for a running job instead of exit 4.")
+@pass_ctx
+def restart(ctx: Context, wait: bool) -> None:
+    """Fresh app server processes for the live release, swapped in without a failed request."""
+    result = ctx.call("restart", wait=wait)
+    ctx.emit(result, lambda: f"restarted {result['release']}")
+
+
+@cli.command()
+@click.argument("release", required=False)
+@click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new lines.")
+@click.option("-n", "--lines", default=50, show_default=True, help="How many lines to show.")
+@pass_ctx
+def logs(ctx: Context, release: str | None, follow_: bool, lines: int) -> None:
+    """The app server's output (of the live release, or RELEASE)."""
+    store = ReleaseStore(ctx.config)
+    rid = store.get(release).id if release else store.live_id()
+    if rid is None:
+        raise UsageError("nothing is deployed yet: name a release")
+    path = ctx.root.server_log(rid)
+    for line in follow(path, lines=lines, keep_going=follow_):
+        click.echo(line)
+
+
+@cli.command()
+@click.option("--release", help="Only entries of this release.")
+@click.option("--event", help="Only this event (deployed, rolled_back, deploy_failed, ...).")
+@click.option("--since", type=float, help="Only the last N hours.")
+@click.option("-n", "--limit", default=50, show_default=True, help="At most N entries.")
+@pass_ctx
+def history(ctx: Context, release: str | None, event: str | None, since: float | None,
+            limit: int) -> None:
+    """The audit log: what happened, when, by whom."""
+    since_ts = time.time() - since * 3600 if since else None
+    entries = list(audit.read(ctx.root.history, event=event, release=release, since=since_ts))
+    entries = entries[-limit:]
+    ctx.emit(entries, lambda: "\n".join(
+        f"{time_ago(e['time']):>8}  {e['event']:<16} {e.get('release') or e.get('ref') or '':<26}"
+        f" {e.get('who') or ''} {e.get('error') or ''}".rstrip() for e in entries))
+
+
+@cli.command()
+@pass_ctx
+def check(ctx: Context) -> None:
+    """Config, layout, permissions, `nginx -t`, socket reachability."""
+    results = check_all(ctx.config)
+    ctx.emit(results, lambda: "\n".join(
+        f"{'ok ' if r['ok'] else 'FAIL'} {r['check']}: {r['detail']}" for r in results))
+    if not all(r["ok"] for r in results):
+        raise SystemExit(1)
+
+
+@cli.command("nginx-config")
+@click.option("--listen", default="80", show_default=True, help="nginx listen value.")
+@click.option("--server-name", default="_", show_default=True, help="nginx server_name.")
+@pass_ctx
+def nginx_config(ctx: Context, listen: str, server_name: str) -> None:
+    """Print the nginx server block for this app."""
+    from relman.nginxconf import render_server_block  # noqa: PLC0415
+
+    server = ctx.config.server
+    protocol = "uwsgi" if server.kind == "uwsgi" and server.protocol == "uwsgi" else "http"
+    text = render_server_block(name=ctx.config.app.name, root=ctx.root.root,
+                               protocol=protocol, listen=listen, server_name=server_name)
+    ctx.emit({"protocol": protocol, "config": text}, text.rstrip())
+
+
+@cli.command()
+@pass_ctx
+def prune(ctx: Context) -> None:
+    """Remove releases and venvs beyond keep_releases (never live, target or running)."""
+    result = ctx.call("prune")
+    ctx.emit(result, lambda: f"removed {len(result['releases'])} releases, "
+             f"{len(result['venvs'])} venvs")
+
+
+@cli.command("ssh-command")
+@click.pass_context
+def ssh_command(click_ctx: click.Context) -> None:
+    """Forced command for authorized_keys: run SSH_ORIGINAL_COMMAND if it is allowed."""
+    ctx: Context = click_ctx.obj
+    original = os.environ.get("SSH_ORIGINAL_COMMAND", "")
+    try:
+        words = shlex.split(original)
+    except ValueError:
+        raise UsageError("ssh-command: cannot parse SSH_ORIGINAL_COMMAND") from None
+    if words[:1] == ["relman"]:
+        words = words[1:]
+    if not words or words[0] not in SSH_ALLOWED:
+        allowed = ", ".join(sorted(SSH_ALLOWED))
+        raise UsageError(f"ssh-command: {original or '(no command)'!r} is not allowed; "
+                         f"allowed: {allowed}")
+    if any(w.startswith("--config") or w.startswith("--app") for w in words):
+        raise UsageError("ssh-command: --config and --app are fixed by the forced command")
+    command = cli.commands[words[0]]
+    sub = command.make_context(words[0], words[1:], parent=click_ctx)
+    with sub:
+        command.invoke(sub)
+    del ctx
+
+
+@contextlib.contextmanager
+def error_handler(as_json: bool) -> Iterator[None]:
+    """Turn every error into one line and its exit code; bugs get exit 70 and a log file."""
+    try:
+        yield
+    except RelmanError as e:
+        if as_json:
+            click.echo(json.dumps({"error": e.to_dict()}))
+        else:
+            click.echo(f"relman: error: {e.message}", err=True)
+            if e.tail:
+                click.echo("  " + e.tail.replace("\n", "\n  "), err=True)
+            if e.hint:
+                click.echo(f"  hint: {e.hint}", err=True)
+        raise SystemExit(e.exit_code) from None
+    except click.exceptions.Exit as e:
+        raise SystemExit(e.exit_code) from None
+    except click.ClickException as e:
+        e.show()
+        raise SystemExit(2) from None
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        raise SystemExit(130) from None
+    except (KeyboardInterrupt, SystemExit, BrokenPipeError):
+        raise
+    except Exception:  # noqa: BLE001 - the one funnel for bugs: exit 70 with a pointer
+        log_path = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state"))
+        log_path = log_path / "relman" / "crash.log"
+        with contextlib.suppress(OSError):
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with log_path.open("a") as f:
+                f.write(f"--- {time.ctime()} relman {__version__} {sys.argv}\n")
+                f.write(traceback.format_exc())
+        click.echo(f"relman: internal error (a bug): see {log_path}", err=True)
+        raise SystemExit(INTERNAL_ERROR_EXIT) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    args = sys.argv[1:] if argv is None else argv
+    with error_handler("--json" in args):
+        cli.main(args=args, prog_name="relman", standalone_mode=False)

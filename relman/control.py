@@ -1,0 +1,141 @@
+"""The control socket: JSON lines between the CLI and the daemon, peer-checked.
+
+A request is one line, `{"command": ..., "args": {...}, "client": {...}}`. The daemon answers
+with any number of `{"type": "progress", "step": ..., "message": ...}` lines and then one
+`{"type": "result", "data": ...}` or `{"type": "error", "error": {...}}` line. The job runs in
+the daemon, not in the connection: a dropped SSH session ends the stream, never the deploy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from relman.errors import DaemonUnreachable, RelmanError, error_from_dict
+
+log = structlog.get_logger(__name__)
+
+Send = Callable[[dict[str, Any]], None]
+Handler = Callable[[dict[str, Any], Send, tuple[int, int]], Awaitable[Any]]
+
+MAX_LINE = 1 << 20
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a unix socket (SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", creds)
+    return pid, uid, gid
+
+
+def peer_allowed(uid: int, own_uid: int) -> bool:
+    """Only the daemon's own user or root may drive it."""
+    return uid in (own_uid, 0)
+
+
+class ControlServer:
+    """Accepts requests on run/relman.ctl and hands each to *handler*."""
+
+    def __init__(self, path: Path, handler: Handler, *, group_gid: int | None = None) -> None:
+        self.path, self.handler, self.group_gid = path, handler, group_gid
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        old = os.umask(0o177)  # created 0600: no window in which others may connect
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path),
+                                                           limit=MAX_LINE)
+        finally:
+            os.umask(old)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        _pid, uid, gid = peer_credentials(sock)
+        connected = True
+
+        def send(message: dict[str, Any]) -> None:
+            nonlocal connected
+            if not connected or writer.is_closing():
+                connected = False  # the client went away; the job goes on
+                return
+            writer.write((json.dumps(message) + "\n").encode())
+
+        try:
+            if not peer_allowed(uid, os.getuid()):
+                send({"type": "error", "error": {"code": "usage", "exit_code": 2,
+                      "message": f"uid {uid} may not control this daemon"}})
+                return
+            line = await reader.readline()
+            request = json.loads(line or b"{}")
+            if not isinstance(request, dict):
+                raise ValueError("request is not an object")
+            try:
+                data = await self.handler(request, send, (uid, gid))
+                send({"type": "result", "data": data})
+            except RelmanError as e:
+                send({"type": "error", "error": e.to_dict()})
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+        except ValueError as e:
+            send({"type": "error", "error": {"code": "usage", "exit_code": 2,
+                  "message": f"bad control request: {e}"}})
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+
+def request(path: Path, command: str, args: dict[str, Any], client: dict[str, Any],
+            on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
+    """Send one request and stream its answer; returns the result or raises its error."""
+    for message in _exchange(path, {"command": command, "args": args, "client": client}):
+        kind = message.get("type")
+        if kind == "progress":
+            if on_progress is not None:
+                on_progress(message)
+        elif kind == "result":
+            return message.get("data")
+        elif kind == "error":
+            raise error_from_dict(message.get("error") or {})
+    raise DaemonUnreachable("the daemon closed the connection without an answer",
+                            hint="see its log: journalctl -u relman@APP")
+
+
+def _exchange(path: Path, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        raise DaemonUnreachable(
+            f"the relman daemon is not running (no answer on {path})",
+            hint="start it: systemctl start relman@APP, or `relman daemon` in the foreground",
+        ) from None
+    except PermissionError:
+        sock.close()
+        raise DaemonUnreachable(f"{path}: permission denied: run as the app's deploy user")\
+            from None
+    with sock, sock.makefile("rwb") as f:
+        f.write((json.dumps(payload) + "\n").encode())
+        f.flush()
+        for line in f:
+            yield json.loads(line)

@@ -1,0 +1,260 @@
+"""The daemon: one run() loop driven by the control socket, signals and server exits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import sdnotify
+import structlog
+
+from relman import __version__
+from relman.config import Config, load_config
+from relman.control import ControlServer, Send
+from relman.errors import LockHeld, RelmanError, UsageError
+from relman.lock import Busy, FileLock, read_holder
+from relman.releases.prune import prune
+from relman.supervisor.health import probe_socket
+from relman.transaction import App
+
+log = structlog.get_logger(__name__)
+
+
+class Daemon:
+    """Owns one app's servers and runs its jobs one at a time."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.app = App(config)
+        self.root = self.app.root
+        self.notifier = sdnotify.SystemdNotifier()
+        self.stopping = asyncio.Event()
+        self.started = time.time()
+        self.daemon_lock = FileLock(self.root.daemon_lock)
+        self.deploy_lock = FileLock(self.root.deploy_lock)
+        self.job_mutex = asyncio.Lock()
+        self.control = ControlServer(self.root.control_sock, self.handle)
+        self.jobs: set[asyncio.Task[Any]] = set()
+
+    def notify(self, **fields: str) -> None:
+        self.notifier.notify("\n".join(f"{k}={v}" for k, v in fields.items()))
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM, stop the app gracefully."""
+        if not self.root.state.is_dir():
+            raise UsageError(f"{self.root.root}: not initialised: run `relman init` first")
+        try:
+            self.daemon_lock.acquire({"pid": os.getpid(), "since": _now()})
+        except Busy as e:
+            raise LockHeld(f"another relman daemon runs for this app (pid "
+                           f"{e.holder.get('pid', '?')})") from None
+        loop = asyncio.get_running_loop()
+        handlers: dict[int, Callable[[], None]] = {
+            signal.SIGTERM: self.shut_down, signal.SIGINT: self.shut_down,
+            signal.SIGHUP: self.reload_config,
+        }
+        for sig, handler in handlers.items():
+            loop.add_signal_handler(sig, handler)
+        notes = await self.app.reconcile()
+        for note in notes:
+            log.info("daemon.reconciled", note=note)
+        await self.control.start()
+        log.info("daemon.started", app=self.config.app.name, version=__version__,
+                 live=self.app.store.live_id(), pid=os.getpid())
+        self.notify(READY="1", STATUS=self.status_line())
+        watchdog = asyncio.create_task(self.feed_watchdog())
+        await self.stopping.wait()
+        self.notify(STOPPING="1", STATUS="stopping the app")
+        watchdog.cancel()
+        await self.control.close()
+        for task in list(self.jobs):
+            task.cancel()
+        await self.app.stop("daemon shutdown")
+        self.daemon_lock.release()
+        log.info("daemon.stopped")
+
+    def shut_down(self) -> None:
+        self.stopping.set()
+
+    def reload_config(self) -> None:
+        """SIGHUP: load the config again; an invalid one is logged and the old one kept."""
+        self.notify(RELOADING="1", MONOTONIC_USEC=str(int(time.monotonic() * 1e6)))
+        try:
+            config = load_config(self.config.path)
+        except RelmanError as e:
+            log.error("config.reload_failed", error=e.message)
+        else:
+            self.config = self.app.config = self.app.store.config = config
+            log.info("config.reloaded", path=str(config.path))
+        self.notify(READY="1", STATUS=self.status_line())
+
+    async def feed_watchdog(self) -> None:
+        """WATCHDOG=1 at half of WATCHDOG_USEC, from the event loop: a hung loop is caught."""
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if usec <= 0:
+            return
+        while True:
+            self.notify(WATCHDOG="1")
+            await asyncio.sleep(usec / 2e6)
+
+    def status_line(self) -> str:
+        live = self.app.live
+        if live is None or not live.alive:
+            return f"{self.config.app.name}: no live release"
+        return f"{self.config.app.name}: live {live.release} (pid {live.pid})"
+
+    async def handle(self, request: dict[str, Any], send: Send, peer: tuple[int, int]) -> Any:
+        """Dispatch one control request."""
+        command = str(request.get("command", ""))
+        args = request.get("args") or {}
+        client = request.get("client") or {}
+        who = str(client.get("user") or f"uid {peer[0]}")
+        if client.get("ssh"):
+            who += f" via ssh from {client['ssh']}"
+        commands: dict[str, Callable[[], Awaitable[Any]]] = {
+            "ping": self._ping,
+            "status": self.status,
+            "deploy": lambda: self.job(f"deploy {args.get('ref')}", who, args, send,
+                                       lambda rep: self._deploy(str(args.get("ref", "")), who,
+                                                                rep)),
+            "rollback": lambda: self.job("rollback", who, args, send,
+                                         lambda rep: self._rollback(args.get("release"), who,
+                                                                    rep)),
+            "restart": lambda: self.job("restart", who, args, send,
+                                        lambda rep: self._restart(who, rep)),
+            "start": lambda: self.job("start", who, args, send, self._start),
+            "stop": lambda: self.job("stop", who, args, send, lambda _rep: self._stop(who)),
+            "prune": lambda: self.job("prune", who, args, send, lambda _rep: self._prune()),
+        }
+        if command not in commands:
+            raise UsageError(f"unknown control command {command!r}")
+        return await commands[command]()
+
+    async def job(self, what: str, who: str, args: dict[str, Any], send: Send,
+                  work: Callable[[Callable[[str, str], None]], Awaitable[Any]]) -> Any:
+        """Run *work* under the deploy lock; it goes on if the client disconnects."""
+        if self.job_mutex.locked() and not args.get("wait"):
+            holder = read_holder(self.deploy_lock.path)
+            raise LockHeld(f"another job holds the deploy lock: {holder.get('job', '?')} by "
+                           f"{holder.get('who', '?')} since {holder.get('since', '?')}",
+                           hint="pass --wait to queue behind it")
+
+        def report(step: str, message: str) -> None:
+            send({"type": "progress", "step": step, "message": message})
+
+        async def locked() -> Any:
+            async with self.job_mutex:
+                self.deploy_lock.acquire({"job": what, "who": who, "since": _now(),
+                                          "pid": os.getpid()}, blocking=True)
+                self.notify(STATUS=f"{self.config.app.name}: {what}")
+                try:
+                    return await work(report)
+                finally:
+                    self.deploy_lock.release()
+                    self.notify(STATUS=self.status_line())
+
+        task = asyncio.create_task(locked(), name=what)
+        self.jobs.add(task)
+        task.add_done_callback(self.jobs.discard)
+        return await asyncio.shield(task)
+
+    async def _deploy(self, ref: str, who: str, report: Callable[[str, str], None]) -> Any:
+        manifest = await self.app.deploy(ref, who, report)
+        return {"release": manifest.id, "sha": manifest.sha, "ref": ref}
+
+    async def _rollback(self, release: Any, who: str, report: Callable[[str, str], None]) -> Any:
+        manifest = await self.app.rollback(str(release) if release else None, who, report)
+        return {"release": manifest.id, "sha": manifest.sha}
+
+    async def _restart(self, who: str, report: Callable[[str, str], None]) -> Any:
+        manifest = await self.app.restart(who, report)
+        return {"release": manifest.id}
+
+    async def _start(self, report: Callable[[str, str], None]) -> Any:
+        handle = await self.app.start(report)
+        return {"release": handle.release, "pid": handle.pid}
+
+    async def _stop(self, who: str) -> Any:
+        await self.app.stop(who)
+        return {"stopped": True}
+
+    async def _prune(self) -> Any:
+        store = self.app.store
+        target = store.rollback_target()
+        running = frozenset(h.release for h in self.app.supervisor.handles.values() if h.alive)
+        result = prune(self.root, store.manifests(), keep=self.config.app.keep_releases,
+                       live=store.live_id(), target=target.id if target else None,
+                       running=running)
+        store.record("pruned", releases=list(result.releases), venvs=list(result.venvs))
+        return {"releases": list(result.releases), "venvs": list(result.venvs)}
+
+    async def _ping(self) -> Any:
+        return {"pid": os.getpid(), "version": __version__}
+
+    async def status(self) -> Any:
+        """Daemon, live release, processes (pids, workers, RSS, CPU, uptime), health, job."""
+        servers = []
+        for handle in self.app.supervisor.handles.values():
+            info = handle.describe() | _process_figures(handle.pid)
+            info["live"] = handle is self.app.live
+            servers.append(info)
+        health = None
+        live = self.app.live
+        if live is not None and live.alive:
+            probe = await probe_socket(live.socket, protocol=live.protocol,
+                                       path=self.config.health.path, timeout=5)
+            health = {"status": probe.status, "detail": probe.detail,
+                      "healthy": probe.status is not None
+                      and self.config.health.expect[0] <= probe.status
+                      <= self.config.health.expect[1]}
+        entry = self.app.journal.entry
+        target = self.app.store.rollback_target()
+        return {
+            "app": self.config.app.name,
+            "daemon": {"pid": os.getpid(), "version": __version__,
+                       "uptime": round(time.time() - self.started, 1)}
+            | _process_figures(os.getpid()),
+            "live": live.release if live is not None and live.alive else None,
+            "current": self.app.store.live_id(),
+            "rollback_target": target.id if target else None,
+            "health": health,
+            "servers": servers,
+            "job": entry.to_json() if entry else None,
+        }
+
+
+def _process_figures(pid: int) -> dict[str, Any]:
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            children = proc.children(recursive=True)
+            rss = proc.memory_info().rss + sum(_rss(c) for c in children)
+            return {"workers": len(children), "rss": rss,
+                    "cpu_percent": proc.cpu_percent(interval=None),
+                    "uptime": round(time.time() - proc.create_time(), 1)}
+    except psutil.Error:
+        return {}
+
+
+def _rss(proc: psutil.Process) -> int:
+    try:
+        return int(proc.memory_info().rss)
+    except psutil.Error:
+        return 0
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def run_daemon(config_path: Path) -> None:
+    """Entry point of `relman daemon`."""
+    config = load_config(config_path)
+    asyncio.run(Daemon(config).run())

@@ -1,0 +1,137 @@
+"""User-visible errors. Leaf module: imports nothing from relman.
+
+RelmanError                     exit 1: failed, the previous release still serves
+├── UsageError                  exit 2
+│   ├── ConfigError             (file, key, reason)
+│   └── BadRef                  (ref, reason)
+├── DeployFailed                exit 1
+│   ├── FetchFailed · BuildFailed · ReleasePhaseFailed
+│   └── Unhealthy · PreviewFailed · LiveCheckFailed
+├── NoRollbackTarget            exit 1
+├── DaemonUnreachable           exit 3
+└── LockHeld                    exit 4
+
+Bugs are not RelmanErrors: the CLI maps any other exception to exit 70 (EX_SOFTWARE) with one
+line pointing to the log, where the traceback is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+INTERNAL_ERROR_EXIT = 70
+
+
+class RelmanError(Exception):
+    """Base of every error a user can cause or see; carries an exit code and a stable code."""
+
+    exit_code: ClassVar[int] = 1
+    code: ClassVar[str] = "failed"
+
+    def __init__(self, message: str, *, hint: str | None = None, tail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.tail = tail  # last lines of a failing step's output, shown under the message
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields --json and the control protocol carry."""
+        return {
+            "code": self.code,
+            "message": self.message,
+            "hint": self.hint,
+            "tail": self.tail,
+            "exit_code": self.exit_code,
+        }
+
+
+class UsageError(RelmanError):
+    exit_code = 2
+    code = "usage"
+
+
+class ConfigError(UsageError):
+    code = "config-invalid"
+
+    def __init__(self, file: Path | str, key: str, reason: str) -> None:
+        super().__init__(f"{file}: {key}: {reason}" if key else f"{file}: {reason}")
+        self.file, self.key, self.reason = str(file), key, reason
+
+
+class BadRef(UsageError):
+    code = "bad-ref"
+
+    def __init__(self, ref: str, reason: str) -> None:
+        super().__init__(f"ref {ref!r}: {reason}")
+        self.ref, self.reason = ref, reason
+
+
+class UnknownRelease(UsageError):
+    code = "unknown-release"
+
+
+class DeployFailed(RelmanError):
+    code = "deploy-failed"
+
+
+class FetchFailed(DeployFailed):
+    code = "fetch-failed"
+
+
+class BuildFailed(DeployFailed):
+    code = "build-failed"
+
+
+class ReleasePhaseFailed(DeployFailed):
+    code = "release-phase-failed"
+
+
+class Unhealthy(DeployFailed):
+    code = "unhealthy"
+
+
+class PreviewFailed(DeployFailed):
+    code = "preview-failed"
+
+
+class LiveCheckFailed(DeployFailed):
+    code = "live-check-failed"
+
+
+class NoRollbackTarget(RelmanError):
+    code = "no-rollback-target"
+
+
+class NotRunning(RelmanError):
+    code = "not-running"
+
+
+class DaemonUnreachable(RelmanError):
+    exit_code = 3
+    code = "daemon-unreachable"
+
+
+class LockHeld(RelmanError):
+    exit_code = 4
+    code = "lock-held"
+
+
+BY_CODE: dict[str, type[RelmanError]] = {
+    cls.code: cls
+    for cls in (
+        RelmanError, UsageError, ConfigError, BadRef, UnknownRelease, DeployFailed, FetchFailed,
+        BuildFailed, ReleasePhaseFailed, Unhealthy, PreviewFailed, LiveCheckFailed,
+        NoRollbackTarget, NotRunning, DaemonUnreachable, LockHeld,
+    )
+}
+
+
+def error_from_dict(data: dict[str, Any]) -> RelmanError:
+    """Rebuild an error sent over the control socket, keeping its exit code and code."""
+    cls = BY_CODE.get(str(data.get("code")), RelmanError)
+    err = RelmanError.__new__(cls)
+    RelmanError.__init__(
+        err, str(data.get("message", "")), hint=data.get("hint"), tail=str(data.get("tail") or "")
+    )
+    return err

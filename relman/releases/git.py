@@ -1,0 +1,88 @@
+"""The bare mirror: clone or fetch incrementally, resolve refs, export trees with git archive."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from relman.errors import BadRef, FetchFailed
+from relman.releases.commands import OnLine, clean_env, run_logged
+from relman.releases.refs import validate_ref
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    sha: str
+    time: int  # committer date, unix seconds: the release id's timestamp
+
+
+def _git(mirror: Path, *args: str) -> list[str]:
+    return ["git", f"--git-dir={mirror}", *args]
+
+
+async def fetch_mirror(repo: str, mirror: Path, log_path: Path, on_line: OnLine | None) -> None:
+    """Bring the bare mirror up to date with *repo*: clone once, then incremental fetches."""
+    env = clean_env()
+    env["GIT_TERMINAL_PROMPT"] = "0"  # never hang on a password prompt inside the daemon
+    if (mirror / "HEAD").exists():
+        steps = [
+            _git(mirror, "remote", "set-url", "origin", "--", repo),
+            _git(mirror, "fetch", "--prune", "--progress", "origin"),
+        ]
+    else:
+        # Clone beside the mirror and rename, so a crash mid-clone leaves no half mirror.
+        partial = mirror.with_name(mirror.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        if mirror.exists():
+            mirror.rmdir()  # the empty directory `relman init` made
+        steps = [["git", "clone", "--mirror", "--progress", "--", repo, str(partial)]]
+    for argv in steps:
+        result = await run_logged(
+            argv, cwd=mirror.parent, env=env, log_path=log_path, on_line=on_line
+        )
+        if result.returncode != 0:
+            raise FetchFailed(f"fetching {repo} failed (git exit {result.returncode})",
+                              tail=result.tail)
+    if not (mirror / "HEAD").exists():
+        mirror.with_name(mirror.name + ".partial").rename(mirror)
+
+
+def resolve_ref(mirror: Path, ref: str) -> Commit:
+    """The commit *ref* names in the mirror, or BadRef."""
+    validate_ref(ref)
+    proc = subprocess.run(
+        _git(mirror, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"),
+        capture_output=True, text=True, env=clean_env(), check=False,
+    )
+    if proc.returncode != 0:
+        raise BadRef(ref, "no such branch, tag or commit in the repository")
+    sha = proc.stdout.strip()
+    shown = subprocess.run(
+        _git(mirror, "show", "-s", "--format=%ct", sha),
+        capture_output=True, text=True, env=clean_env(), check=True,
+    )
+    return Commit(sha=sha, time=int(shown.stdout.strip()))
+
+
+def _export(mirror: Path, sha: str, dest: Path) -> None:
+    with subprocess.Popen(
+        _git(mirror, "archive", "--format=tar", sha),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(),
+    ) as proc:
+        assert proc.stdout is not None  # noqa: S101
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            tar.extractall(dest, filter="data")
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode != 0:
+        raise FetchFailed(f"git archive {sha[:7]} failed", tail=err)
+
+
+async def export_tree(mirror: Path, sha: str, dest: Path) -> None:
+    """Write the tree of *sha* into *dest* with git archive: never a checkout, no .git inside."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(mode=0o755)
+    await asyncio.to_thread(_export, mirror, sha, dest)

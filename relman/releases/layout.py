@@ -1,0 +1,125 @@
+"""AppRoot: the one place that knows the paths under an app root (DESIGN section 4)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# Directories `relman init` creates, with their modes. run/ must be traversable by nginx's
+# worker user (it connects to run/app.sock), hence 0o755 on it and its parents.
+DIRS: tuple[tuple[str, int], ...] = (
+    ("repo", 0o750),
+    ("releases", 0o755),
+    ("venvs", 0o755),
+    ("shared", 0o750),
+    ("run", 0o755),
+    ("state", 0o750),
+    ("state/releases", 0o750),
+    ("log", 0o750),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AppRoot:
+    """Paths of one app's root directory."""
+
+    root: Path
+
+    @property
+    def repo(self) -> Path:
+        return self.root / "repo"
+
+    @property
+    def releases(self) -> Path:
+        return self.root / "releases"
+
+    @property
+    def venvs(self) -> Path:
+        return self.root / "venvs"
+
+    @property
+    def shared(self) -> Path:
+        return self.root / "shared"
+
+    @property
+    def current(self) -> Path:
+        return self.root / "current"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def app_sock(self) -> Path:
+        return self.run / "app.sock"
+
+    @property
+    def next_sock(self) -> Path:
+        return self.run / "next.sock"
+
+    @property
+    def control_sock(self) -> Path:
+        return self.run / "relman.ctl"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def manifests(self) -> Path:
+        return self.state / "releases"
+
+    @property
+    def journal(self) -> Path:
+        return self.state / "journal.json"
+
+    @property
+    def deploy_lock(self) -> Path:
+        return self.state / "deploy.lock"
+
+    @property
+    def daemon_lock(self) -> Path:
+        return self.state / "daemon.lock"
+
+    @property
+    def servers(self) -> Path:
+        """servers.json: which server instances the daemon runs, for adoption after a crash."""
+        return self.state / "servers.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def history(self) -> Path:
+        return self.log / "history.jsonl"
+
+    def release_dir(self, release_id: str) -> Path:
+        return self.releases / release_id
+
+    def manifest(self, release_id: str) -> Path:
+        return self.manifests / f"{release_id}.json"
+
+    def build_log(self, release_id: str) -> Path:
+        return self.log / f"{release_id}.build.log"
+
+    def server_log(self, release_id: str) -> Path:
+        return self.log / f"{release_id}.log"
+
+    def socket(self, instance: str) -> Path:
+        return self.run / f"{instance}.sock"
+
+    def pidfile(self, instance: str) -> Path:
+        return self.run / f"{instance}.pid"
+
+    def create(self) -> list[Path]:
+        """Create missing directories; return the ones created."""
+        made = []
+        for name, mode in ((".", 0o755), *DIRS):
+            path = self.root / name
+            if not path.is_dir():
+                path.mkdir(mode=mode, parents=True, exist_ok=True)
+                os.chmod(path, mode)  # mkdir's mode is filtered by the umask
+                made.append(path.resolve())
+        return made

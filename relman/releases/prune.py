@@ -1,0 +1,66 @@
+"""Choose and remove releases and venvs beyond keep_releases (pre-commit's mark-and-sweep gc)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from relman.releases.layout import AppRoot
+from relman.releases.registry import Manifest, ReleaseState, release_order
+
+
+def choose_prunable(
+    releases: Sequence[Manifest],
+    *,
+    keep: int,
+    live: str | None,
+    target: str | None,
+    running: frozenset[str],
+) -> frozenset[str]:
+    """Ids to remove: all but the newest *keep* built releases, never live, target or running.
+
+    Failed and unfinished releases never count toward *keep* (Deployer #814, Capistrano #517).
+    """
+    protected = {live, target} | running
+    built = [m.id for m in sorted(releases, key=release_order, reverse=True)
+             if m.state is ReleaseState.BUILT]
+    kept = set(built[:keep]) | protected
+    return frozenset(m.id for m in releases if m.id not in kept)
+
+
+def choose_prunable_venvs(venv_names: Sequence[str], kept: Sequence[Manifest]) -> frozenset[str]:
+    """Venv directory names no kept release references."""
+    referenced = {Path(m.venv).name for m in kept if m.venv}
+    return frozenset(n for n in venv_names if n not in referenced)
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    releases: tuple[str, ...]
+    venvs: tuple[str, ...]
+
+
+def prune(
+    root: AppRoot,
+    manifests: Sequence[Manifest],
+    *,
+    keep: int,
+    live: str | None,
+    target: str | None,
+    running: frozenset[str],
+) -> PruneResult:
+    """Remove what choose_prunable() picks; the caller holds the deploy lock."""
+    doomed = choose_prunable(manifests, keep=keep, live=live, target=target, running=running)
+    for rid in sorted(doomed):
+        # The manifest goes last: a crash mid-removal leaves a release that is listed and
+        # pruned again, never an unlisted directory.
+        shutil.rmtree(root.release_dir(rid), ignore_errors=True)
+        root.manifest(rid).unlink(missing_ok=True)
+    kept = [m for m in manifests if m.id not in doomed]
+    names = [p.name for p in root.venvs.iterdir() if p.is_dir()] if root.venvs.is_dir() else []
+    dead_venvs = choose_prunable_venvs(names, kept)
+    for name in sorted(dead_venvs):
+        shutil.rmtree(root.venvs / name, ignore_errors=True)
+    return PruneResult(tuple(sorted(doomed)), tuple(sorted(dead_venvs)))

@@ -1,0 +1,112 @@
+"""The registry: one manifest per release (state, known-good flag, timings) and the rollback
+target choice."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from typing import Any, Final
+
+from relman.atomic import write_json_atomic
+from relman.releases.ids import is_release_id
+from relman.releases.layout import AppRoot
+
+
+class ReleaseState(StrEnum):
+    UNFINISHED = "unfinished"  # being fetched or built: never counted, never a target
+    BUILT = "built"            # tree, venv, build and release phase done
+    FAILED = "failed"          # build, release phase or health gate failed
+
+
+ALLOWED: Final[Mapping[ReleaseState, frozenset[ReleaseState]]] = {
+    ReleaseState.UNFINISHED: frozenset({ReleaseState.BUILT, ReleaseState.FAILED}),
+    ReleaseState.BUILT: frozenset({ReleaseState.FAILED, ReleaseState.UNFINISHED}),
+    ReleaseState.FAILED: frozenset({ReleaseState.UNFINISHED}),
+}
+
+
+class IllegalTransition(Exception):  # noqa: N818 - a bug, deliberately not a RelmanError
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Manifest:
+    id: str
+    ref: str
+    sha: str
+    who: str
+    created: float
+    state: ReleaseState = ReleaseState.UNFINISHED
+    known_good: bool = False  # served as the live release and passed its live check
+    deps_hash: str = ""
+    venv: str = ""
+    timings: Mapping[str, float] = field(default_factory=dict)
+    error: str = ""
+    last_live: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = str(self.state)
+        data["timings"] = dict(self.timings)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Manifest:
+        known = {f for f in cls.__dataclass_fields__}
+        fields = {k: v for k, v in data.items() if k in known}
+        fields["state"] = ReleaseState(fields.get("state", "unfinished"))
+        return cls(**fields)
+
+
+def advance(manifest: Manifest, to: ReleaseState, **changes: Any) -> Manifest:
+    """The one path for a state change; raises IllegalTransition on a bug."""
+    if to != manifest.state and to not in ALLOWED[manifest.state]:
+        raise IllegalTransition(f"release {manifest.id}: {manifest.state} -> {to}")
+    return replace(manifest, state=to, **changes)
+
+
+def save(root: AppRoot, manifest: Manifest) -> None:
+    write_json_atomic(root.manifest(manifest.id), manifest.to_json())
+
+
+def load(root: AppRoot, release_id: str) -> Manifest | None:
+    try:
+        return Manifest.from_json(json.loads(root.manifest(release_id).read_text()))
+    except FileNotFoundError:
+        return None
+
+
+def load_all(root: AppRoot) -> list[Manifest]:
+    """Every manifest, oldest release first; files that are not release manifests are ignored.
+
+    One odd name must not stop the listing (it disabled all of Capistrano's cleanup, #1883).
+    """
+    found = []
+    for path in root.manifests.glob("*.json"):
+        if not is_release_id(path.stem):
+            continue
+        try:
+            found.append(Manifest.from_json(json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError):
+            continue
+    return sorted(found, key=release_order)
+
+
+def release_order(manifest: Manifest) -> tuple[str, float]:
+    """Commit time first (the id's timestamp), then first deploy: commits made within one
+    second (a rebase) still sort in the order they were deployed."""
+    return manifest.id.split("-", 1)[0], manifest.created
+
+
+def rollback_target(manifests: Iterable[Manifest], live: str | None) -> Manifest | None:
+    """The newest known-good, built release older than *live*; never a failed or unfinished
+    one, never "the previous directory by mtime" (Capistrano, shipit-deploy #22)."""
+    ordered: Sequence[Manifest] = sorted(manifests, key=release_order)
+    ids = [m.id for m in ordered]
+    end = ids.index(live) if live in ids else len(ordered)
+    for manifest in reversed(ordered[:end]):
+        if manifest.state is ReleaseState.BUILT and manifest.known_good:
+            return manifest
+    return None

@@ -1,0 +1,139 @@
+"""ReleaseStore: the steps that turn a ref into a built release, each recorded in its manifest."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+
+from relman.config import Config
+from relman.envfile import read_env_file
+from relman.errors import UnknownRelease
+from relman.releases import build, git, history, registry, venvs
+from relman.releases.commands import OnLine, clean_env
+from relman.releases.ids import is_release_id, make_release_id
+from relman.releases.layout import AppRoot
+from relman.releases.registry import Manifest, ReleaseState
+
+log = structlog.get_logger(__name__)
+
+
+class ReleaseStore:
+    """The release store of one app root."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.root = AppRoot(config.app.root)
+
+
+    def manifests(self) -> list[Manifest]:
+        return registry.load_all(self.root)
+
+    def get(self, release_id: str) -> Manifest:
+        """The manifest of *release_id*, or UnknownRelease."""
+        found = registry.load(self.root, release_id) if is_release_id(release_id) else None
+        if found is None:
+            raise UnknownRelease(f"release {release_id!r}: no such release")
+        return found
+
+    def live_id(self) -> str | None:
+        """The release `current` points at, or None before the first deploy."""
+        try:
+            return Path(os.readlink(self.root.current)).name
+        except (FileNotFoundError, OSError):
+            return None
+
+    def rollback_target(self) -> Manifest | None:
+        return registry.rollback_target(self.manifests(), self.live_id())
+
+    def save(self, manifest: Manifest) -> Manifest:
+        registry.save(self.root, manifest)
+        return manifest
+
+    def record(self, event: str, **fields: object) -> None:
+        history.record(self.root.history, event, app=self.config.app.name, **fields)
+
+
+    def app_env(self) -> dict[str, str]:
+        """server.env and server.env_file over the daemon's clean environment."""
+        env = clean_env()
+        env.update(self.config.server.env)
+        if self.config.server.env_file:
+            env.update(read_env_file(self.root.shared / self.config.server.env_file))
+        return env
+
+    async def fetch(self, on_line: OnLine | None = None) -> None:
+        await git.fetch_mirror(
+            self.config.app.repo, self.root.repo, self.root.log / "fetch.log", on_line
+        )
+
+    def resolve(self, ref: str) -> git.Commit:
+        return git.resolve_ref(self.root.repo, ref)
+
+    def begin(self, commit: git.Commit, ref: str, who: str) -> Manifest:
+        """The manifest for *commit*: an existing built release is reused as it is."""
+        rid = make_release_id(commit.time, commit.sha)
+        existing = registry.load(self.root, rid)
+        if existing and existing.state is ReleaseState.BUILT and existing.venv and \
+                venvs.health_check(Path(existing.venv)) is None:
+            return existing
+        manifest = Manifest(id=rid, ref=ref, sha=commit.sha, who=who, created=time.time())
+        if existing:
+            manifest = registry.advance(
+                replace(existing, ref=ref, who=who, error=""),
+                ReleaseState.UNFINISHED,
+            )
+        return self.save(manifest)
+
+    async def export(self, manifest: Manifest) -> None:
+        self.root.build_log(manifest.id).unlink(missing_ok=True)
+        await git.export_tree(self.root.repo, manifest.sha, self.root.release_dir(manifest.id))
+
+    async def build(self, manifest: Manifest, on_line: OnLine | None = None) -> Manifest:
+        """Venv (reused when its inputs match), shared links, build.commands."""
+        cfg = self.config.build
+        rdir = self.root.release_dir(manifest.id)
+        logfile = self.root.build_log(manifest.id)
+        env = self.app_env()
+        started = time.monotonic()
+        venv = await venvs.ensure_venv(
+            self.root.venvs, python=cfg.python, release_dir=rdir,
+            requirements=cfg.requirements, log_path=logfile, env=env, on_line=on_line,
+        )
+        if on_line:
+            how = "reused" if venv.reused else f"built with {venv.backend}"
+            on_line(f"virtualenv {venv.path.name} {how} in {venv.seconds:.1f}s")
+        link = rdir / ".venv"
+        link.unlink(missing_ok=True)
+        os.symlink(venv.path, link)
+        build.link_shared(rdir, self.root.shared, cfg.shared)
+        await build.run_commands(
+            cfg.commands, phase="build", release_dir=rdir,
+            env=build.venv_env(env, venv.path), log_path=logfile, on_line=on_line,
+        )
+        timings = {**manifest.timings, "venv": round(venv.seconds, 3),
+                   "build": round(time.monotonic() - started, 3)}
+        return self.save(replace(manifest, deps_hash=venv.hash, venv=str(venv.path),
+                                 timings=timings))
+
+    async def release_phase(self, manifest: Manifest, on_line: OnLine | None = None) -> None:
+        """release.commands (migrations): once per deploy, before the switch."""
+        await build.run_commands(
+            self.config.release.commands, phase="release",
+            release_dir=self.root.release_dir(manifest.id),
+            env=build.venv_env(self.app_env(), Path(manifest.venv)),
+            log_path=self.root.build_log(manifest.id), on_line=on_line,
+        )
+
+    def mark(self, manifest: Manifest, state: ReleaseState, **changes: object) -> Manifest:
+        current = registry.load(self.root, manifest.id) or manifest
+        return self.save(registry.advance(current, state, **changes))
+
+    def mark_live(self, release_id: str, *, known_good: bool) -> None:
+        current = registry.load(self.root, release_id)
+        if current is not None:
+            self.save(replace(current, known_good=current.known_good or known_good,
+                              last_live=time.time()))

@@ -1,0 +1,179 @@
+"""Virtualenvs keyed by sha256(interpreter + dependency inputs), built in place and shared."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from relman.atomic import write_json_atomic
+from relman.errors import BuildFailed
+from relman.releases.commands import OnLine, clean_env, run_logged
+
+log = structlog.get_logger(__name__)
+
+COMPLETE_MARKER = ".relman-complete"
+
+
+def interpreter_identity(python: str) -> tuple[str, str]:
+    """(absolute path, version line) of the build interpreter, or BuildFailed."""
+    found = shutil.which(python)
+    if found is None:
+        raise BuildFailed(f"build.python: interpreter {python!r} not found on PATH")
+    out = subprocess.run(
+        [found, "-c", "import sys,platform;print(sys.implementation.name, platform.python_version(),"
+         " platform.machine())"],
+        capture_output=True, text=True, check=False, env=clean_env(),
+    )
+    if out.returncode != 0:
+        raise BuildFailed(f"build.python: {found} does not run", tail=out.stderr)
+    return found, out.stdout.strip()
+
+
+def deps_hash(interpreter: str, release_dir: Path, requirements: Sequence[str]) -> str:
+    """sha256 of the interpreter's version and every dependency input's bytes."""
+    h = hashlib.sha256()
+    h.update(f"python={interpreter}\n".encode())
+    for name in requirements:
+        path = release_dir / name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise BuildFailed(f"build.requirements: {name} not found in the release") from None
+        h.update(f"file={name} {len(data)}\n".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def health_check(venv: Path) -> str | None:
+    """Why *venv* cannot be used, or None when it can (pre-commit's python.health_check)."""
+    if not (venv / COMPLETE_MARKER).is_file():
+        return "never finished building"
+    python = venv / "bin" / "python"
+    if not python.exists():  # follows the link: a removed base interpreter fails here
+        return f"{python} is missing or points at a removed interpreter"
+    return None
+
+
+class VenvBackend(Protocol):
+    name: str
+
+    def create(self, python: str, venv: Path) -> list[str]: ...
+
+    def install(self, venv: Path, requirements: Sequence[Path]) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class UvBackend:
+    uv: str
+    name: str = "uv"
+
+    def create(self, python: str, venv: Path) -> list[str]:
+        return [self.uv, "venv", "--quiet", "--python", python, str(venv)]
+
+    def install(self, venv: Path, requirements: Sequence[Path]) -> list[str]:
+        reqs = [arg for r in requirements for arg in ("-r", str(r))]
+        return [self.uv, "pip", "install", "--python", str(venv / "bin" / "python"), *reqs]
+
+
+@dataclass(frozen=True, slots=True)
+class PipBackend:
+    name: str = "pip"
+
+    def create(self, python: str, venv: Path) -> list[str]:
+        return [python, "-m", "venv", str(venv)]
+
+    def install(self, venv: Path, requirements: Sequence[Path]) -> list[str]:
+        reqs = [arg for r in requirements for arg in ("-r", str(r))]
+        return [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", *reqs]
+
+
+def choose_backend(prefer_uv: bool = True) -> VenvBackend:
+    """uv when it is installed (it is a dependency of relman), else venv + pip."""
+    if prefer_uv:
+        try:
+            import uv  # noqa: PLC0415 - optional at run time
+
+            return UvBackend(uv.find_uv_bin())
+        except (ImportError, FileNotFoundError):
+            pass
+        found = shutil.which("uv")
+        if found:
+            return UvBackend(found)
+    return PipBackend()
+
+
+@dataclass(frozen=True, slots=True)
+class VenvResult:
+    path: Path
+    hash: str
+    reused: bool
+    backend: str
+    seconds: float
+
+
+async def ensure_venv(  # noqa: PLR0913 - each input is a distinct fact of the build
+    venvs: Path,
+    *,
+    python: str,
+    release_dir: Path,
+    requirements: Sequence[str],
+    log_path: Path,
+    env: Mapping[str, str],
+    on_line: OnLine | None = None,
+    backend: VenvBackend | None = None,
+) -> VenvResult:
+    """Reuse the venv for these inputs when it is healthy; else build it in its final place.
+
+    Virtualenvs are not relocatable (pypa/virtualenv #1549), so the build happens at
+    venvs/<hash> itself and is marked complete only after a successful install: a crash or a
+    failed install leaves a venv that health_check() refuses and the next deploy rebuilds.
+    Deploys are serialised by the deploy lock, so no second builder can race this one.
+    """
+    started = time.monotonic()
+    found, version = interpreter_identity(python)
+    digest = deps_hash(version, release_dir, requirements)
+    venv = venvs / digest[:16]
+    backend = backend or choose_backend()
+    problem = health_check(venv)
+    if problem is None:
+        return VenvResult(venv, digest, True, "cached", time.monotonic() - started)
+    if venv.exists():
+        log.info("venv.discarded", venv=str(venv), reason=problem)
+        shutil.rmtree(venv)
+    if on_line:
+        on_line(f"building virtualenv {venv.name} with {backend.name} ({version})")
+    reqs = [release_dir / r for r in requirements]
+    for argv in (backend.create(found, venv), backend.install(venv, reqs) if reqs else None):
+        if argv is None:
+            continue
+        result = await run_logged(
+            argv, cwd=release_dir, env=env, log_path=log_path, on_line=on_line
+        )
+        if result.returncode != 0:
+            raise BuildFailed(
+                f"installing dependencies failed ({backend.name} exit {result.returncode})",
+                tail=result.tail,
+            )
+    write_json_atomic(
+        venv / COMPLETE_MARKER,
+        {"hash": digest, "python": version, "backend": backend.name, "built": time.time()},
+    )
+    return VenvResult(venv, digest, False, backend.name, time.monotonic() - started)
+
+
+def venv_info(venv: Path) -> dict[str, object]:
+    """The completion record of *venv* ({} if unfinished)."""
+    try:
+        data = json.loads((venv / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,69 @@
+"""Server kinds: the command line that runs a release's app server on its own socket."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final, Protocol
+
+from relman.config import ServerConfig
+
+# uWSGI's SIGTERM (and --die-on-term) kills workers mid-request (measured, ANCHORS.md);
+# this hook makes SIGTERM a graceful stop that lets in-flight requests finish.
+UWSGI_GRACEFUL_TERM: Final = "unix_signal:15 gracefully_kill_them_all"
+
+
+class ServerKind(Protocol):
+    def argv(self, server: ServerConfig, *, venv: Path, release_dir: Path, root: Path,
+             socket: Path, stop_timeout: float) -> list[str]: ...
+
+
+class Gunicorn:
+    def argv(self, server: ServerConfig, *, venv: Path, release_dir: Path, root: Path,
+             socket: Path, stop_timeout: float) -> list[str]:
+        return [
+            str(venv / "bin" / "gunicorn"),
+            "--bind", f"unix:{socket}",
+            "--workers", str(server.workers),
+            "--chdir", str(release_dir),
+            "--graceful-timeout", str(int(stop_timeout)),
+            *server.args,
+            server.app,
+        ]
+
+
+class Uwsgi:
+    def argv(self, server: ServerConfig, *, venv: Path, release_dir: Path, root: Path,
+             socket: Path, stop_timeout: float) -> list[str]:
+        bind = "--http-socket" if server.protocol == "http" else "--socket"
+        target = ["--module", server.app] if server.app else ["--wsgi-file", server.wsgi_file]
+        return [
+            str(venv / "bin" / "uwsgi"),
+            "--master",
+            "--processes", str(server.workers),
+            bind, str(socket),
+            "--chdir", str(release_dir),
+            *target,
+            "--need-app",  # exit instead of serving 500s when the app fails to import
+            "--hook-master-start", UWSGI_GRACEFUL_TERM,
+            "--worker-reload-mercy", str(int(stop_timeout)),
+            "--vacuum",
+            *server.args,
+        ]
+
+
+class Command:
+    def argv(self, server: ServerConfig, *, venv: Path, release_dir: Path, root: Path,
+             socket: Path, stop_timeout: float) -> list[str]:
+        values = {"socket": str(socket), "release": str(release_dir), "root": str(root)}
+        return [part.format_map(values) for part in server.command] + list(server.args)
+
+
+KINDS: Final[dict[str, ServerKind]] = {"gunicorn": Gunicorn(), "uwsgi": Uwsgi(),
+                                        "command": Command()}
+
+
+def server_argv(server: ServerConfig, *, venv: Path, release_dir: Path, root: Path,
+                socket: Path, stop_timeout: float) -> list[str]:
+    """The argv for *server.kind*; config validation guarantees the kind exists."""
+    return KINDS[server.kind].argv(server, venv=venv, release_dir=release_dir, root=root,
+                                   socket=socket, stop_timeout=stop_timeout)

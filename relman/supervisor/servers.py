@@ -1,0 +1,108 @@
+"""Supervisor: the app server instances this daemon runs or adopted, and their exits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+
+from relman.errors import Unhealthy
+from relman.logs import tail_file
+from relman.supervisor.health import Probe, wait_healthy
+from relman.supervisor.server import ServerHandle, ServerSpec
+from relman.supervisor.spawn import adopt_server, secure_socket, start_server
+from relman.supervisor.states import ServerState
+from relman.supervisor.stop import stop_server
+
+log = structlog.get_logger(__name__)
+
+OnCrash = Callable[[ServerHandle], Awaitable[None]]
+
+
+class Supervisor:
+    """Owns ServerHandles by instance name; reports unexpected exits to *on_crash*."""
+
+    def __init__(self, run_dir: Path, on_crash: OnCrash | None = None) -> None:
+        self.run_dir = run_dir
+        self.on_crash = on_crash
+        self.handles: dict[str, ServerHandle] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    def next_instance(self, release: str) -> str:
+        """`<release>.<n>`: a fresh socket and pidfile path for every generation, since
+        gunicorn unlinks its socket path on exit (ANCHORS.md)."""
+        used = {int(p.stem.rsplit(".", 1)[1])
+                for p in self.run_dir.glob(f"{release}.*.pid")
+                if p.stem.rsplit(".", 1)[1].isdigit()}
+        used |= {int(i.rsplit(".", 1)[1]) for i in self.handles if i.startswith(release + ".")}
+        return f"{release}.{max(used, default=0) + 1}"
+
+    def _register(self, handle: ServerHandle) -> ServerHandle:
+        self.handles[handle.instance] = handle
+        task = asyncio.create_task(self._watch(handle), name=f"watch {handle.instance}")
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+        return handle
+
+    async def _watch(self, handle: ServerHandle) -> None:
+        await handle.exited.wait()
+        if handle.expected_exit:
+            return
+        log.warning("server.crashed", instance=handle.instance, pid=handle.pid,
+                    returncode=handle.returncode, state=str(handle.state))
+        with contextlib.suppress(Exception):
+            handle.advance(ServerState.CRASHED)
+        handle.pidfile.unlink(missing_ok=True)
+        self.handles.pop(handle.instance, None)
+        if self.on_crash is not None:
+            await self.on_crash(handle)
+
+    def start(self, spec: ServerSpec) -> ServerHandle:
+        return self._register(start_server(spec))
+
+    async def start_healthy(self, spec: ServerSpec, *, path: str, expect: tuple[int, int],
+                            timeout: float) -> tuple[ServerHandle, Probe]:
+        """Start *spec* and wait until healthy; on failure stop it and raise Unhealthy with
+        the last lines of its output."""
+        handle = self.start(spec)
+        try:
+            probe = await wait_healthy(handle, path=path, expect=expect, timeout=timeout)
+            secure_socket(spec)
+        except Unhealthy as e:
+            await self.stop(handle, timeout=5)
+            e.tail = tail_file(spec.log, 20)
+            raise
+        except BaseException:
+            await self.stop(handle, timeout=5)
+            raise
+        handle.advance(ServerState.HEALTHY)
+        return handle, probe
+
+    async def stop(self, handle: ServerHandle, timeout: float) -> bool:
+        try:
+            return await stop_server(handle, timeout)
+        finally:
+            self.handles.pop(handle.instance, None)
+
+    def adopt_all(self) -> list[ServerHandle]:
+        """Adopt every server whose pidfile identity checks out; remove stale pidfiles."""
+        adopted = []
+        for pidfile in sorted(self.run_dir.glob("*.pid")):
+            handle = adopt_server(pidfile, ServerState.HEALTHY)
+            if handle is None:
+                pidfile.unlink(missing_ok=True)
+                continue
+            adopted.append(self._register(handle))
+        return adopted
+
+    def for_release(self, release: str) -> list[ServerHandle]:
+        return [h for h in self.handles.values() if h.release == release and h.alive]
+
+    def by_socket(self, socket: Path) -> ServerHandle | None:
+        for handle in self.handles.values():
+            if handle.socket == socket and handle.alive:
+                return handle
+        return None

@@ -1,0 +1,363 @@
+"""Deploy, rollback and restart as journaled transactions over the release store and the
+supervisor: the one module that joins the two parts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+
+from relman.atomic import read_link, replace_symlink
+from relman.config import Config
+from relman.errors import (
+    LiveCheckFailed,
+    NoRollbackTarget,
+    NotRunning,
+    PreviewFailed,
+    RelmanError,
+    Unhealthy,
+)
+from relman.journal import Journal, JournalEntry, Step
+from relman.releases import Manifest, ReleaseState, ReleaseStore
+from relman.supervisor import ServerHandle, ServerSpec, ServerState, Supervisor
+from relman.supervisor.drain import wait_drained
+from relman.supervisor.health import in_range, probe_socket, probe_url
+from relman.supervisor.kinds import server_argv
+
+log = structlog.get_logger(__name__)
+
+Report = Callable[[str, str], None]  # (step, message)
+
+# Tests only: kill the daemon right after journaling this step (crash-safety tests).
+FAULT_ENV = "RELMAN_TEST_CRASH_AT"
+
+
+def _quiet(_step: str, _message: str) -> None:
+    return None
+
+
+class App:
+    """One app: its release store, its app servers and the job in progress."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = ReleaseStore(config)
+        self.root = self.store.root
+        self.supervisor = Supervisor(self.root.run, on_crash=self._on_crash)
+        self.journal = Journal(self.root.journal)
+        self.live: ServerHandle | None = None
+        self.warm: dict[str, ServerHandle] = {}
+        self._warm_timers: dict[str, asyncio.TimerHandle] = {}
+        self.on_live_crash: Callable[[ServerHandle], None] | None = None
+
+    def _step(self, step: Step, report: Report, message: str, **changes: str) -> None:
+        self.journal.step(step, **changes)
+        log.info("deploy.step_done", step=str(step), release=self.journal.entry.release
+                 if self.journal.entry else "")
+        report(str(step), message)
+        if os.environ.get(FAULT_ENV) == str(step):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def server_spec(self, manifest: Manifest) -> ServerSpec:
+        """The spec of a new instance of *manifest*'s server, at its resolved path."""
+        cfg = self.config
+        instance = self.supervisor.next_instance(manifest.id)
+        release_dir = self.root.release_dir(manifest.id).resolve()
+        venv = Path(manifest.venv)
+        socket = self.root.socket(instance)
+        env = self.store.app_env()
+        env.update({"VIRTUAL_ENV": str(venv),
+                    "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}",
+                    "RELMAN_RELEASE": manifest.id, "RELMAN_SOCKET": str(socket)})
+        argv = server_argv(cfg.server, venv=venv, release_dir=release_dir,
+                           root=self.root.root, socket=socket,
+                           stop_timeout=cfg.swap.stop_timeout)
+        return ServerSpec(instance=instance, release=manifest.id, argv=tuple(argv),
+                          cwd=release_dir, env=env, socket=socket,
+                          pidfile=self.root.pidfile(instance),
+                          log=self.root.server_log(manifest.id), protocol=cfg.server.protocol,
+                          socket_mode=cfg.server.socket_mode,
+                          socket_group=cfg.server.socket_group)
+
+    async def deploy(self, ref: str, who: str, report: Report = _quiet) -> Manifest:
+        """Fetch *ref*, build it, run the release phase and swap it in."""
+        started = time.monotonic()
+        self.journal.begin(JournalEntry(job="deploy", ref=ref, who=who))
+        try:
+            await self.store.fetch(lambda line: report("fetch", line))
+            commit = self.store.resolve(ref)
+            self._step(Step.FETCHED, report, f"{ref} is {commit.sha[:12]}")
+            manifest = self.store.begin(commit, ref, who)
+            self.journal.step(Step.FETCHED, release=manifest.id)
+            manifest = await self._build(manifest, report)
+            await self.store.release_phase(manifest, lambda line: report("release", line))
+            self._step(Step.RELEASED, report, "release phase done")
+            await self._swap(manifest, report)
+        except BaseException as e:
+            self._failed(e, report)
+            raise
+        timings = {**manifest.timings, "deploy": round(time.monotonic() - started, 3)}
+        manifest = self.store.save(replace(self.store.get(manifest.id), timings=timings))
+        self._finish("deployed", report, manifest, ref=ref, who=who)
+        return manifest
+
+    async def _build(self, manifest: Manifest, report: Report) -> Manifest:
+        if manifest.state is ReleaseState.BUILT:
+            report("build", f"release {manifest.id} is already built: reusing it")
+            self._step(Step.BUILT, report, "built (reused)")
+            return manifest
+        try:
+            await self.store.export(manifest)
+            manifest = await self.store.build(manifest, lambda line: report("build", line))
+        except BaseException as e:
+            self.store.mark(manifest, ReleaseState.FAILED, error=str(e) or type(e).__name__)
+            raise
+        manifest = self.store.mark(manifest, ReleaseState.BUILT)
+        self._step(Step.BUILT, report, f"built {manifest.id}")
+        return manifest
+
+    async def rollback(self, target: str | None, who: str, report: Report = _quiet) -> Manifest:
+        """Swap to *target*, or to the newest known-good release before the live one."""
+        if target:
+            manifest = self.store.get(target)
+            if manifest.state is not ReleaseState.BUILT:
+                raise NoRollbackTarget(f"release {target} is {manifest.state}: not a target")
+        else:
+            found = self.store.rollback_target()
+            if found is None:
+                raise NoRollbackTarget("no known-good release older than the live one")
+            manifest = found
+        live = self.store.live_id()
+        self.journal.begin(JournalEntry(job="rollback", release=manifest.id, who=who,
+                                        previous_release=live or ""))
+        try:
+            await self._swap(manifest, report)
+        except BaseException as e:
+            self._failed(e, report)
+            raise
+        self._finish("rolled_back", report, manifest, who=who, previous=live)
+        return manifest
+
+    async def restart(self, who: str, report: Report = _quiet) -> Manifest:
+        """Fresh processes for the live release, through the same swap: no failed request."""
+        live = self.store.live_id()
+        if live is None:
+            raise NotRunning("nothing is deployed yet: run `relman deploy REF` first")
+        manifest = self.store.get(live)
+        self.journal.begin(JournalEntry(job="restart", release=live, who=who))
+        try:
+            await self._swap(manifest, report, reuse_warm=False)
+        except BaseException as e:
+            self._failed(e, report)
+            raise
+        self._finish("restarted", report, manifest, who=who)
+        return manifest
+
+    def _failed(self, error: BaseException, report: Report) -> None:
+        entry = self.journal.entry
+        message = error.message if isinstance(error, RelmanError) else type(error).__name__
+        if entry is not None:
+            self.store.record(f"{entry.job}_failed", release=entry.release, ref=entry.ref,
+                              who=entry.who, step=str(entry.step), error=message)
+        report(str(Step.FAILED), message)
+        self.journal.end()
+
+    def _finish(self, event: str, report: Report, manifest: Manifest, **fields: object) -> None:
+        self.journal.step(Step.DONE)
+        self.store.record(event, release=manifest.id, sha=manifest.sha, **fields)
+        self.journal.end()
+        report(str(Step.DONE), f"{manifest.id} is live")
+
+    async def _start_candidate(self, manifest: Manifest, report: Report) -> ServerHandle:
+        spec = self.server_spec(manifest)
+        report("start", f"starting {spec.instance} on {spec.socket.name}")
+        health = self.config.health
+        try:
+            handle, probe = await self.supervisor.start_healthy(
+                spec, path=health.path, expect=health.expect, timeout=health.timeout)
+        except Unhealthy:
+            self.store.mark(manifest, ReleaseState.FAILED, error="health check failed")
+            raise
+        self._step(Step.HEALTHY, report, f"{spec.instance} answers {health.path}: {probe.detail}",
+                   candidate=spec.instance)
+        return handle
+
+    async def _swap(self, manifest: Manifest, report: Report, *, reuse_warm: bool = True) -> None:
+        """DESIGN section 5, steps 1 to 7."""
+        old = self.live
+        self.journal.step(self.journal.entry.step if self.journal.entry else Step.BEGUN,
+                          release=manifest.id, previous=old.instance if old else "")
+        warm = self.warm.pop(manifest.id, None) if reuse_warm else None
+        if warm is not None and warm.alive:
+            self._cancel_warm_timer(manifest.id)
+            report("start", f"{warm.instance} is still warm: switching without a restart")
+            candidate = warm
+            self._step(Step.HEALTHY, report, "warm instance", candidate=warm.instance)
+        else:
+            candidate = await self._start_candidate(manifest, report)
+        try:
+            await self._preview(candidate, report)
+            self._switch(candidate, manifest.id)
+            self._step(Step.SWITCHED, report, f"app.sock -> {candidate.socket.name}")
+            await self._verify_live(candidate, report)
+        except BaseException:
+            if read_link(self.root.app_sock) == candidate.socket.name and old and old.alive:
+                self._switch(old, old.release)
+                report("switch", f"switched back to {old.instance}")
+            if candidate is not old:
+                await self.supervisor.stop(candidate, self.config.swap.stop_timeout)
+            raise
+        self.store.mark_live(manifest.id, known_good=True)
+        self._step(Step.VERIFIED, report, "live route verified")
+        if old is not None and old is not candidate:
+            await self._retire(old, report)
+
+    async def _preview(self, candidate: ServerHandle, report: Report) -> None:
+        replace_symlink(self.root.next_sock, candidate.socket.name)
+        url = self.config.health.nginx_url
+        if not url:
+            return
+        probe = await probe_url(url, host=self.config.health.nginx_host,
+                                headers={"X-Relman-Target": "next"}, timeout=10)
+        if not in_range(probe.status, self.config.health.expect):
+            raise PreviewFailed(
+                f"preview through nginx failed: GET {url} with X-Relman-Target: next gave "
+                f"{probe.status or probe.detail}",
+                hint="a 502 here means nginx cannot reach run/next.sock: check "
+                     "server.socket_group and the nginx server block (relman nginx-config)")
+        self._step(Step.PREVIEWED, report, f"nginx preview answered {probe.status}")
+
+    def _switch(self, handle: ServerHandle, release: str) -> None:
+        """Point app.sock, then current, at *handle*: new connections go there at once."""
+        replace_symlink(self.root.app_sock, handle.socket.name)
+        replace_symlink(self.root.current, Path("releases") / release)
+        if handle.state is not ServerState.LIVE:
+            handle.advance(ServerState.LIVE)
+        self.live = handle
+
+    async def _verify_live(self, candidate: ServerHandle, report: Report) -> None:
+        health = self.config.health
+        if health.nginx_url:
+            probe = await probe_url(health.nginx_url, host=health.nginx_host, timeout=10)
+            where = f"GET {health.nginx_url}"
+        else:
+            probe = await probe_socket(self.root.app_sock, protocol=candidate.protocol,
+                                       path=health.path, timeout=10)
+            where = f"GET {health.path} via run/app.sock"
+        if not in_range(probe.status, health.expect):
+            raise LiveCheckFailed(f"live check failed: {where}: {probe.status or probe.detail}")
+        replace_symlink(self.root.next_sock, candidate.socket.name)
+
+    async def _retire(self, old: ServerHandle, report: Report) -> None:
+        """Drain the old listener, then stop it or keep it warm."""
+        old.advance(ServerState.DRAINING)
+        drained = await wait_drained(old.socket, timeout=self.config.swap.drain_timeout)
+        self._step(Step.DRAINED, report,
+                   f"{old.instance} drained in {drained.waited:.2f}s "
+                   f"(deepest accept queue {drained.max_depth})")
+        keep = self.config.swap.keep_warm
+        if keep > 0 and old.alive:
+            old.advance(ServerState.WARM)
+            self._keep_warm(old, keep)
+            self._step(Step.STOPPED_OLD, report, f"{old.instance} kept warm for {keep:g}s")
+            return
+        await self.supervisor.stop(old, self.config.swap.stop_timeout)
+        self._step(Step.STOPPED_OLD, report, f"{old.instance} stopped")
+
+    def _keep_warm(self, handle: ServerHandle, seconds: float) -> None:
+        previous = self.warm.pop(handle.release, None)
+        if previous is not None and previous is not handle:
+            asyncio.create_task(self.supervisor.stop(previous, self.config.swap.stop_timeout))
+        self.warm[handle.release] = handle
+        loop = asyncio.get_running_loop()
+        self._warm_timers[handle.release] = loop.call_later(
+            seconds, lambda: asyncio.create_task(self._cool(handle)))
+
+    def _cancel_warm_timer(self, release: str) -> None:
+        timer = self._warm_timers.pop(release, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def _cool(self, handle: ServerHandle) -> None:
+        if self.warm.get(handle.release) is handle:
+            del self.warm[handle.release]
+            self._warm_timers.pop(handle.release, None)
+            await self.supervisor.stop(handle, self.config.swap.stop_timeout)
+
+    async def _on_crash(self, handle: ServerHandle) -> None:
+        self.warm = {k: v for k, v in self.warm.items() if v is not handle}
+        if handle is self.live:
+            self.store.record("server_crashed", release=handle.release, pid=handle.pid,
+                              returncode=handle.returncode)
+            if self.on_live_crash is not None:
+                self.on_live_crash(handle)
+
+    async def reconcile(self, report: Report = _quiet) -> list[str]:
+        """Put things right after a daemon restart: adopt servers, finish or undo the job a
+        crash interrupted, and make sure run/app.sock leads to a running server."""
+        notes: list[str] = []
+        adopted = {h.instance: h for h in self.supervisor.adopt_all()}
+        live_name = read_link(self.root.app_sock)
+        live = next((h for h in adopted.values() if h.socket.name == live_name), None)
+        entry = self.journal.unfinished()
+        if entry is not None:
+            notes.append(f"interrupted {entry.job} of {entry.release or entry.ref} "
+                         f"after step {entry.step}")
+            self.store.record("job_interrupted", job=entry.job, release=entry.release,
+                              ref=entry.ref, who=entry.who, step=str(entry.step))
+            if entry.release and entry.job == "deploy":
+                manifest = self.store.manifests()
+                for m in manifest:
+                    if m.id == entry.release and m.state is ReleaseState.UNFINISHED:
+                        self.store.mark(m, ReleaseState.FAILED, error="interrupted")
+            self.journal.end()
+        if live is not None:
+            live.state = ServerState.LIVE
+            self.live = live
+            if self.store.live_id() != live.release:
+                replace_symlink(self.root.current, Path("releases") / live.release)
+        for handle in adopted.values():
+            if handle is live:
+                continue
+            notes.append(f"stopping {handle.instance}: not live")
+            await self.supervisor.stop(handle, self.config.swap.stop_timeout)
+        if self.live is None and self.store.live_id() is not None:
+            notes.append("live server not running: starting it")
+            await self.start(report)
+        return notes
+
+    async def start(self, report: Report = _quiet) -> ServerHandle:
+        """Start the release `current` points at, if its server is not running."""
+        if self.live is not None and self.live.alive:
+            return self.live
+        release = self.store.live_id()
+        if release is None:
+            raise NotRunning("nothing is deployed yet: run `relman deploy REF` first")
+        manifest = self.store.get(release)
+        handle = await self._start_plain(manifest, report)
+        self._switch(handle, release)
+        replace_symlink(self.root.next_sock, handle.socket.name)
+        self.store.record("started", release=release, instance=handle.instance)
+        return handle
+
+    async def _start_plain(self, manifest: Manifest, report: Report) -> ServerHandle:
+        spec = self.server_spec(manifest)
+        report("start", f"starting {spec.instance}")
+        health = self.config.health
+        handle, _ = await self.supervisor.start_healthy(
+            spec, path=health.path, expect=health.expect, timeout=health.timeout)
+        return handle
+
+    async def stop(self, who: str) -> None:
+        """Stop every app server: the site is down until `relman start`."""
+        for handle in list(self.supervisor.handles.values()):
+            await self.supervisor.stop(handle, self.config.swap.stop_timeout)
+        self.live = None
+        self.warm.clear()
+        self.store.record("stopped", who=who)

@@ -1,0 +1,119 @@
+"""What the CLI shows: tables for releases and status, log following, the checks of `check`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import watchfiles
+
+from relman.config import Config
+from relman.logs import tail_file
+from relman.releases import AppRoot
+from relman.supervisor.health import probe_socket
+
+
+def time_ago(ts: float, now: float | None = None) -> str:
+    """'42s', '5m', '3h', '2d': how long ago *ts* was."""
+    delta = max(0, int((now or time.time()) - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= size:
+            return f"{delta // size}{unit}"
+    return f"{delta}s"
+
+
+def render_releases(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no releases yet: relman deploy REF"
+    lines = [f"   {'RELEASE':<26} {'REF':<16} {'SHA':<9} {'AGE':>5}  STATE"]
+    for row in reversed(rows):
+        mark = "*" if row["live"] else ("<" if row["rollback_target"] else " ")
+        state = row["state"] + (" known-good" if row["known_good"] else "")
+        lines.append(f" {mark} {row['id']:<26} {row['ref'][:16]:<16} {row['sha'][:8]:<9} "
+                     f"{time_ago(row['created']):>5}  {state}")
+    lines.append("(* live, < rollback target)")
+    return "\n".join(lines)
+
+
+def render_status(s: dict[str, Any]) -> str:
+    d = s["daemon"]
+    health = s.get("health") or {}
+    lines = [
+        f"app:      {s['app']}",
+        f"daemon:   pid {d['pid']}, up {d['uptime']:.0f}s, rss {d.get('rss', 0) // 2**20} MiB",
+        f"live:     {s['live'] or '-'}"
+        + (f" ({'healthy' if health.get('healthy') else 'UNHEALTHY'}: {health.get('detail')})"
+           if health else ""),
+        f"rollback: {s['rollback_target'] or '-'}",
+    ]
+    for srv in s["servers"]:
+        lines.append(
+            f"server:   {srv['instance']} {srv['state']} pid {srv['pid']} "
+            f"workers {srv.get('workers', '?')} rss {srv.get('rss', 0) // 2**20} MiB "
+            f"up {srv.get('uptime', 0):.0f}s")
+    if s.get("job"):
+        job = s["job"]
+        lines.append(f"job:      {job['job']} {job.get('release') or job.get('ref')} "
+                     f"by {job['who']}, at step {job['step']}")
+    return "\n".join(lines)
+
+
+def follow(path: Path, *, lines: int, keep_going: bool) -> Iterator[str]:
+    """The last *lines* lines of *path*, then (with keep_going) new lines as they come."""
+    text = tail_file(path, lines)
+    if text:
+        yield from text.splitlines()
+    if not keep_going:
+        return
+    offset = path.stat().st_size if path.exists() else 0
+    for _changes in watchfiles.watch(path.parent, recursive=False,
+                                     watch_filter=lambda _c, p: p == str(path)):
+        size = path.stat().st_size if path.exists() else 0
+        if size < offset:  # rotated or truncated
+            offset = 0
+        with path.open("rb") as f:
+            f.seek(offset)
+            data = f.read()
+        offset += len(data)
+        yield from data.decode(errors="replace").splitlines()
+
+
+def _check(name: str, ok: bool, detail: str) -> dict[str, Any]:
+    return {"check": name, "ok": ok, "detail": detail}
+
+
+def check_all(config: Config) -> list[dict[str, Any]]:
+    """Each check of `relman check`, passed or not, with what it saw."""
+    root = AppRoot(config.app.root)
+    results = [_check("config", True, str(config.path))]
+    missing = [p.name for p in (root.repo, root.releases, root.venvs, root.shared, root.run,
+                                root.state, root.log) if not p.is_dir()]
+    results.append(_check("layout", not missing,
+                          f"missing {', '.join(missing)}: run relman init" if missing
+                          else str(root.root)))
+    unwritable = [str(p) for p in (root.state, root.run, root.releases, root.log)
+                  if p.is_dir() and not os.access(p, os.W_OK)]
+    results.append(_check("permissions", not unwritable,
+                          f"not writable: {', '.join(unwritable)}" if unwritable else "writable"))
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
+                                      else None)
+    if nginx:
+        proc = subprocess.run([nginx, "-t", "-q"], capture_output=True, text=True, check=False)
+        results.append(_check("nginx -t", proc.returncode == 0,
+                              (proc.stderr.strip().splitlines() or ["ok"])[-1]))
+    if root.app_sock.exists():
+        probe = asyncio.run(probe_socket(root.app_sock, protocol=config.server.protocol,
+                                         path=config.health.path, timeout=5))
+        lo, hi = config.health.expect
+        ok = probe.status is not None and lo <= probe.status <= hi
+        results.append(_check("live socket", ok, f"GET {config.health.path}: {probe.detail}"))
+    else:
+        results.append(_check("live socket", False, f"{root.app_sock} does not lead to a "
+                              "running server (not deployed, or stopped)"))
+    return results

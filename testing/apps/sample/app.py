@@ -1,0 +1,35 @@
+"""The sample WSGI app relman deploys in its tests, benchmarks and demo."""
+
+import os
+import time
+from pathlib import Path
+from urllib.parse import parse_qs
+
+HERE = Path(__file__).resolve().parent
+VERSION = (HERE / "VERSION").read_text().strip()
+BOOT_DELAY = float(os.environ.get("SAMPLE_BOOT_DELAY", "0"))
+if os.environ.get("SAMPLE_FAIL_IMPORT") or (HERE / "FAIL_IMPORT").exists():
+    raise RuntimeError("sample app: failing at import, as asked")
+time.sleep(BOOT_DELAY)
+
+
+def server(environ, start_response):
+    """`/` names the version; `/slow?ms=N` sleeps first; `/health` is the health check;
+    `/headers` echoes the request headers (tests check what nginx forwards)."""
+    path = environ.get("PATH_INFO", "/")
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    if path == "/slow":
+        time.sleep(int(query.get("ms", ["200"])[0]) / 1000)
+    if path == "/headers":
+        body = "\n".join(f"{k}={v}" for k, v in sorted(environ.items()) if k.startswith("HTTP_"))
+    elif path == "/health" and (HERE / "UNHEALTHY").exists():
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [b"unhealthy\n"]
+    else:
+        body = f"sample {VERSION} pid {os.getpid()} release {os.environ.get('RELMAN_RELEASE')}"
+    data = (body + "\n").encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+application = server

@@ -1,0 +1,3 @@
+"""uWSGI --wsgi-file entry point of the sample app."""
+
+from app import application  # noqa: F401

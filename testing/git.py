@@ -1,0 +1,56 @@
+"""Real git repositories of the sample app, made in a temp dir (pre-commit's make_repo)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+SAMPLE = Path(__file__).parent / "apps" / "sample"
+# Commits are spread one minute apart from a fixed date, so release ids (commit time + sha)
+# sort in commit order even when a test makes several commits within one second.
+BASE_TIME = 1_790_000_000
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "relman tests", "GIT_AUTHOR_EMAIL": "tests@relman.invalid",
+    "GIT_COMMITTER_NAME": "relman tests", "GIT_COMMITTER_EMAIL": "tests@relman.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
+}
+
+
+def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    full_env.update(GIT_ENV)
+    full_env.update(env or {})
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True, env=full_env).stdout.strip()
+
+
+def commit(repo: Path, message: str, *, tag: str | None = None) -> str:
+    """Commit everything in *repo*; return the sha."""
+    count = int(git(repo, "rev-list", "--all", "--count") or 0) if (repo / ".git" / "refs"
+                                                                     ).exists() else 0
+    stamp = f"@{BASE_TIME + 60 * count} +0000"
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message,
+        env={"GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp})
+    if tag:
+        git(repo, "tag", tag)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def make_app_repo(path: Path) -> Path:
+    """A repo holding the sample app at tag v1 (VERSION says v1)."""
+    shutil.copytree(SAMPLE, path, ignore=shutil.ignore_patterns("__pycache__"))
+    git(path, "init", "-q", "-b", "main")
+    commit(path, "v1", tag="v1")
+    return path
+
+
+def release_version(repo: Path, version: str, *, extra: dict[str, str] | None = None) -> str:
+    """Commit VERSION=*version* (and any *extra* files) and tag it *version*."""
+    (repo / "VERSION").write_text(version + "\n")
+    for name, text in (extra or {}).items():
+        (repo / name).write_text(text)
+    return commit(repo, version, tag=version)
