@@ -45,7 +45,7 @@ class Context:
 
     def emit(self, data: Any, human: Callable[[], str] | str) -> None:
         if self.json:
-            click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+            click.echo(json.dumps(data, sort_keys=True, default=str))
         else:
             text = human() if callable(human) else human
             if text:

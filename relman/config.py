@@ -1,9 +1,7 @@
 """relman.toml -> frozen dataclasses, validated once at the edge (DESIGN section 3).
 
-Every key is a dataclass field whose metadata holds its TOML type name and one doc line, the
-single source (gunicorn's `Setting` idea) for parsing, schema() (the man page) and
-example_config(). A value is converted by its type name, checked by _CHECKS, then the [server]
-keys are checked together by _SERVER_RULES; after that relman trusts the objects.
+Each key is a dataclass field whose metadata (TOML type name, doc line) is the one source for
+parsing, schema() (the man page) and example_config(), as gunicorn's `Setting` classes are.
 """
 
 from __future__ import annotations
@@ -17,11 +15,12 @@ import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path, PurePath, PurePosixPath
+from string import Formatter
 from typing import Any, Final, final, get_type_hints
 
 from relman.errors import ConfigError
 
-NAME_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9_-]*")
+NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 
 def _key(default: object, type_name: str, doc: str) -> Any:
@@ -32,7 +31,6 @@ def _key(default: object, type_name: str, doc: str) -> Any:
 @final
 class FrozenEnv(Mapping[str, str]):
     """A read-only, hashable str -> str mapping (server.env) that copies and pickles."""
-
     __slots__ = ("_items",)
 
     def __init__(self, items: Mapping[str, str] | None = None) -> None:
@@ -40,16 +38,12 @@ class FrozenEnv(Mapping[str, str]):
 
     def __getitem__(self, key: str) -> str:
         return self._items[key]
-
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
-
     def __len__(self) -> int:
         return len(self._items)
-
     def __hash__(self) -> int:
         return hash(frozenset(self._items.items()))
-
     def __repr__(self) -> str:
         return f"FrozenEnv({self._items!r})"
 
@@ -86,7 +80,7 @@ class ServerConfig:
     protocol: str = _key("http", "string", 'http | uwsgi ("uwsgi" needs kind = "uwsgi")')
     workers: int = _key(2, "integer", "worker processes, 1 to 512")
     args: tuple[str, ...] = _key((), "array of strings", "extra arguments to the server")
-    command: tuple[str, ...] = _key((), "command", "kind = command: argv with {socket} {release}")
+    command: tuple[str, ...] = _key((), "command", "kind=command argv; {socket} {release} {root}")
     env: Mapping[str, str] = _key(FrozenEnv(), "table of strings", "extra environment variables")
     env_file: str = _key("", "string", "dotenv file relative to <root>/shared; never logged")
     socket_mode: int = _key(0o660, "octal string", "mode of the app's socket; never 0777")
@@ -119,7 +113,6 @@ class RestartConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """One app's validated relman.toml; `path` is the file it was loaded from."""
-
     path: Path
     app: AppConfig
     build: BuildConfig
@@ -131,7 +124,8 @@ class Config:
 
 
 # Table name -> dataclass in file order, read from Config itself so the two cannot drift.
-TABLES: Final[dict[str, type[Any]]] = {n: t for n, t in get_type_hints(Config).items() if n != "path"}
+TABLES: Final[dict[str, type[Any]]] = {
+    name: cls for name, cls in get_type_hints(Config).items() if name != "path"}
 
 
 class _BadValueError(Exception):
@@ -140,49 +134,44 @@ class _BadValueError(Exception):
 
 def _kind(value: object) -> str:
     kinds = ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
-             (list, "an array"), (dict, "a table"))  # fmt: skip
+             (list, "an array"), (dict, "a table"))
     return next((name for cls, name in kinds if isinstance(value, cls)), "a date or time")
 
 
 def _typed(what: str, types: tuple[type, ...], make: Callable[[Any], Any] = str) -> Any:
     """A converter: accepts instances of *types* and builds the field value with *make*."""
-
     def convert(value: object) -> Any:
         if isinstance(value, bool) or not isinstance(value, types):  # TOML's true is not 1
             raise _BadValueError(f"expected {what}, got {_kind(value)}")
         return make(value)
-
     return convert
 
 
-def _strings(items: list[Any]) -> tuple[str, ...]:
-    for i, item in enumerate(items, 1):
-        if not isinstance(item, str):
-            raise _BadValueError(f"item {i}: expected a string, got {_kind(item)}")
-    return tuple(items)
+def _each(convert: Callable[[object], Any]) -> Callable[[list[Any]], tuple[Any, ...]]:
+    """A converter for arrays: applies *convert* to every item, naming the item on error."""
+    def each(items: list[Any]) -> tuple[Any, ...]:
+        converted = []
+        for i, item in enumerate(items, 1):
+            try:
+                converted.append(convert(item))
+            except _BadValueError as e:
+                raise _BadValueError(f"item {i}: {e}") from None
+        return tuple(converted)
+    return each
 
 
-def _argv(value: str | list[Any]) -> tuple[str, ...]:
+_STRINGS: Final = _each(_typed("a string", (str,)))
+
+
+def _argv(value: str | list[Any], *, empty_ok: bool = False) -> tuple[str, ...]:
     """A command: a string split as a POSIX shell would (no expansion), or an argv array."""
-    if isinstance(value, list):
-        return _strings(value)
     try:
-        return tuple(shlex.split(value))
-    except ValueError as e:
+        argv = _STRINGS(value) if isinstance(value, list) else tuple(shlex.split(value))
+    except ValueError as e:  # from shlex: an unclosed quote or a trailing backslash
         raise _BadValueError(f"cannot split {value!r}: {e}") from None
-
-
-def _commands(items: list[Any]) -> tuple[tuple[str, ...], ...]:
-    commands = []
-    for i, item in enumerate(items, 1):
-        try:
-            argv = _ARGV(item)
-        except _BadValueError as e:
-            raise _BadValueError(f"item {i}: {e}") from None
-        if not argv:
-            raise _BadValueError(f"item {i}: empty command")
-        commands.append(argv)
-    return tuple(commands)
+    if not argv and not empty_ok:
+        raise _BadValueError("empty command")
+    return argv
 
 
 def _env(table: dict[str, Any]) -> FrozenEnv:
@@ -200,42 +189,45 @@ def _octal(text: str) -> int:
     return int(text, 8)
 
 
-def _status_range(items: list[Any]) -> tuple[int, int]:
-    if len(items) != 2 or not all(type(item) is int for item in items):
-        raise _BadValueError(f"expected two integers like [200, 399], got {_toml(items)}")
-    return (items[0], items[1])
-
-
 _ARGV: Final = _typed("a string or an array of strings", (str, list), _argv)
 _CONVERTERS: Final[dict[str, Callable[[object], Any]]] = {
     "string": _typed("a string", (str,)),
     "integer": _typed("an integer", (int,), int),
     "number": _typed("a number", (int, float), float),
     "path": _typed("a string", (str,), Path),
-    "array of strings": _typed("an array of strings", (list,), _strings),
+    "array of strings": _typed("an array of strings", (list,), _STRINGS),
     "string or array of strings": _typed("a string or an array of strings", (str, list),
-                                         lambda v: (v,) if isinstance(v, str) else _strings(v)),
-    "command": _ARGV,
-    "array of commands": _typed("an array of commands", (list,), _commands),
+                                         lambda v: (v,) if isinstance(v, str) else _STRINGS(v)),
+    "command": _typed("a string or an array of strings", (str, list),
+                      lambda v: _argv(v, empty_ok=True)),
+    "array of commands": _typed("an array of commands", (list,), _each(_ARGV)),
     "table of strings": _typed("a table of strings", (dict,), _env),
     # A string, because TOML's 660 is decimal (0o1224): a wrong mode, silently.
     "octal string": _typed('a string of octal digits like "0660"', (str,), _octal),
-    "array of two integers": _typed("an array of two integers", (list,), _status_range),
+    "array of two integers": _typed("an array of two integers", (list,),
+                                    _each(_typed("an integer", (int,), int))),
 }
-
 Check = Callable[[Any], "str | None"]
 
 
 def _one_of(*choices: str) -> Check:
-    allowed = " | ".join(choices)
-    return lambda value: None if value in choices else f"must be one of {allowed}, not {value!r}"
+    return lambda v: None if v in choices else f"must be one of {' | '.join(choices)}, not {v!r}"
 
 
 def _relative(path: str) -> str | None:
-    parts = PurePosixPath(path).parts
-    if not path or path.startswith("/") or ".." in parts:
+    if not path or path.startswith("/") or ".." in PurePosixPath(path).parts:
         return f"{path!r} must be a relative path without '..'"
     return None
+
+
+def _placeholders(argv: tuple[str, ...]) -> str | None:
+    """Why supervisor.kinds' str.format_map would fail on *argv*, if it would."""
+    try:
+        names = {f for part in argv for _, f, _, _ in Formatter().parse(part) if f is not None}
+    except ValueError as e:  # a stray brace
+        return f"{e}; write {{{{ or }}}} for a literal brace"
+    unknown = sorted(names - {"socket", "release", "root"})
+    return f"unknown placeholder {{{unknown[0]}}}" if unknown else None
 
 
 def _check_mode(mode: int) -> str | None:
@@ -244,25 +236,27 @@ def _check_mode(mode: int) -> str | None:
     return None if mode & 0o600 == 0o600 else f"{mode:04o} must let the owner read and write"
 
 
-_NONEMPTY: Final[Check] = lambda v: None if v else "must not be empty"  # noqa: E731
-_POSITIVE: Final[Check] = lambda v: None if 0 < v < math.inf else "must be greater than 0"  # noqa: E731
+_POSITIVE: Final[Check] = lambda v: (  # noqa: E731
+    None if 0 < v < math.inf else "must be a finite number above 0")
 _CHECKS: Final[dict[str, Check]] = {
-    "app.name": lambda v: None if NAME_PATTERN.fullmatch(v) else f"must match {NAME_PATTERN.pattern}",
-    "app.repo": _NONEMPTY,
+    "app.name": lambda v: None if NAME_RE.fullmatch(v) else f"must match {NAME_RE.pattern}",
+    "app.repo": lambda v: None if v else "must not be empty",
     "app.root": lambda v: None if v.is_absolute() else "must be an absolute path",
     "app.keep_releases": lambda v: None if v >= 1 else "must be at least 1",
-    "build.python": _NONEMPTY,
+    "build.python": lambda v: None if v else "must not be empty",
     "build.requirements": lambda v: next(filter(None, map(_relative, v)), None),
     "build.shared": lambda v: next(filter(None, map(_relative, v)), None),
     "server.kind": _one_of("gunicorn", "uwsgi", "command"),
+    "server.app": lambda v: "must not start with -" if v.startswith("-") else None,
     "server.wsgi_file": lambda v: _relative(v) if v else None,
     "server.protocol": _one_of("http", "uwsgi"),
     "server.workers": lambda v: None if 1 <= v <= 512 else "must be between 1 and 512",
+    "server.command": _placeholders,
     "server.env_file": lambda v: _relative(v) if v else None,
     "server.socket_mode": _check_mode,
     "health.path": lambda v: None if v.startswith("/") else "must start with /",
-    "health.expect": lambda v: None if 100 <= v[0] <= v[1] <= 599 else "must be [low, high] "
-    "with 100 <= low <= high <= 599",
+    "health.expect": lambda v: None if len(v) == 2 and 100 <= v[0] <= v[1] <= 599
+    else "must be [low, high] with 100 <= low <= high <= 599",
     "health.timeout": _POSITIVE,
     "health.nginx_url": lambda v: None if not v or v.startswith(("http://", "https://"))
     else "must start with http:// or https://",
@@ -271,7 +265,7 @@ _CHECKS: Final[dict[str, Check]] = {
     "swap.keep_warm": lambda v: None if 0 <= v < math.inf else "must be at least 0",
     "restart.policy": _one_of("always", "on-failure", "never"),
     "restart.backoff_max": _POSITIVE,
-}  # fmt: skip
+}
 
 # Rules across [server] keys: (is broken, key to blame, reason). A key that the chosen kind
 # ignores is an error too, so a config never says something relman silently does not do.
@@ -280,37 +274,20 @@ _SERVER_RULES: Final[tuple[tuple[Callable[[ServerConfig], bool], str, str], ...]
      'required for kind = "gunicorn" (module:callable)'),
     (lambda s: s.kind == "uwsgi" and bool(s.app) == bool(s.wsgi_file), "server.app",
      'kind = "uwsgi" needs exactly one of server.app and server.wsgi_file'),
-    (lambda s: s.kind == "command" and not s.command, "server.command",
-     'required for kind = "command"'),
     (lambda s: s.kind == "command" and not any("{socket}" in a for a in s.command),
-     "server.command", "must contain {socket}, where the server listens"),
+     "server.command", 'kind = "command" needs an argv with {socket}, where it listens'),
     (lambda s: s.kind != "uwsgi" and bool(s.wsgi_file), "server.wsgi_file",
      'only used with kind = "uwsgi"'),
     (lambda s: s.kind != "command" and bool(s.command), "server.command",
      'only used with kind = "command"'),
     (lambda s: s.kind != "uwsgi" and s.protocol == "uwsgi", "server.protocol",
      '"uwsgi" needs kind = "uwsgi"'),
-)  # fmt: skip
+)
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_bytes().decode()
-    except FileNotFoundError:
-        raise ConfigError(path, "", "no such file") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(path, "", f"not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise ConfigError(path, "", f"cannot read: {e.strerror or e}") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:  # its message carries the line and column
-        raise ConfigError(path, "", f"invalid TOML: {e}") from None
 
 
 def _load_table(path: Path, table: str, cls: type[Any], raw: object) -> Any:
@@ -338,12 +315,19 @@ def _load_table(path: Path, table: str, cls: type[Any], raw: object) -> Any:
 
 def load_config(path: Path) -> Config:
     """Read and validate *path*; every problem is a ConfigError naming file, key and reason."""
-    data = _read_toml(path)
+    try:
+        data = tomllib.loads(path.read_bytes().decode())
+    except FileNotFoundError:
+        raise ConfigError(path, "", "no such file") from None
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read: {e.strerror or e}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:  # with line and column
+        raise ConfigError(path, "", f"invalid TOML: {e}") from None
     for table in data:
         if table not in TABLES:
             raise ConfigError(path, table, "unknown table" + _did_you_mean(table, TABLES))
-    tables = {name: _load_table(path, name, cls, data.get(name, {})) for name, cls in TABLES.items()}
-    config = Config(path=path, **tables)
+    config = Config(path=path, **{name: _load_table(path, name, cls, data.get(name, {}))
+                                  for name, cls in TABLES.items()})
     for broken, key, reason in _SERVER_RULES:
         if broken(config.server):
             raise ConfigError(path, key, reason)
@@ -364,8 +348,8 @@ def find_config(cli_path: str | None, env: Mapping[str, str], app_name: str | No
     if env.get("RELMAN_CONFIG"):
         return _existing(cwd / env["RELMAN_CONFIG"], "$RELMAN_CONFIG")
     if app_name is not None:
-        if not NAME_PATTERN.fullmatch(app_name):  # it becomes a path: no "/" or ".."
-            raise ConfigError("--app", "", f"{app_name!r} must match {NAME_PATTERN.pattern}")
+        if not NAME_RE.fullmatch(app_name):  # it becomes a path: no "/" or ".."
+            raise ConfigError("--app", "", f"{app_name!r} must match {NAME_RE.pattern}")
         return _existing(etc_dir / f"{app_name}.toml", "--app")
     local = cwd / "relman.toml"
     if local.is_file():
@@ -373,9 +357,8 @@ def find_config(cli_path: str | None, env: Mapping[str, str], app_name: str | No
     found = sorted(p for p in etc_dir.glob("*.toml") if p.is_file())
     if len(found) == 1:
         return found[0]
-    tried = f"tried {local} and {etc_dir}/*.toml"
-    if found:
-        tried += f", which holds {len(found)}: " + ", ".join(p.name for p in found)
+    tried = f"tried {local} and {etc_dir}/*.toml" + (
+        f", which holds {len(found)}: {', '.join(p.name for p in found)}" if found else "")
     raise ConfigError("relman.toml", "", "no config found: pass --config PATH or --app NAME, "
                       f"or set RELMAN_CONFIG ({tried})")
 
@@ -384,12 +367,8 @@ def _toml(value: object, type_name: str = "") -> str:
     """*value* as TOML text (the subset config values use)."""
     if type_name == "octal string":
         return f'"{value:04o}"'
-    if type_name == "string or array of strings" and isinstance(value, tuple) and len(value) == 1:
-        return _toml(value[0])
     if isinstance(value, str | PurePath):
         return json.dumps(str(value), ensure_ascii=False)  # JSON escapes are valid TOML ones
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_toml(item) for item in value) + "]"
     if isinstance(value, Mapping):

@@ -220,7 +220,7 @@ class Daemon:
             "app": self.config.app.name,
             "daemon": {"pid": os.getpid(), "version": __version__,
                        "uptime": round(time.time() - self.started, 1)}
-            | _process_figures(os.getpid()),
+            | _process_figures(os.getpid(), with_children=False),
             "live": live.release if live is not None and live.alive else None,
             "current": self.app.store.live_id(),
             "rollback_target": target.id if target else None,
@@ -230,11 +230,11 @@ class Daemon:
         }
 
 
-def _process_figures(pid: int) -> dict[str, Any]:
+def _process_figures(pid: int, *, with_children: bool = True) -> dict[str, Any]:
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
-            children = proc.children(recursive=True)
+            children = proc.children(recursive=True) if with_children else []
             rss = proc.memory_info().rss + sum(_rss(c) for c in children)
             return {"workers": len(children), "rss": rss,
                     "cpu_percent": proc.cpu_percent(interval=None),

@@ -12,8 +12,10 @@ from relman.errors import UsageError
 
 PROTOCOLS: Final = frozenset({"http", "uwsgi"})
 
-# The name becomes part of upstream and variable names ($relman_<name>_upstream): nginx
-# variable names end at the first character outside [A-Za-z0-9_].
+# The name becomes part of upstream and variable names ($relman_<name>_upstream), and nginx
+# variable names end at the first character outside [A-Za-z0-9_]. relman.toml allows "-" in
+# app.name, so it becomes "_". Two apps whose names differ only there would then define the
+# same upstream twice, which `nginx -t` reports ("duplicate upstream").
 _NAME: Final = re.compile(r"[A-Za-z0-9_]+")
 # Characters that would end or break an nginx token or directive if substituted unquoted.
 _UNSAFE: Final = re.compile(r"""[;{}"'\\#$\s]""")
@@ -22,8 +24,10 @@ _UNSAFE: Final = re.compile(r"""[;{}"'\\#$\s]""")
 def _check(field: str, value: str, *, spaces: bool = False) -> None:
     unsafe = _UNSAFE.search(value.replace(" ", "") if spaces else value)
     if not value or unsafe:
-        raise UsageError(f"nginx-config: {field} {value!r} is empty or has a character nginx "
-                         "would misread (whitespace, quote, ;, {, }, #, $ or backslash)")
+        raise UsageError(
+            f"nginx-config: {field} {value!r} is empty or has a character nginx "
+            "would misread (whitespace, quote, ;, {, }, #, $ or backslash)"
+        )
 
 
 def render_server_block(
@@ -32,9 +36,12 @@ def render_server_block(
     """Return the upstreams, map and server block for one app, to include inside http {}."""
     if protocol not in PROTOCOLS:
         raise UsageError(f"nginx-config: protocol {protocol!r} is not one of http, uwsgi")
-    if not _NAME.fullmatch(name):
-        raise UsageError(f"nginx-config: name {name!r} must be letters, digits and underscores "
-                         "(it names nginx upstreams and variables)")
+    ident = name.replace("-", "_")
+    if not _NAME.fullmatch(ident):
+        raise UsageError(
+            f"nginx-config: name {name!r} must be letters, digits, '-' and '_' "
+            "(it names nginx upstreams and variables)"
+        )
     if not root.is_absolute():
         raise UsageError(f"nginx-config: root {str(root)!r} must be an absolute path")
     _check("root", str(root))
@@ -42,5 +49,5 @@ def render_server_block(
     _check("server_name", server_name, spaces=True)  # several names are space-separated
     text = (files("relman") / "templates" / f"nginx-{protocol}.conf").read_text(encoding="utf-8")
     return Template(text).substitute(
-        name=name, root=str(root), listen=listen, server_name=server_name
+        name=ident, root=str(root), listen=listen, server_name=server_name
     )

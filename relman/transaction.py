@@ -96,7 +96,11 @@ class App:
             manifest = self.store.begin(commit, ref, who)
             self.journal.step(Step.FETCHED, release=manifest.id)
             manifest = await self._build(manifest, report)
-            await self.store.release_phase(manifest, lambda line: report("release", line))
+            try:
+                await self.store.release_phase(manifest, lambda line: report("release", line))
+            except BaseException as e:
+                self.store.mark(manifest, ReleaseState.FAILED, error=str(e) or "release phase")
+                raise
             self._step(Step.RELEASED, report, "release phase done")
             await self._swap(manifest, report)
         except BaseException as e:

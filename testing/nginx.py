@@ -99,7 +99,10 @@ def _system_uwsgi_params(binary: str) -> str:
 
 def _traverse_denied(path: Path, user: str) -> Path | None:
     """The first directory on the way to *path* that *user* may not search, if any."""
-    pw = pwd.getpwnam(user)
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise NginxError(f"user {user!r} does not exist; pass user=None to keep root") from None
     gids = set(os.getgrouplist(user, pw.pw_gid))
     for directory in [*reversed(path.parents), path]:
         st = directory.stat()
@@ -196,14 +199,15 @@ class PrivateNginx:
         conf.write_text(self._main_conf(servers))
         return conf
 
-    def _argv(self, conf: Path) -> list[str]:
-        return [self.binary, "-p", f"{self.prefix}/", "-c", str(conf), "-e", str(self.error_log)]
+    def _argv(self, conf: Path, error_log: str) -> list[str]:
+        # -e: where nginx logs before it has read error_log from the config.
+        return [self.binary, "-p", f"{self.prefix}/", "-c", str(conf), "-e", error_log]
 
     def check_config(self, server_blocks: ServerBlocks) -> str:
         """Run `nginx -t` on a config holding *server_blocks*; return its output or raise."""
         conf = self._write_conf("check", self._render(server_blocks))
-        # -e stderr: in test mode the verdict and any [emerg] should come back to us.
-        argv = [*self._argv(conf)[:-2], "-e", "stderr", "-t"]
+        # -e stderr: the verdict and any [emerg] come back to us, not into the server's log.
+        argv = [*self._argv(conf, "stderr"), "-t"]
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise NginxError(f"nginx -t failed ({done.returncode}):\n{done.stderr}")
@@ -225,7 +229,7 @@ class PrivateNginx:
             conf = self._write_conf("nginx", self._render(self._blocks))
             with self.error_log.open("ab") as log:
                 self._proc = subprocess.Popen(
-                    self._argv(conf),
+                    self._argv(conf, str(self.error_log)),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -238,10 +242,10 @@ class PrivateNginx:
                 self.stop()
                 # free_port() cannot reserve the port: if something took it meanwhile and
                 # the blocks are rendered per port, try another one.
-                if isinstance(exc, NginxError) and "Address already in use" in tail:
-                    if callable(self._blocks):
-                        self.port = free_port()
-                        continue
+                taken = isinstance(exc, NginxError) and "Address already in use" in tail
+                if taken and callable(self._blocks):
+                    self.port = free_port()
+                    continue
                 if isinstance(exc, TimeoutError):
                     raise NginxError(f"{exc}; error log:\n{tail}") from exc
                 raise

@@ -69,7 +69,8 @@ async def run_logged(
                 assert proc.stdout is not None  # noqa: S101 - PIPE was asked for
                 async for raw in proc.stdout:
                     log.write(raw)
-                    line = raw.decode(errors="replace").rstrip()
+                    # git and pip redraw progress with \r: keep the last state of the line
+                    line = raw.decode(errors="replace").rstrip().rsplit("\r", 1)[-1]
                     recent.append(line)
                     del recent[:-50]
                     if on_line is not None and line:

@@ -73,7 +73,7 @@ class Supervisor:
             secure_socket(spec)
         except Unhealthy as e:
             await self.stop(handle, timeout=5)
-            e.tail = tail_file(spec.log, 20)
+            e.tail = tail_file(spec.log, 40)
             raise
         except BaseException:
             await self.stop(handle, timeout=5)

@@ -1,0 +1,76 @@
+"""Fixtures: real git repos, real daemons, real app servers; cleaned up by identity."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from testing.daemon import RelmanDaemon, make_base_dir, write_config
+from testing.git import make_app_repo
+
+# One uv cache for every test and run: the sample app's venv is built from it in well under a
+# second, so each test can have its own app root without paying for downloads.
+os.environ.setdefault("UV_CACHE_DIR", str(Path.home() / ".cache" / "relman-tests-uv"))
+os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
+
+
+def kill_leftover_servers(root: Path) -> None:
+    """Kill app servers a failed test left behind: only those whose pidfile identity holds."""
+    from relman.supervisor.identity import find_process, read_pidfile  # noqa: PLC0415
+
+    for pidfile in (root / "run").glob("*.pid"):
+        found = read_pidfile(pidfile)
+        if found and find_process(found[0]) is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(found[0].pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def base_dir() -> Iterator[Path]:
+    path = make_base_dir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def app_repo(base_dir: Path) -> Path:
+    return make_app_repo(base_dir / "repo")
+
+
+AppFactory = Callable[..., RelmanDaemon]
+
+
+@pytest.fixture
+def make_app(base_dir: Path, app_repo: Path) -> Iterator[AppFactory]:
+    """make_app(**tables) -> an initialised (not started) RelmanDaemon for the sample app."""
+    made: list[RelmanDaemon] = []
+
+    def factory(name: str = "sample", start: bool = True, **tables: dict[str, Any]
+                ) -> RelmanDaemon:
+        tables.setdefault("server", {"kind": "gunicorn", "app": "app:server"})
+        tables.setdefault("health", {"path": "/health", "timeout": 30})
+        config = write_config(base_dir / f"{name}.toml", name=name, repo=app_repo,
+                              root=base_dir / name, **tables)
+        daemon = RelmanDaemon(config)
+        made.append(daemon)
+        daemon.init()
+        if start:
+            daemon.start()
+        return daemon
+
+    yield factory
+    for daemon in made:
+        daemon.stop()
+        kill_leftover_servers(base_dir / daemon.config.stem)
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.cwd().startswith(str(base_dir)):
+                proc.kill()

@@ -1,0 +1,186 @@
+"""Bad input: one clear line, the documented exit code, no traceback, the live release
+untouched (issue 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from testing.daemon import RELMAN, write_config
+from testing.git import release_version
+from tests.integration.test_deploy import get
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    # The failing step's own output is shown indented under the error; relman's never is.
+    assert not any(line.startswith("Traceback") for line in (proc.stderr + proc.stdout)
+                   .splitlines())
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith(("relman: error:", "Error:", "Usage:")), proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, (needle, proc.stderr)
+
+
+@pytest.fixture
+def live_app(make_app):
+    """A daemon with v1 live."""
+    app = make_app()
+    app.relman("deploy", "v1", check=True)
+    return app
+
+
+def root_of(app) -> Path:
+    return Path(app.config.with_suffix(""))
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[app]\nname = "x"\nrepo = "/r"\nroot = "/srv/x"\nbogus = 1\n', "app.bogus"),
+        ('[app]\nname = "x"\nrepo = "/r"\nroot = "/srv/x"\nkeep_releases = "five"\n',
+         "app.keep_releases"),
+        ('[app]\nname = "x"\nrepo = "/r"\n', "app.root"),
+        ('[app]\nname = "x"\nrepo = "/r"\nroot = "relative/path"\n', "app.root"),
+        ('[app]\nname = "x"\nrepo = "/r"\nroot = "/srv/x"\n[server]\nsocket_mode = "0777"\n',
+         "server.socket_mode"),
+    ],
+    ids=["unknown-key", "wrong-type", "missing-required", "bad-path", "socket-0777"],
+)
+def test_bad_config_is_one_line_exit_2(tmp_path, text, key):
+    """A bad config names the file and the key, exits 2, and shows no traceback."""
+    config = tmp_path / "relman.toml"
+    config.write_text(text)
+    proc = subprocess.run([*RELMAN, "--config", str(config), "releases"],
+                          capture_output=True, text=True, check=False)
+    assert_clean_error(proc, 2, str(config), key)
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("ref", "reason"),
+    [("no-such-tag", "no such branch, tag or commit"),
+     ("--upload-pack=touch /tmp/pwned", "must not start with '-'"),
+     ("v1..v2", "'..'")],
+    ids=["missing", "dash", "dotdot"],
+)
+def test_bad_ref_is_refused(live_app, ref, reason):
+    """A bad ref is refused with exit 2; the live release keeps serving."""
+    proc = live_app.relman("deploy", "--", ref)
+    assert_clean_error(proc, 2, reason)
+    assert get(root_of(live_app) / "run/app.sock").startswith("sample v1")
+    assert len(live_app.json("releases")) == 1
+    assert not Path("/tmp/pwned").exists()
+
+
+def _assert_failed_deploy(app, proc, *needles: str) -> None:
+    assert_clean_error(proc, 1, *needles)
+    assert get(root_of(app) / "run/app.sock").startswith("sample v1"), "v1 still serves"
+    releases = app.json("releases")
+    assert releases[-1]["state"] == "failed"
+    assert releases[0]["live"]
+    assert app.json("status")["health"]["healthy"]
+    assert app.json("history")[-1]["event"] == "deploy_failed"
+
+
+def test_requirements_that_fail_to_install(live_app, app_repo):
+    """Uninstallable requirements: exit 1 with the installer's last lines; v1 serves."""
+    release_version(app_repo, "v2", extra={"requirements.txt":
+                                           "gunicorn==27.0.1\nrelman-no-such-package-xyz==9\n"})
+    proc = live_app.relman("deploy", "v2")
+    _assert_failed_deploy(live_app, proc, "installing dependencies failed",
+                          "relman-no-such-package-xyz")
+
+
+def test_app_that_fails_to_import(live_app, app_repo):
+    """An app that raises at import: exit 1 with the server's last log lines; v1 serves."""
+    release_version(app_repo, "v2", extra={"FAIL_IMPORT": "yes\n"})
+    proc = live_app.relman("deploy", "v2")
+    _assert_failed_deploy(live_app, proc, "exited", "failing at import")
+
+
+def test_health_check_that_never_passes(make_app, app_repo):
+    """A health path answering 503 fails the deploy after health.timeout; v1 serves."""
+    app = make_app(health={"path": "/health", "timeout": 3})
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2", extra={"UNHEALTHY": "yes\n"})
+    proc = app.relman("deploy", "v2")
+    _assert_failed_deploy(app, proc, "not healthy within 3s", "503")
+
+
+def test_release_phase_failure(make_app, app_repo):
+    """A failing release command (a migration) aborts the deploy; v1 serves."""
+    app = make_app(release={"commands": ["python -c \"import os; "
+                                         "raise SystemExit(0 if open('VERSION').read()"
+                                         ".strip() == 'v1' else 3)\""]})
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    proc = app.relman("deploy", "v2")
+    _assert_failed_deploy(app, proc, "release.commands", "exited 3")
+
+
+def test_second_deploy_while_one_runs_exits_4(make_app, app_repo):
+    """A second deploy during a running one exits 4 naming who holds the lock and since when."""
+    app = make_app(build={"commands": ["sleep 3"]})
+    first = threading.Thread(target=app.relman, args=("deploy", "v1"))
+    first.start()
+    time.sleep(1.0)
+    proc = app.relman("deploy", "v1")
+    first.join()
+    assert_clean_error(proc, 4, "deploy v1", "since")
+    waited = app.relman("deploy", "--wait", "v1")
+    assert waited.returncode == 0, waited.stderr
+
+
+def test_daemon_not_running_exits_3(make_app):
+    """Without a daemon the CLI exits 3 and says how to start it."""
+    app = make_app(start=False)
+    proc = app.relman("deploy", "v1")
+    assert_clean_error(proc, 3, "not running", "relman daemon")
+
+
+def test_unknown_release_for_rollback(live_app):
+    """Rolling back to a release that does not exist is a usage error."""
+    proc = live_app.relman("rollback", "20990101T000000Z-deadbee")
+    assert_clean_error(proc, 2, "no such release")
+
+
+def test_no_rollback_target(live_app):
+    """With one release there is nothing to roll back to: exit 1, v1 still serves."""
+    proc = live_app.relman("rollback")
+    assert_clean_error(proc, 1, "no known-good release")
+    assert get(root_of(live_app) / "run/app.sock").startswith("sample v1")
+
+
+def test_dropped_client_does_not_abort_the_deploy(make_app, app_repo):
+    """Killing the CLI mid-deploy (a dropped SSH session) leaves the deploy running to the end."""
+    app = make_app(build={"commands": ["sleep 2"]})
+    client = subprocess.Popen([*RELMAN, "--config", str(app.config), "deploy", "v1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    time.sleep(1.0)
+    client.kill()
+    client.wait()
+    from testing.waiting import wait_until
+
+    wait_until(lambda: app.json("status")["live"], timeout=60, what="the deploy to finish")
+    assert get(root_of(app) / "run/app.sock").startswith("sample v1")
+
+
+def test_internal_error_is_exit_70_without_traceback(tmp_path):
+    """A bug prints one line pointing at the crash log and exits 70."""
+    config = write_config(tmp_path / "relman.toml", name="x", repo=tmp_path,
+                          root=tmp_path / "root", server={"app": "app:server"})
+    code = ("import sys; from relman import cli; "
+            "cli.ReleaseStore.manifests = lambda self: 1/0; "
+            f"sys.argv=['relman','--config','{config}','releases']; cli.main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"XDG_STATE_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                          check=False)
+    assert proc.returncode == 70
+    assert "internal error" in proc.stderr and "Traceback" not in proc.stderr
+    assert "ZeroDivisionError" in (tmp_path / "relman" / "crash.log").read_text()

@@ -1,0 +1,131 @@
+"""The nginx server block: rendering, the shipped examples, and rejected inputs."""
+
+from __future__ import annotations
+
+import re
+from importlib.resources import files
+from pathlib import Path
+from string import Template
+
+import pytest
+
+from relman.errors import UsageError
+from relman.nginxconf import render_server_block
+
+CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "nginx"
+DEMO = {
+    "name": "shop",
+    "root": Path("/srv/shop"),
+    "listen": "80",
+    "server_name": "shop.example.com",
+}
+
+# Every $word in the output must be one of these nginx variables: anything else is a
+# placeholder string.Template did not substitute, or an nginx variable left unescaped.
+NGINX_VARIABLES = {
+    "http": {
+        "remote_addr",
+        "http_x_relman_target",
+        "relman_shop_upstream",
+        "host",
+        "proxy_add_x_forwarded_for",
+        "scheme",
+    },
+    "uwsgi": {"remote_addr", "http_x_relman_target", "relman_shop_upstream"},
+}
+
+
+@pytest.mark.parametrize("protocol", ["http", "uwsgi"])
+def test_contrib_example_matches_the_template(protocol: str) -> None:
+    """contrib/nginx/relman-<protocol>.conf is exactly what the template renders for the demo."""
+    shipped = (CONTRIB / f"relman-{protocol}.conf").read_text(encoding="utf-8")
+    assert shipped == render_server_block(protocol=protocol, **DEMO)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("protocol", ["http", "uwsgi"])
+def test_template_uses_exactly_the_four_placeholders(protocol: str) -> None:
+    """The template is valid string.Template text using name, root, listen and server_name."""
+    text = (files("relman") / "templates" / f"nginx-{protocol}.conf").read_text(encoding="utf-8")
+    template = Template(text)
+    assert template.is_valid()
+    assert set(template.get_identifiers()) == {"name", "root", "listen", "server_name"}
+
+
+@pytest.mark.parametrize("protocol", ["http", "uwsgi"])
+def test_rendering_leaves_only_nginx_variables(protocol: str) -> None:
+    """Each placeholder is substituted and each escaped $$ becomes an nginx variable."""
+    out = render_server_block(protocol=protocol, **DEMO)  # type: ignore[arg-type]
+    directives = "\n".join(line.partition("#")[0] for line in out.splitlines())
+    assert set(re.findall(r"\$(\w+)", directives)) == NGINX_VARIABLES[protocol]
+    assert "$remote_addr" in out
+    assert "server unix:/srv/shop/run/app.sock" in out
+    assert "server unix:/srv/shop/run/next.sock" in out
+    assert "listen 80;" in out
+    assert "server_name shop.example.com;" in out
+    assert "upstream relman_shop_live {" in out
+    assert "upstream relman_shop_next {" in out
+    assert '"127.0.0.1:next"    relman_shop_next;' in out
+    assert '"::1:next"          relman_shop_next;' in out
+
+
+@pytest.mark.parametrize("protocol", ["http", "uwsgi"])
+def test_upstreams_have_no_keepalive(protocol: str) -> None:
+    """No upstream keepalive: a kept connection would outlive a socket switch."""
+    out = render_server_block(protocol=protocol, **DEMO)  # type: ignore[arg-type]
+    assert not re.search(r"^\s*keepalive\b", out, re.MULTILINE)
+
+
+def test_http_block_strips_the_preview_header() -> None:
+    """The HTTP variant clears X-Relman-Target before proxying."""
+    out = render_server_block(protocol="http", **DEMO)  # type: ignore[arg-type]
+    assert 'proxy_set_header X-Relman-Target "";' in out
+    assert "proxy_pass http://$relman_shop_upstream;" in out
+
+
+def test_uwsgi_block_strips_the_preview_header() -> None:
+    """The uwsgi variant clears HTTP_X_RELMAN_TARGET after including uwsgi_params."""
+    out = render_server_block(protocol="uwsgi", **DEMO)  # type: ignore[arg-type]
+    assert out.index("include uwsgi_params;") < out.index('uwsgi_param HTTP_X_RELMAN_TARGET "";')
+    assert "uwsgi_pass $relman_shop_upstream;" in out
+
+
+def test_hyphen_in_the_app_name_becomes_an_underscore() -> None:
+    """relman.toml allows "my-shop"; nginx identifiers cannot hold "-", so they say my_shop."""
+    out = render_server_block(**{**DEMO, "name": "my-shop"}, protocol="http")  # type: ignore[arg-type]
+    assert "upstream relman_my_shop_live {" in out
+    assert "proxy_pass http://$relman_my_shop_upstream;" in out
+    assert "my-shop" not in out
+
+
+def test_several_server_names_and_listen_options_are_allowed() -> None:
+    """server_name takes space-separated names; listen takes options after the address."""
+    out = render_server_block(
+        name="shop",
+        root=Path("/srv/shop"),
+        protocol="http",
+        listen="80 default_server",
+        server_name="shop.example.com www.shop.example.com",
+    )
+    assert "listen 80 default_server;" in out
+    assert "server_name shop.example.com www.shop.example.com;" in out
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("protocol", "fastcgi"),
+        ("name", "my.shop"),
+        ("name", ""),
+        ("root", Path("srv/shop")),
+        ("root", Path("/srv/my shop")),
+        ("root", Path("/srv/shop;evil")),
+        ("listen", "80; include /etc/passwd"),
+        ("server_name", "shop.example.com}"),
+        ("server_name", ""),
+    ],
+)
+def test_values_nginx_would_misread_are_rejected(field: str, value: object) -> None:
+    """An unusable name, protocol, root, listen or server_name is a usage error naming it."""
+    kwargs: dict[str, object] = {**DEMO, "protocol": "http", field: value}
+    with pytest.raises(UsageError, match=field):
+        render_server_block(**kwargs)  # type: ignore[arg-type]
