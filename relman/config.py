@@ -193,7 +193,7 @@ _ARGV: Final = _typed("a string or an array of strings", (str, list), _argv)
 _CONVERTERS: Final[dict[str, Callable[[object], Any]]] = {
     "string": _typed("a string", (str,)),
     "integer": _typed("an integer", (int,), int),
-    "number": _typed("a number", (int, float), float),
+    "number": _typed("a number", (int, float), lambda v: float(v) if abs(v) < 1e18 else math.inf),
     "path": _typed("a string", (str,), Path),
     "array of strings": _typed("an array of strings", (list,), _STRINGS),
     "string or array of strings": _typed("a string or an array of strings", (str, list),
@@ -231,9 +231,10 @@ def _placeholders(argv: tuple[str, ...]) -> str | None:
 
 
 def _check_mode(mode: int) -> str | None:
-    if mode > 0o777 or mode & 0o007 == 0o007:
-        return f"{mode:04o} is not allowed: at most 0777, never rwx for other users"
-    return None if mode & 0o600 == 0o600 else f"{mode:04o} must let the owner read and write"
+    problems = ((mode > 0o777, "sets setuid, setgid or sticky bits; at most 0777"),
+                (mode & 0o007 == 0o007, "gives rwx to other users (never 0777)"),
+                (mode & 0o600 != 0o600, "must let the owner read and write"))
+    return next((f"{mode:04o} {why}" for bad, why in problems if bad), None)
 
 
 _POSITIVE: Final[Check] = lambda v: (  # noqa: E731
@@ -387,12 +388,10 @@ def example_config(*, name: str, repo: str, root: Path, app: str = "wsgi:applica
     """A commented relman.toml with every key at its default; load_config() accepts it."""
     given = {"app.name": name, "app.repo": repo, "app.root": root, "server.app": app}
     lines = ["# relman.toml: see relman.toml(5). Every key is shown at its default."]
-    table = ""
     for dotted, type_name, default, doc in schema():
         section, key = dotted.split(".")
-        if section != table:
+        if f"[{section}]" not in lines:
             lines += ["", f"[{section}]"]
-            table = section
         value = _toml(given[dotted], type_name) if dotted in given else default
         lines.append(f"{key} = {value}".ljust(37) + f" # {doc}")
     return "\n".join(lines) + "\n"

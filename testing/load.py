@@ -1,0 +1,95 @@
+"""A bounded HTTP load generator for swaps under traffic (tests, bench and demo).
+
+Each worker thread sends requests one after another to a loopback URL until told to stop
+or until its request budget runs out; every result is recorded with its latency.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+@dataclass
+class LoadResult:
+    sent: int = 0
+    failed: int = 0
+    statuses: dict[int | str, int] = field(default_factory=dict)
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (start, seconds)
+    errors: list[str] = field(default_factory=list)
+
+    def percentile(self, q: float, window: tuple[float, float] | None = None) -> float:
+        values = sorted(d for t, d in self.latencies
+                        if window is None or window[0] <= t <= window[1])
+        if not values:
+            return 0.0
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+
+class Load:
+    """`with Load(url, paths, concurrency) as load: ...`; then load.result."""
+
+    def __init__(self, url: str, paths: tuple[str, ...] = ("/",), *, concurrency: int = 8,
+                 max_requests: int = 100_000, max_seconds: float = 300,
+                 host: str = "") -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.host_header = host
+        self.paths, self.concurrency = paths, concurrency
+        self.max_requests, self.max_seconds = max_requests, max_seconds
+        self.result = LoadResult()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _one(self, path: str) -> None:
+        started = time.monotonic()
+        status: int | str
+        try:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+            headers = {"Host": self.host_header} if self.host_header else {}
+            conn.request("GET", path, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            status = response.status
+            conn.close()
+        except (OSError, http.client.HTTPException) as e:
+            status = type(e).__name__
+        elapsed = time.monotonic() - started
+        with self._lock:
+            self.result.sent += 1
+            self.result.statuses[status] = self.result.statuses.get(status, 0) + 1
+            self.result.latencies.append((started, elapsed))
+            if status != 200:
+                self.result.failed += 1
+                if len(self.result.errors) < 20:
+                    self.result.errors.append(f"{path}: {status}")
+
+    def _worker(self, index: int) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        n = index
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with self._lock:
+                if self.result.sent >= self.max_requests:
+                    return
+            self._one(self.paths[n % len(self.paths)])
+            n += 1
+
+    def __enter__(self) -> Load:
+        for i in range(self.concurrency):
+            thread = threading.Thread(target=self._worker, args=(i,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> LoadResult:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+        return self.result
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
