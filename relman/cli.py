@@ -101,8 +101,8 @@ def init(ctx: Context) -> None:
 @pass_ctx
 def daemon(ctx: Context) -> None:
     """Run the daemon in the foreground (systemd's ExecStart)."""
-    from relman import logs  # noqa: PLC0415 - only the daemon configures logging
-    from relman.daemon import run_daemon  # noqa: PLC0415 - the CLI client stays light
+    from relman import logs
+    from relman.daemon import run_daemon
 
     logs.configure(json=ctx.json)
     run_daemon(ctx.config.path)
@@ -224,7 +224,7 @@ def check(ctx: Context) -> None:
 @pass_ctx
 def nginx_config(ctx: Context, listen: str, server_name: str) -> None:
     """Print the nginx server block for this app."""
-    from relman.nginxconf import render_server_block  # noqa: PLC0415
+    from relman.nginxconf import render_server_block
 
     server = ctx.config.server
     protocol = "uwsgi" if server.kind == "uwsgi" and server.protocol == "uwsgi" else "http"

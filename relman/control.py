@@ -85,7 +85,7 @@ class ControlServer:
             line = await reader.readline()
             request = json.loads(line or b"{}")
             if not isinstance(request, dict):
-                raise ValueError("request is not an object")
+                request = {"command": ""}
             try:
                 data = await self.handler(request, send, (uid, gid))
                 send({"type": "result", "data": data})

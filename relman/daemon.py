@@ -89,7 +89,7 @@ class Daemon:
         try:
             config = load_config(self.config.path)
         except RelmanError as e:
-            log.error("config.reload_failed", error=e.message)
+            log.warning("config.reload_failed", error=e.message)
         else:
             self.config = self.app.config = self.app.store.config = config
             log.info("config.reloaded", path=str(config.path))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 
-class Busy(Exception):  # noqa: N818 - it is a state, not a failure
+class Busy(Exception):
     """The lock is held by another open file description; .holder says who, if recorded."""
 
     def __init__(self, path: Path, holder: dict[str, Any]) -> None:

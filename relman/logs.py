@@ -26,7 +26,9 @@ def redact_secrets(
     return event
 
 
-def configure(*, json: bool = False, level: int = logging.INFO, stream: TextIO | None = None) -> None:
+def configure(
+    *, json: bool = False, level: int = logging.INFO, stream: TextIO | None = None
+) -> None:
     """Configure structlog once at process start."""
     renderer: Any = (
         structlog.processors.JSONRenderer()

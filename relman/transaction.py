@@ -7,9 +7,10 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -55,6 +56,7 @@ class App:
         self.warm: dict[str, ServerHandle] = {}
         self._warm_timers: dict[str, asyncio.TimerHandle] = {}
         self.on_live_crash: Callable[[ServerHandle], None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def _step(self, step: Step, report: Report, message: str, **changes: str) -> None:
         self.journal.step(step, **changes)
@@ -277,11 +279,18 @@ class App:
     def _keep_warm(self, handle: ServerHandle, seconds: float) -> None:
         previous = self.warm.pop(handle.release, None)
         if previous is not None and previous is not handle:
-            asyncio.create_task(self.supervisor.stop(previous, self.config.swap.stop_timeout))
+            self._cancel_warm_timer(handle.release)
+            self._spawn(self.supervisor.stop(previous, self.config.swap.stop_timeout))
         self.warm[handle.release] = handle
         loop = asyncio.get_running_loop()
         self._warm_timers[handle.release] = loop.call_later(
-            seconds, lambda: asyncio.create_task(self._cool(handle)))
+            seconds, lambda: self._spawn(self._cool(handle)))
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run *coro* in the background, keeping a reference until it is done."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _cancel_warm_timer(self, release: str) -> None:
         timer = self._warm_timers.pop(release, None)

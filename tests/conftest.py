@@ -24,7 +24,7 @@ os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
 
 def kill_leftover_servers(root: Path) -> None:
     """Kill app servers a failed test left behind: only those whose pidfile identity holds."""
-    from relman.supervisor.identity import find_process, read_pidfile  # noqa: PLC0415
+    from relman.supervisor.identity import find_process, read_pidfile
 
     for pidfile in (root / "run").glob("*.pid"):
         found = read_pidfile(pidfile)

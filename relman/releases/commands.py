@@ -66,7 +66,7 @@ async def run_logged(
         )
         try:
             async with asyncio.timeout(timeout):
-                assert proc.stdout is not None  # noqa: S101 - PIPE was asked for
+                assert proc.stdout is not None
                 async for raw in proc.stdout:
                     log.write(raw)
                     # git and pip redraw progress with \r: keep the last state of the line

@@ -73,7 +73,7 @@ def _export(mirror: Path, sha: str, dest: Path) -> None:
         _git(mirror, "archive", "--format=tar", sha),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(),
     ) as proc:
-        assert proc.stdout is not None  # noqa: S101
+        assert proc.stdout is not None
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
             tar.extractall(dest, filter="data")
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""

@@ -27,7 +27,7 @@ ALLOWED: Final[Mapping[ReleaseState, frozenset[ReleaseState]]] = {
 }
 
 
-class IllegalTransition(Exception):  # noqa: N818 - a bug, deliberately not a RelmanError
+class IllegalTransition(Exception):
     pass
 
 
@@ -54,7 +54,7 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Manifest:
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         fields = {k: v for k, v in data.items() if k in known}
         fields["state"] = ReleaseState(fields.get("state", "unfinished"))
         return cls(**fields)

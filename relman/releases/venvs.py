@@ -29,8 +29,8 @@ def interpreter_identity(python: str) -> tuple[str, str]:
     if found is None:
         raise BuildFailed(f"build.python: interpreter {python!r} not found on PATH")
     out = subprocess.run(
-        [found, "-c", "import sys,platform;print(sys.implementation.name, platform.python_version(),"
-         " platform.machine())"],
+        [found, "-c", "import sys,platform;print(sys.implementation.name,"
+         " platform.python_version(), platform.machine())"],
         capture_output=True, text=True, check=False, env=clean_env(),
     )
     if out.returncode != 0:
@@ -64,7 +64,8 @@ def health_check(venv: Path) -> str | None:
 
 
 class VenvBackend(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def create(self, python: str, venv: Path) -> list[str]: ...
 
@@ -100,7 +101,7 @@ def choose_backend(prefer_uv: bool = True) -> VenvBackend:
     """uv when it is installed (it is a dependency of relman), else venv + pip."""
     if prefer_uv:
         try:
-            import uv  # noqa: PLC0415 - optional at run time
+            import uv
 
             return UvBackend(uv.find_uv_bin())
         except (ImportError, FileNotFoundError):
@@ -120,7 +121,7 @@ class VenvResult:
     seconds: float
 
 
-async def ensure_venv(  # noqa: PLR0913 - each input is a distinct fact of the build
+async def ensure_venv(
     venvs: Path,
     *,
     python: str,

@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import psutil
 import structlog
 
 from relman.errors import Unhealthy
@@ -45,7 +46,7 @@ def start_server(spec: ServerSpec) -> ServerHandle:
     pidfd = os.pidfd_open(popen.pid)
     try:
         identity = take_identity(popen.pid)
-    except Exception:  # the process died before we could look: the pidfd still reports it
+    except psutil.Error:  # it died before we could look: the pidfd still reports the exit
         identity = ProcessIdentity(popen.pid, 0.0, tuple(spec.argv), str(spec.cwd))
     write_pidfile(spec.pidfile, identity, _pidfile_extra(spec))
     log.info("server.started", instance=spec.instance, pid=popen.pid, socket=str(spec.socket))

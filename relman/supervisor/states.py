@@ -31,7 +31,7 @@ ALLOWED: Final[Mapping[ServerState, frozenset[ServerState]]] = {
 }
 
 
-class IllegalTransition(Exception):  # noqa: N818 - a bug, deliberately not a RelmanError
+class IllegalTransition(Exception):
     pass
 
 

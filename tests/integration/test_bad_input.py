@@ -182,5 +182,6 @@ def test_internal_error_is_exit_70_without_traceback(tmp_path):
                           env={"XDG_STATE_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
                           check=False)
     assert proc.returncode == 70
-    assert "internal error" in proc.stderr and "Traceback" not in proc.stderr
+    assert "internal error" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert "ZeroDivisionError" in (tmp_path / "relman" / "crash.log").read_text()

@@ -103,5 +103,5 @@ def test_nginx_serves_each_deploy(stack, app_repo):
         if version != "v1":
             release_version(app_repo, version)
         app.relman("deploy", version, check=True)
-        with urllib.request.urlopen(nginx.url + "/", timeout=10) as r:  # noqa: S310
+        with urllib.request.urlopen(nginx.url + "/", timeout=10) as r:
             assert r.read().decode().startswith(f"sample {version}")
