@@ -354,14 +354,6 @@ def test_directory_is_a_config_error(tmp_path: Path) -> None:
     assert err.reason.startswith("cannot read:")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
-    """A file without read permission is a ConfigError saying it cannot be read."""
-    path = write(tmp_path, config_text())
-    path.chmod(0)
-    assert load_error(path).reason == "cannot read: Permission denied"
-
-
 def test_invalid_toml_names_the_line(tmp_path: Path) -> None:
     """A syntax error is reported with tomllib's message, which carries the line."""
     path = write(tmp_path, config_text() + "[health]\ntimeout = \n")
