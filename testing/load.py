@@ -7,6 +7,7 @@ or until its request budget runs out; every result is recorded with its latency.
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,12 +30,30 @@ class LoadResult:
         return values[min(len(values) - 1, int(q * len(values)))]
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket path (which may be a symlink, like run/app.sock)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.path)
+        self.sock = sock
+
+
 class Load:
-    """`with Load(url, paths, concurrency) as load: ...`; then load.result."""
+    """`with Load(url, paths, concurrency) as load: ...`; then load.result.
+
+    *url* is http://host:port or unix:/path/to/socket.
+    """
 
     def __init__(self, url: str, paths: tuple[str, ...] = ("/",), *, concurrency: int = 8,
                  max_requests: int = 100_000, max_seconds: float = 300,
                  host: str = "") -> None:
+        self.unix = url.removeprefix("unix:") if url.startswith("unix:") else None
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.host_header = host
@@ -49,7 +68,8 @@ class Load:
         started = time.monotonic()
         status: int | str
         try:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+            conn = (UnixHTTPConnection(self.unix, 30) if self.unix else
+                    http.client.HTTPConnection(self.host, self.port, timeout=30))
             headers = {"Host": self.host_header} if self.host_header else {}
             conn.request("GET", path, headers=headers)
             response = conn.getresponse()
