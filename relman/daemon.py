@@ -14,6 +14,7 @@ from typing import Any
 import psutil
 import sdnotify
 import structlog
+import watchfiles
 
 from relman import __version__
 from relman.config import Config, load_config
@@ -22,7 +23,7 @@ from relman.errors import LockHeld, RelmanError, UsageError
 from relman.lock import Busy, FileLock, read_holder
 from relman.releases.prune import prune
 from relman.supervisor.health import probe_socket
-from relman.transaction import App
+from relman.transaction import App, CrashRecovery, Report, reconcile
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +43,7 @@ class Daemon:
         self.job_mutex = asyncio.Lock()
         self.control = ControlServer(self.root.control_sock, self.handle)
         self.jobs: set[asyncio.Task[Any]] = set()
+        self.recovery = CrashRecovery(self.app, self.schedule_job)
 
     def notify(self, **fields: str) -> None:
         self.notifier.notify("\n".join(f"{k}={v}" for k, v in fields.items()))
@@ -62,17 +64,19 @@ class Daemon:
         }
         for sig, handler in handlers.items():
             loop.add_signal_handler(sig, handler)
-        notes = await self.app.reconcile()
+        notes = await reconcile(self.app, _quiet)
         for note in notes:
             log.info("daemon.reconciled", note=note)
         await self.control.start()
         log.info("daemon.started", app=self.config.app.name, version=__version__,
                  live=self.app.store.live_id(), pid=os.getpid())
         self.notify(READY="1", STATUS=self.status_line())
-        watchdog = asyncio.create_task(self.feed_watchdog())
+        background = [asyncio.create_task(self.feed_watchdog()),
+                      asyncio.create_task(self.watch_files())]
         await self.stopping.wait()
         self.notify(STOPPING="1", STATUS="stopping the app")
-        watchdog.cancel()
+        for task in background:
+            task.cancel()
         await self.control.close()
         for task in list(self.jobs):
             task.cancel()
@@ -106,9 +110,50 @@ class Daemon:
 
     def status_line(self) -> str:
         live = self.app.live
+        if self.recovery.crash_loop:
+            return f"{self.config.app.name}: {self.recovery.crash_loop}"
         if live is None or not live.alive:
-            return f"{self.config.app.name}: no live release"
+            return f"{self.config.app.name}: no live server"
         return f"{self.config.app.name}: live {live.release} (pid {live.pid})"
+
+    def schedule_job(self, what: str, work: Callable[[Report], Awaitable[Any]],
+                     delay: float) -> None:
+        """Run *work* as a job after *delay* seconds, queued behind any running job."""
+        async def run() -> None:
+            try:
+                await self.job(what, "relman", {"wait": True}, _drop, work)
+            except RelmanError as e:
+                log.warning("job.failed", job=what, error=e.message)
+
+        def spawn() -> None:
+            task = asyncio.create_task(run(), name=what)
+            self.jobs.add(task)
+            task.add_done_callback(self.jobs.discard)
+
+        asyncio.get_running_loop().call_later(delay, spawn)
+
+    async def watch_files(self) -> None:
+        """Reload a changed config; turn an external flip of `current` into a swap."""
+        config_path = self.config.path.resolve()
+        async for changes in watchfiles.awatch(config_path.parent, self.root.root,
+                                                recursive=False, debounce=200):
+            paths = {Path(p) for _change, p in changes}
+            if config_path in paths:
+                self.reload_config()
+            if self.root.current in paths:
+                self.current_flipped()
+
+    def current_flipped(self) -> None:
+        """`current` now names another release than the live one: swap to it, health-gated
+        (a Capistrano-style tool flipped it). relman's own flips match the live release."""
+        target = self.app.store.live_id()
+        live = self.app.live
+        if self.job_mutex.locked() or target is None or (live and live.release == target):
+            return
+        log.info("current.flipped_externally", release=target)
+        self.schedule_job(f"swap to {target} (current flipped)",
+                          lambda report: self._rollback(target, "external flip of current",
+                                                        report), 0.0)
 
     async def handle(self, request: dict[str, Any], send: Send, peer: tuple[int, int]) -> Any:
         """Dispatch one control request."""
@@ -227,6 +272,7 @@ class Daemon:
             "health": health,
             "servers": servers,
             "job": entry.to_json() if entry else None,
+            "crash_loop": self.recovery.crash_loop or None,
         }
 
 
@@ -248,6 +294,14 @@ def _rss(proc: psutil.Process) -> int:
         return int(proc.memory_info().rss)
     except psutil.Error:
         return 0
+
+
+def _quiet(_step: str, _message: str) -> None:
+    return None
+
+
+def _drop(_message: dict[str, Any]) -> None:
+    return None
 
 
 def _now() -> str:

@@ -42,6 +42,7 @@ def after(step: Step, other: Step) -> bool:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JournalEntry:
     job: str  # deploy | rollback | restart | start
+    job_id: str = ""  # RELMAN_JOB in the environment of every process the job runs
     release: str = ""
     ref: str = ""
     who: str = ""

@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +25,10 @@ def _git(mirror: Path, *args: str) -> list[str]:
     return ["git", f"--git-dir={mirror}", *args]
 
 
-async def fetch_mirror(repo: str, mirror: Path, log_path: Path, on_line: OnLine | None) -> None:
+async def fetch_mirror(repo: str, mirror: Path, log_path: Path, on_line: OnLine | None,
+                       extra_env: Mapping[str, str] | None = None) -> None:
     """Bring the bare mirror up to date with *repo*: clone once, then incremental fetches."""
-    env = clean_env()
+    env = {**clean_env(), **(extra_env or {})}
     env["GIT_TERMINAL_PROMPT"] = "0"  # never hang on a password prompt inside the daemon
     if (mirror / "HEAD").exists():
         steps = [

@@ -27,6 +27,9 @@ class ReleaseStore:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.root = AppRoot(config.app.root)
+        # Set for the duration of a job: marks every build process (and its descendants) so
+        # that a restarted daemon can find what an interrupted job left running.
+        self.job_env: dict[str, str] = {}
 
 
     def manifests(self) -> list[Manifest]:
@@ -65,9 +68,14 @@ class ReleaseStore:
             env.update(read_env_file(self.root.shared / self.config.server.env_file))
         return env
 
+    def build_env(self) -> dict[str, str]:
+        """app_env() plus the job marker: for git, installers, build and release commands."""
+        return {**self.app_env(), **self.job_env}
+
     async def fetch(self, on_line: OnLine | None = None) -> None:
         await git.fetch_mirror(
-            self.config.app.repo, self.root.repo, self.root.log / "fetch.log", on_line
+            self.config.app.repo, self.root.repo, self.root.log / "fetch.log", on_line,
+            extra_env=self.job_env,
         )
 
     def resolve(self, ref: str) -> git.Commit:
@@ -97,7 +105,7 @@ class ReleaseStore:
         cfg = self.config.build
         rdir = self.root.release_dir(manifest.id)
         logfile = self.root.build_log(manifest.id)
-        env = self.app_env()
+        env = self.build_env()
         started = time.monotonic()
         venv = await venvs.ensure_venv(
             self.root.venvs, python=cfg.python, release_dir=rdir,
@@ -124,7 +132,7 @@ class ReleaseStore:
         await build.run_commands(
             self.config.release.commands, phase="release",
             release_dir=self.root.release_dir(manifest.id),
-            env=build.venv_env(self.app_env(), Path(manifest.venv)),
+            env=build.venv_env(self.build_env(), Path(manifest.venv)),
             log_path=self.root.build_log(manifest.id), on_line=on_line,
         )
 

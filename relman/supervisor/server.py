@@ -51,7 +51,10 @@ class ServerHandle:
         self.socket, self.pidfile, self.log, self.protocol = socket, pidfile, log, protocol
         self.identity, self.pidfd, self.popen = identity, pidfd, popen
         self.state = state
-        self.started = time.time()
+        # Wall and monotonic start times; an adopted server's come from its real start.
+        age = max(0.0, time.time() - identity.create_time) if identity.create_time else 0.0
+        self.started = time.time() - age
+        self.started_mono = time.monotonic() - age
         self.returncode: int | None = None
         self.exited: asyncio.Event = asyncio.Event()
         self.expected_exit = False  # set before we stop it: an exit then is no crash

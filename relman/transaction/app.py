@@ -1,5 +1,5 @@
-"""Deploy, rollback and restart as journaled transactions over the release store and the
-supervisor: the one module that joins the two parts."""
+"""App: deploy, rollback and restart as journaled transactions over the release store and
+the supervisor."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ Report = Callable[[str, str], None]  # (step, message)
 
 # Tests only: kill the daemon right after journaling this step (crash-safety tests).
 FAULT_ENV = "RELMAN_TEST_CRASH_AT"
+# In the environment of every process a job runs; see recovery.kill_job_processes().
+JOB_ENV = "RELMAN_JOB"
 
 
 def _quiet(_step: str, _message: str) -> None:
@@ -55,7 +58,8 @@ class App:
         self.live: ServerHandle | None = None
         self.warm: dict[str, ServerHandle] = {}
         self._warm_timers: dict[str, asyncio.TimerHandle] = {}
-        self.on_live_crash: Callable[[ServerHandle], None] | None = None
+        self.on_live_crash: Callable[[ServerHandle], Awaitable[None]] | None = None
+        self.switched_at = 0.0  # monotonic time a different release last became live
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _step(self, step: Step, report: Report, message: str, **changes: str) -> None:
@@ -90,7 +94,7 @@ class App:
     async def deploy(self, ref: str, who: str, report: Report = _quiet) -> Manifest:
         """Fetch *ref*, build it, run the release phase and swap it in."""
         started = time.monotonic()
-        self.journal.begin(JournalEntry(job="deploy", ref=ref, who=who))
+        self._begin(JournalEntry(job="deploy", ref=ref, who=who))
         try:
             await self.store.fetch(lambda line: report("fetch", line))
             commit = self.store.resolve(ref)
@@ -140,8 +144,8 @@ class App:
                 raise NoRollbackTarget("no known-good release older than the live one")
             manifest = found
         live = self.store.live_id()
-        self.journal.begin(JournalEntry(job="rollback", release=manifest.id, who=who,
-                                        previous_release=live or ""))
+        self._begin(JournalEntry(job="rollback", release=manifest.id, who=who,
+                                 previous_release=live or ""))
         try:
             await self._swap(manifest, report)
         except BaseException as e:
@@ -156,7 +160,7 @@ class App:
         if live is None:
             raise NotRunning("nothing is deployed yet: run `relman deploy REF` first")
         manifest = self.store.get(live)
-        self.journal.begin(JournalEntry(job="restart", release=live, who=who))
+        self._begin(JournalEntry(job="restart", release=live, who=who))
         try:
             await self._swap(manifest, report, reuse_warm=False)
         except BaseException as e:
@@ -165,6 +169,15 @@ class App:
         self._finish("restarted", report, manifest, who=who)
         return manifest
 
+    def _begin(self, entry: JournalEntry) -> None:
+        job_id = uuid.uuid4().hex[:12]
+        self.store.job_env = {JOB_ENV: job_id}
+        self.journal.begin(replace(entry, job_id=job_id))
+
+    def _end(self) -> None:
+        self.store.job_env = {}
+        self.journal.end()
+
     def _failed(self, error: BaseException, report: Report) -> None:
         entry = self.journal.entry
         message = error.message if isinstance(error, RelmanError) else type(error).__name__
@@ -172,12 +185,12 @@ class App:
             self.store.record(f"{entry.job}_failed", release=entry.release, ref=entry.ref,
                               who=entry.who, step=str(entry.step), error=message)
         report(str(Step.FAILED), message)
-        self.journal.end()
+        self._end()
 
     def _finish(self, event: str, report: Report, manifest: Manifest, **fields: object) -> None:
         self.journal.step(Step.DONE)
         self.store.record(event, release=manifest.id, sha=manifest.sha, **fields)
-        self.journal.end()
+        self._end()
         report(str(Step.DONE), f"{manifest.id} is live")
 
     async def _start_candidate(self, manifest: Manifest, report: Report) -> ServerHandle:
@@ -241,6 +254,8 @@ class App:
 
     def _switch(self, handle: ServerHandle, release: str) -> None:
         """Point app.sock, then current, at *handle*: new connections go there at once."""
+        if self.store.live_id() != release:
+            self.switched_at = time.monotonic()
         replace_symlink(self.root.app_sock, handle.socket.name)
         replace_symlink(self.root.current, Path("releases") / release)
         if handle.state is not ServerState.LIVE:
@@ -306,44 +321,9 @@ class App:
     async def _on_crash(self, handle: ServerHandle) -> None:
         self.warm = {k: v for k, v in self.warm.items() if v is not handle}
         if handle is self.live:
-            self.store.record("server_crashed", release=handle.release, pid=handle.pid,
-                              returncode=handle.returncode)
+            self.live = None
             if self.on_live_crash is not None:
-                self.on_live_crash(handle)
-
-    async def reconcile(self, report: Report = _quiet) -> list[str]:
-        """Put things right after a daemon restart: adopt servers, finish or undo the job a
-        crash interrupted, and make sure run/app.sock leads to a running server."""
-        notes: list[str] = []
-        adopted = {h.instance: h for h in self.supervisor.adopt_all()}
-        live_name = read_link(self.root.app_sock)
-        live = next((h for h in adopted.values() if h.socket.name == live_name), None)
-        entry = self.journal.unfinished()
-        if entry is not None:
-            notes.append(f"interrupted {entry.job} of {entry.release or entry.ref} "
-                         f"after step {entry.step}")
-            self.store.record("job_interrupted", job=entry.job, release=entry.release,
-                              ref=entry.ref, who=entry.who, step=str(entry.step))
-            if entry.release and entry.job == "deploy":
-                manifest = self.store.manifests()
-                for m in manifest:
-                    if m.id == entry.release and m.state is ReleaseState.UNFINISHED:
-                        self.store.mark(m, ReleaseState.FAILED, error="interrupted")
-            self.journal.end()
-        if live is not None:
-            live.state = ServerState.LIVE
-            self.live = live
-            if self.store.live_id() != live.release:
-                replace_symlink(self.root.current, Path("releases") / live.release)
-        for handle in adopted.values():
-            if handle is live:
-                continue
-            notes.append(f"stopping {handle.instance}: not live")
-            await self.supervisor.stop(handle, self.config.swap.stop_timeout)
-        if self.live is None and self.store.live_id() is not None:
-            notes.append("live server not running: starting it")
-            await self.start(report)
-        return notes
+                await self.on_live_crash(handle)
 
     async def start(self, report: Report = _quiet) -> ServerHandle:
         """Start the release `current` points at, if its server is not running."""

@@ -1,0 +1,7 @@
+"""Deploy, rollback, restart and recovery as journaled transactions: the one package that
+joins the release store and the supervisor."""
+
+from relman.transaction.app import App, Report
+from relman.transaction.recovery import CrashRecovery, reconcile
+
+__all__ = ["App", "CrashRecovery", "Report", "reconcile"]

@@ -1,0 +1,162 @@
+"""Putting things right: reconcile after a daemon restart, restart crashed servers, roll back
+a release that crash-loops right after its switch."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Final
+
+import psutil
+import structlog
+
+from relman.atomic import read_link, replace_symlink
+from relman.errors import RelmanError
+from relman.releases import ReleaseState
+from relman.supervisor import ServerHandle, ServerState
+from relman.supervisor.drain import wait_drained
+from relman.supervisor.restart import Exit, RestartPolicy, decide, quick_exits
+from relman.transaction.app import JOB_ENV, App, Report
+
+log = structlog.get_logger(__name__)
+
+# A release that crash-loops within this many seconds of becoming live is rolled back to the
+# previous known-good one; later, relman keeps restarting it with backoff instead.
+VERIFY_WINDOW: Final = 300.0
+
+Schedule = Callable[[str, Callable[[Report], Awaitable[Any]], float], None]
+
+
+def kill_job_processes(job_id: str) -> int:
+    """SIGKILL what an interrupted job left running (a pip install, a migration): every
+    process whose environment carries RELMAN_JOB=<job_id>, which all its descendants inherit.
+    """
+    killed = 0
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if proc.pid != os.getpid() and proc.environ().get(JOB_ENV) == job_id:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+def undo_interrupted_job(app: App, notes: list[str]) -> None:
+    """Kill what the interrupted job left running and mark its half-built release failed."""
+    entry = app.journal.unfinished()
+    if entry is None:
+        return
+    notes.append(f"interrupted {entry.job} of {entry.release or entry.ref} after step "
+                 f"{entry.step}")
+    if entry.job_id and (killed := kill_job_processes(entry.job_id)):
+        notes.append(f"killed {killed} process(es) the interrupted job left running")
+    app.store.record("job_interrupted", job=entry.job, release=entry.release,
+                     ref=entry.ref, who=entry.who, step=str(entry.step))
+    for manifest in app.store.manifests():
+        if manifest.id == entry.release and manifest.state is ReleaseState.UNFINISHED:
+            app.store.mark(manifest, ReleaseState.FAILED, error="interrupted")
+            shutil.rmtree(app.root.release_dir(manifest.id), ignore_errors=True)
+            notes.append(f"half-built release {manifest.id} marked failed and removed")
+    app.journal.end()
+
+
+async def reconcile(app: App, report: Report) -> list[str]:
+    """After a daemon restart: adopt servers whose identity checks out, undo the job a crash
+    interrupted, and make sure run/app.sock leads to a running server."""
+    notes: list[str] = []
+    adopted = {h.instance: h for h in app.supervisor.adopt_all()}
+    live_name = read_link(app.root.app_sock)
+    live = next((h for h in adopted.values() if h.socket.name == live_name), None)
+    undo_interrupted_job(app, notes)
+    if live is not None:
+        live.state = ServerState.LIVE
+        app.live = live
+        if app.store.live_id() != live.release:  # crashed between app.sock and current
+            replace_symlink(app.root.current, Path("releases") / live.release)
+        replace_symlink(app.root.next_sock, live.socket.name)
+    for handle in adopted.values():
+        if handle is live:
+            continue
+        notes.append(f"stopping {handle.instance}: not live")
+        # It may have been live a moment ago: let nginx's queued connections through first.
+        await wait_drained(handle.socket, timeout=app.config.swap.drain_timeout)
+        await app.supervisor.stop(handle, app.config.swap.stop_timeout)
+    if app.live is None and app.store.live_id() is not None:
+        notes.append("the live release's server was not running: starting it")
+        try:
+            await app.start(report)
+        except RelmanError as e:
+            notes.append(f"could not start the live release: {e.message}")
+    return notes
+
+
+class CrashRecovery:
+    """Restart policy for the live server, with crash-loop detection and auto-rollback."""
+
+    def __init__(self, app: App, schedule: Schedule) -> None:
+        self.app, self.schedule = app, schedule
+        self.exits: list[Exit] = []
+        self.release = ""
+        self.crash_loop = ""  # what status and sd_notify STATUS report while it lasts
+        app.on_live_crash = self.on_live_crash
+
+    def note_exit(self, release: str, started: float, returncode: int | None) -> None:
+        if release != self.release:
+            self.release, self.exits, self.crash_loop = release, [], ""
+        self.exits.append(Exit(started, time.monotonic(), returncode))
+        del self.exits[:-20]
+
+    async def on_live_crash(self, handle: ServerHandle) -> None:
+        self.note_exit(handle.release, handle.started_mono, handle.returncode)
+        self.after_exit(handle.release)
+
+    def after_exit(self, release: str) -> None:
+        """Decide and schedule what comes after the live release's server exited."""
+        app = self.app
+        decision = decide(self.exits, RestartPolicy(app.config.restart.policy),
+                          app.config.restart.backoff_max)
+        log.warning("server.exit_decided", release=release, restart=decision.restart,
+                    delay=decision.delay, crash_loop=decision.crash_loop,
+                    reason=decision.reason)
+        app.store.record("server_crashed", release=release, reason=decision.reason,
+                         restart=decision.restart, delay=decision.delay)
+        if decision.crash_loop:
+            self.crash_loop = (f"{release} crash-loops: {quick_exits(self.exits)} exits within "
+                               f"seconds of starting")
+            app.store.record("crash_loop", release=release, detail=self.crash_loop)
+        target = app.store.rollback_target()
+        recent = time.monotonic() - app.switched_at < VERIFY_WINDOW
+        if decision.crash_loop and recent and target is not None:
+            reason = f"{release} crash-looped right after its switch"
+            self.schedule("auto-rollback",
+                          lambda report: self.auto_rollback(target.id, reason, report), 0.0)
+        elif decision.restart:
+            self.schedule(f"restart {release}", self.restart_live, decision.delay)
+
+    async def auto_rollback(self, target: str, reason: str, report: Report) -> Any:
+        self.app.store.record("auto_rollback", release=target, reason=reason)
+        manifest = await self.app.rollback(target, f"relman (auto: {reason})", report)
+        return {"release": manifest.id}
+
+    async def restart_live(self, report: Report) -> Any:
+        """Start the live release again (one attempt; a failure schedules the next)."""
+        app = self.app
+        if app.live is not None and app.live.alive:
+            return {"release": app.live.release}
+        release = app.store.live_id()
+        if release is None:
+            return {}
+        started = time.monotonic()
+        try:
+            handle = await app.start(report)
+        except RelmanError as e:
+            log.warning("server.restart_failed", release=release, error=e.message)
+            self.note_exit(release, started, None)
+            self.after_exit(release)
+            return {"release": release, "error": e.message}
+        app.store.record("server_restarted", release=release, pid=handle.pid)
+        return {"release": release, "pid": handle.pid}
