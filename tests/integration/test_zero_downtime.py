@@ -11,35 +11,6 @@ import pytest
 
 from testing.git import release_version
 from testing.load import Load
-from testing.stack import nginx_user_and_group, start_nginx
-
-STACKS = {
-    "gunicorn": ({"kind": "gunicorn", "app": "app:server", "workers": 2}, "http"),
-    "uwsgi": ({"kind": "uwsgi", "wsgi_file": "wsgi.py", "protocol": "uwsgi", "workers": 2},
-              "uwsgi"),
-}
-
-
-@pytest.fixture
-def stack(make_app, base_dir):
-    """make(kind, **tables) -> (app, nginx): the sample app behind a private nginx whose
-    workers run as www-data when the tests run as root."""
-    started = []
-
-    def make(kind: str, server_extra: dict | None = None, **tables):
-        server, protocol = STACKS[kind]
-        _user, group = nginx_user_and_group()
-        server = {**server, "socket_group": group, **(server_extra or {})}
-        nginx = start_nginx(base_dir, name="sample", root=base_dir / "sample",
-                            protocol=protocol)
-        started.append(nginx)
-        health = {"path": "/health", "timeout": 30, "nginx_url": f"{nginx.url}/health"}
-        app = make_app(server=server, health=health, **tables)
-        return app, nginx
-
-    yield make
-    for nginx in started:
-        nginx.stop()
 
 
 def deepest_queue(outputs: list[str]) -> int:

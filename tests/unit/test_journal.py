@@ -53,6 +53,7 @@ def test_begin_step_end_round_trip(tmp_path: Path) -> None:
         assert json.loads(path.read_text())["step"] == str(step)
 
     found = Journal(path).unfinished()
+    assert found is not None
     assert found == journal.entry
     assert (found.job, found.release, found.candidate, found.previous) == (
         "deploy", "r1", "b", "a")

@@ -116,15 +116,18 @@ def test_release_id_ignores_local_timezone() -> None:
 
 def test_release_ids_sort_in_commit_time_order() -> None:
     """Sorting ids as strings sorts them by commit time, across digit-width boundaries."""
-    times = [
-        int(datetime(*when, tzinfo=UTC).timestamp())
-        for when in [(1999, 12, 31, 23, 59, 59), (2000, 1, 1), (2026, 9, 30, 9, 9, 9),
-                     (2026, 10, 1), (2026, 10, 1, 0, 0, 1), (2026, 12, 31, 23, 59, 59)]
+    moments = [
+        datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC),
+        datetime(2000, 1, 1, tzinfo=UTC),
+        datetime(2026, 9, 30, 9, 9, 9, tzinfo=UTC),
+        datetime(2026, 10, 1, tzinfo=UTC),
+        datetime(2026, 10, 1, 0, 0, 1, tzinfo=UTC),
+        datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC),
     ]
-    shas = ["f" * 40, "0" * 40, "e" * 40, "1" * 40, "d" * 40, "2" * 40]
-    ids = [make_release_id(t, s) for t, s in zip(times, shas, strict=True)]
-    assert sorted(ids) == ids
-    assert sorted(reversed(ids)) == ids
+    shas = ["f" * 40, "0" * 40, "e" * 40, "1" * 40, "d" * 40, "2" * 40]  # never the tiebreak
+    ids = [make_release_id(int(m.timestamp()), s) for m, s in zip(moments, shas, strict=True)]
+    for shuffled in (ids[3:] + ids[:3], ids[1::2] + ids[::2], list(reversed(ids))):
+        assert sorted(shuffled) == ids
 
 
 @pytest.mark.parametrize(

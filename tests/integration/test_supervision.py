@@ -1,0 +1,242 @@
+"""Supervision that survives crashes: restarts, adoption, journaled recovery (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from testing.git import release_version
+from testing.waiting import wait_until
+from tests.integration.test_deploy import get
+
+
+def root_of(app) -> Path:
+    return Path(app.config.with_suffix(""))
+
+
+def live_pid(app) -> int | None:
+    status = app.json("status")
+    return next((s["pid"] for s in status["servers"] if s["live"]), None)
+
+
+def serving(app, version: str = "v1") -> bool:
+    try:
+        return get(root_of(app) / "run/app.sock").startswith(f"sample {version}")
+    except (OSError, AssertionError):
+        return False
+
+
+def test_sigkilled_server_comes_back(make_app):
+    """A SIGKILLed app server is serving again without a deploy, and history says so."""
+    app = make_app()
+    app.relman("deploy", "v1", check=True)
+    old = live_pid(app)
+    os.killpg(old, signal.SIGKILL)
+    wait_until(lambda: live_pid(app) not in (None, old), timeout=30, what="a new live pid")
+    assert serving(app)
+    events = [e["event"] for e in app.json("history")]
+    assert "server_crashed" in events
+    assert "server_restarted" in events
+
+
+def test_policy_never_does_not_restart(make_app):
+    """With restart.policy = "never" a crashed server stays down."""
+    app = make_app(restart={"policy": "never"})
+    app.relman("deploy", "v1", check=True)
+    os.killpg(live_pid(app), signal.SIGKILL)
+    wait_until(lambda: any(e["event"] == "server_crashed" for e in app.json("history")),
+               timeout=20, what="the crash to be recorded")
+    time.sleep(1.5)
+    assert live_pid(app) is None
+
+
+def test_crash_loop_after_switch_rolls_back(make_app, app_repo):
+    """A release whose server keeps dying right after its switch is rolled back by itself to
+    the previous known-good release, and status reports the crash loop."""
+    app = make_app(restart={"policy": "always", "backoff_max": 1})
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    v1 = app.json("releases")[0]["id"]
+    for _ in range(3):
+        pid = wait_until(lambda: live_pid(app), timeout=30, what="a live server")
+        os.killpg(pid, signal.SIGKILL)
+        wait_until(lambda p=pid: live_pid(app) != p, timeout=30, what="the exit to be seen")
+    wait_until(lambda: app.json("status")["live"] == v1, timeout=60, what="auto-rollback")
+    assert serving(app, "v1")
+    events = [e["event"] for e in app.json("history")]
+    assert "crash_loop" in events
+    assert "auto_rollback" in events
+
+
+def test_daemon_sigkill_does_not_interrupt_serving_and_is_adopted(make_app):
+    """kill -9 of the daemon leaves the app serving; the next daemon adopts the same
+    process instead of starting a second copy."""
+    app = make_app()
+    app.relman("deploy", "v1", check=True)
+    pid = live_pid(app)
+    app.kill9()
+    assert serving(app)
+    app.start()
+    assert live_pid(app) == pid
+    assert serving(app)
+    os.killpg(pid, signal.SIGKILL)  # and it is watched as before
+    wait_until(lambda: live_pid(app) not in (None, pid), timeout=30, what="a restart")
+
+
+def test_stale_pidfile_is_never_signalled(make_app):
+    """A pidfile whose pid belongs to another process is stale: that process survives and
+    the live release is started again."""
+    app = make_app()
+    app.relman("deploy", "v1", check=True)
+    root = root_of(app)
+    pid = live_pid(app)
+    app.kill9()
+    os.killpg(pid, signal.SIGKILL)
+    wait_until(lambda: not psutil.pid_exists(pid) or
+               psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=10)
+    (pidfile,) = root.glob("run/*.pid")
+    data = json.loads(pidfile.read_text())
+    bystander = psutil.Popen(["sleep", "60"])
+    data["pid"] = bystander.pid  # a pid that now belongs to somebody else
+    pidfile.write_text(json.dumps(data))
+    try:
+        app.start()
+        assert bystander.is_running()
+        assert bystander.status() != psutil.STATUS_ZOMBIE
+        wait_until(lambda: serving(app), timeout=30, what="the live release to serve again")
+    finally:
+        bystander.kill()
+
+
+STEPS = ["fetched", "built", "released", "healthy", "previewed", "switched", "verified",
+         "drained", "stopped_old"]
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_daemon_killed_at_each_step_recovers(stack, app_repo, step):
+    """kill -9 of the daemon right after any deploy step: the site serves throughout, the
+    lock is free, no orphan server remains, and the next deploy works."""
+    app, _nginx = stack("gunicorn")
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    app.stop()
+    app.start(env={"RELMAN_TEST_CRASH_AT": step})
+    app.relman("deploy", "v2")
+    app.proc.wait(30)
+    version = "v2" if step in STEPS[STEPS.index("switched"):] else "v1"
+    assert serving(app, version), f"the site must serve {version} while no daemon runs"
+    app.start()
+    assert serving(app, version)
+    status = app.json("status")
+    assert status["job"] is None
+    assert len(status["servers"]) == 1, status["servers"]
+    assert not any(e for e in app.json("releases") if e["state"] == "unfinished")
+    release_version(app_repo, "v3")
+    app.relman("deploy", "v3", check=True)
+    assert serving(app, "v3")
+
+
+def test_interrupted_build_is_cleaned_up(make_app, app_repo):
+    """kill -9 during a build command: the build's processes die, the half-built release is
+    marked failed and removed, and it never counts as a rollback target."""
+    app = make_app(build={"commands": ["sleep 30"]})
+    import subprocess
+    import sys
+
+    client = subprocess.Popen([sys.executable, "-m", "relman", "--config", str(app.config),
+                               "deploy", "v1"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    sleeper = wait_until(lambda: next((p for p in psutil.process_iter(["cmdline"])
+                                       if p.info["cmdline"] == ["sleep", "30"]), None),
+                         timeout=30, what="the build command")
+    app.kill9()
+    client.wait(10)
+    app.start()
+    wait_until(lambda: not sleeper.is_running() or sleeper.status() == psutil.STATUS_ZOMBIE,
+               timeout=10, what="the build command to be killed")
+    (release,) = app.json("releases")
+    assert release["state"] == "failed"
+    assert not (root_of(app) / "releases" / release["id"]).exists()
+    assert any(e["event"] == "job_interrupted" for e in app.json("history"))
+
+
+def test_sd_notify_ready_status_watchdog_reload_stopping(make_app, base_dir):
+    """The daemon tells systemd READY=1, STATUS=, WATCHDOG=1, RELOADING=1 and STOPPING=1."""
+    path = base_dir / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.2)
+    app = make_app(start=False)
+    app.start(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"})
+    app.relman("deploy", "v1", check=True)
+    app.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    app.stop()
+    messages = []
+    while True:
+        try:
+            messages.append(sock.recv(4096).decode())
+        except TimeoutError:
+            break
+    sock.close()
+    text = "\n".join(messages)
+    assert "READY=1" in text
+    assert "STATUS=" in text
+    assert messages.count("WATCHDOG=1") >= 2
+    assert "RELOADING=1" in text
+    assert "STOPPING=1" in text
+    assert any("live" in m for m in messages if m.startswith("STATUS="))
+
+
+def test_config_change_is_reloaded_and_bad_config_kept_out(make_app):
+    """A changed config file is reloaded; an invalid one is logged and the old one kept."""
+    app = make_app()
+    app.relman("deploy", "v1", check=True)
+    text = app.config.read_text()
+    app.config.write_text(text + "\n[swap]\nkeep_warm = 7\n")
+    wait_until(lambda: "config.reloaded" in app.log_tail(200), timeout=10,
+               what="the reload")
+    app.config.write_text(text + "\n[swap]\nbogus = 1\n")
+    wait_until(lambda: "config.reload_failed" in app.log_tail(200), timeout=10,
+               what="the rejected reload")
+    assert "swap.bogus" in app.log_tail(200)
+    app.relman("restart", check=True)  # still works with the last good config
+    assert serving(app)
+
+
+def test_external_flip_of_current_triggers_a_swap(make_app, app_repo):
+    """A Capistrano-style flip of `current` to another release leads to a health-gated swap."""
+    app = make_app()
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    v1 = app.json("releases")[0]["id"]
+    root = root_of(app)
+    tmp = root / "current.tmp"
+    os.symlink(f"releases/{v1}", tmp)
+    os.replace(tmp, root / "current")
+    wait_until(lambda: serving(app, "v1"), timeout=30, what="the swap to v1")
+    assert app.json("status")["live"] == v1
+
+
+def test_status_shows_process_figures(make_app):
+    """status gives per-process RSS, CPU, uptime and worker count, and the daemon's own."""
+    app = make_app(server={"kind": "gunicorn", "app": "app:server", "workers": 3})
+    app.relman("deploy", "v1", check=True)
+    status = app.json("status")
+    (server,) = status["servers"]
+    assert server["workers"] == 3
+    assert server["rss"] > 0
+    assert server["uptime"] >= 0
+    assert "cpu_percent" in server
+    assert status["daemon"]["rss"] > 0
+    human = app.relman("status", check=True).stdout
+    assert "workers 3" in human

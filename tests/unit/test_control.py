@@ -1,0 +1,236 @@
+"""The control socket end to end in one process: a real ControlServer and the CLI's request()."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from relman.control import ControlServer, Send, peer_allowed, request
+from relman.errors import DaemonUnreachable, LockHeld, UnknownRelease
+
+T = TypeVar("T")
+NOBODY = 65534
+
+
+class LoopThread:
+    """An asyncio loop running in a background thread, as the daemon's loop would."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(5)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+class Daemon:
+    """A ControlServer whose handler sends two progress events, then answers or raises."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.requests: list[dict[str, Any]] = []
+        self.server = ControlServer(path, self.handle)
+
+    async def handle(self, req: dict[str, Any], send: Send, peer: tuple[int, int]) -> Any:
+        self.requests.append(req)
+        if req.get("command") == "busy":
+            raise LockHeld("x", hint="pass --wait to queue behind it")
+        if req.get("command") == "unknown":
+            raise UnknownRelease("release 'r9': no such release", tail="last\nlines")
+        send({"type": "progress", "step": "fetched", "message": "one"})
+        await asyncio.sleep(0)
+        send({"type": "progress", "step": "built", "message": "two"})
+        return {"command": req.get("command"), "args": req.get("args"),
+                "client": req.get("client"), "peer": list(peer)}
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path: unix socket paths are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="relman-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(short_dir: Path) -> Iterator[Daemon]:
+    loop = LoopThread()
+    served = Daemon(short_dir / "relman.ctl")
+    loop.run(served.server.start())
+    yield served
+    loop.run(served.server.close())
+    loop.stop()
+
+
+def test_request_streams_progress_then_returns_result(daemon: Daemon) -> None:
+    """The progress callback sees every event in order, then request() returns the result."""
+    events: list[dict[str, Any]] = []
+    result = request(daemon.path, "deploy", {"ref": "v1"}, {"user": "alice"}, events.append)
+    assert [(e["type"], e["step"], e["message"]) for e in events] == [
+        ("progress", "fetched", "one"), ("progress", "built", "two")]
+    assert result == {"command": "deploy", "args": {"ref": "v1"}, "client": {"user": "alice"},
+                      "peer": [os.getuid(), os.getgid()]}
+
+
+def test_request_without_progress_callback(daemon: Daemon) -> None:
+    """Progress events are skipped when nobody listens for them."""
+    assert request(daemon.path, "status", {}, {})["command"] == "status"
+
+
+def test_lock_held_reaches_the_client_with_exit_code_4(daemon: Daemon) -> None:
+    """A LockHeld raised in the daemon is raised by request() with its exit code and hint."""
+    with pytest.raises(LockHeld) as info:
+        request(daemon.path, "busy", {}, {})
+    assert info.value.exit_code == 4
+    assert info.value.message == "x"
+    assert info.value.hint == "pass --wait to queue behind it"
+
+
+def test_usage_error_keeps_class_and_tail(daemon: Daemon) -> None:
+    """Other RelmanErrors cross the socket with their class, exit code and tail."""
+    with pytest.raises(UnknownRelease) as info:
+        request(daemon.path, "unknown", {}, {})
+    assert (info.value.exit_code, info.value.tail) == (2, "last\nlines")
+
+
+def test_socket_is_private_to_its_owner(daemon: Daemon) -> None:
+    """The control socket is created mode 0600: no window in which others may connect."""
+    mode = daemon.path.stat().st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o600
+
+
+def test_close_removes_the_socket(short_dir: Path) -> None:
+    """Closing the server removes its socket file; starting again replaces a stale one."""
+    path = short_dir / "relman.ctl"
+    path.write_text("stale")
+    loop = LoopThread()
+    try:
+        served = Daemon(path)
+        loop.run(served.server.start())
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        loop.run(served.server.close())
+    finally:
+        loop.stop()
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["no-socket", "stale-socket"])
+def test_no_daemon_is_unreachable_with_a_hint(short_dir: Path, stale: bool) -> None:
+    """Without a daemon, request() raises DaemonUnreachable (exit 3) saying how to start one."""
+    path = short_dir / "relman.ctl"
+    if stale:  # a socket file left by a SIGKILLed daemon: nobody listens on it
+        dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dead.bind(str(path))
+        dead.close()
+    with pytest.raises(DaemonUnreachable) as info:
+        request(path, "status", {}, {})
+    err = info.value
+    assert err.exit_code == 3
+    assert str(path) in err.message
+    assert err.hint is not None
+    assert "systemctl start relman@" in err.hint
+    assert "relman daemon" in err.hint
+
+
+def test_bad_request_line_is_a_usage_error(daemon: Daemon) -> None:
+    """A line that is not JSON gets a usage error (exit 2) and never reaches the handler."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(daemon.path))
+        sock.sendall(b"{not json\n")
+        answer = json.loads(sock.makefile("rb").readline())
+    assert answer["type"] == "error"
+    assert answer["error"]["exit_code"] == 2
+    assert "bad control request" in answer["error"]["message"]
+    assert daemon.requests == []
+
+
+@pytest.mark.parametrize(
+    ("uid", "own_uid", "allowed"),
+    [
+        pytest.param(1000, 1000, True, id="same-user"),
+        pytest.param(0, 1000, True, id="root"),
+        pytest.param(0, 0, True, id="root-daemon-root-peer"),
+        pytest.param(1001, 1000, False, id="other-user"),
+        pytest.param(1000, 0, False, id="user-driving-root-daemon"),
+        pytest.param(NOBODY, 1000, False, id="nobody"),
+    ],
+)
+def test_peer_allowed(uid: int, own_uid: int, allowed: bool) -> None:
+    """Only the daemon's own user or root may drive the daemon."""
+    assert peer_allowed(uid, own_uid) is allowed
+
+
+def as_nobody(work: Callable[[], str]) -> str:
+    """Run *work* in a forked child as uid 65534; what it returned (or the error it raised)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        answer = "no answer"
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            answer = work()
+        except Exception as e:  # noqa: BLE001 - reported to the parent, which asserts on it
+            answer = type(e).__name__
+        finally:
+            os.write(write_end, answer.encode())
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        got = f.read().decode()
+    os.waitpid(pid, 0)
+    return got
+
+
+def read_answer(path: Path) -> str:
+    """Connect to *path* and read the daemon's first line without sending a request."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(path))
+        return sock.makefile("rb").readline().decode()
+
+
+needs_root = pytest.mark.skipif(os.getuid() != 0, reason="switching to another uid needs root")
+
+
+@pytest.fixture
+def open_to_all(daemon: Daemon) -> Daemon:
+    """The daemon's socket loosened to 0666, as a careless operator might."""
+    daemon.path.parent.chmod(0o755)
+    daemon.path.chmod(0o666)
+    return daemon
+
+
+@needs_root
+def test_other_user_cannot_connect(daemon: Daemon) -> None:
+    """Another user cannot even connect: the socket's mode keeps them out."""
+    daemon.path.parent.chmod(0o755)
+    assert as_nobody(lambda: read_answer(daemon.path)) == "PermissionError"
+    assert daemon.requests == []
+
+
+@needs_root
+def test_other_user_is_refused_by_peer_check(open_to_all: Daemon) -> None:
+    """Past a loosened socket mode, the peer-credential check still refuses another user."""
+    answer = json.loads(as_nobody(lambda: read_answer(open_to_all.path)))
+    assert answer["type"] == "error"
+    assert answer["error"]["exit_code"] == 2
+    assert f"uid {NOBODY} may not control this daemon" in answer["error"]["message"]
+    assert open_to_all.requests == []
