@@ -36,6 +36,10 @@ class Daemon:
         self.app = App(config)
         self.root = self.app.root
         self.notifier = sdnotify.SystemdNotifier()
+        if self.notifier.socket is not None:
+            # sdnotify sends with a blocking sendall(): a full notify queue (10 datagrams by
+            # default) would stall the event loop. Drop a message rather than hang.
+            self.notifier.socket.setblocking(False)
         self.stopping = asyncio.Event()
         self.started = time.time()
         self.daemon_lock = FileLock(self.root.daemon_lock)
