@@ -60,6 +60,8 @@ class JournalEntry:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JournalEntry:
+        if not isinstance(data, Mapping):
+            raise TypeError("a journal entry is a JSON object")
         known = set(cls.__dataclass_fields__)
         fields = {k: v for k, v in data.items() if k in known}
         fields["step"] = Step(fields.get("step", "begun"))

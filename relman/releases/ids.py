@@ -16,4 +16,4 @@ def make_release_id(commit_time: int, sha: str) -> str:
 
 def is_release_id(text: str) -> bool:
     """True when *text* has the shape of a release id (never a path, never an option)."""
-    return ID_PATTERN.match(text) is not None
+    return ID_PATTERN.fullmatch(text) is not None

@@ -54,6 +54,8 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Manifest:
+        if not isinstance(data, Mapping):
+            raise TypeError("a manifest is a JSON object")
         known = set(cls.__dataclass_fields__)
         fields = {k: v for k, v in data.items() if k in known}
         fields["state"] = ReleaseState(fields.get("state", "unfinished"))
@@ -88,9 +90,13 @@ def load_all(root: AppRoot) -> list[Manifest]:
         if not is_release_id(path.stem):
             continue
         try:
-            found.append(Manifest.from_json(json.loads(path.read_text())))
+            manifest = Manifest.from_json(json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             continue
+        # Trust the file name, not the id inside: an id of "" would make release_dir() the
+        # releases/ directory itself, and prune would remove every release.
+        if manifest.id == path.stem:
+            found.append(manifest)
     return sorted(found, key=release_order)
 
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from relman.errors import Unhealthy
 from relman.supervisor.server import ServerHandle
@@ -21,8 +21,13 @@ class Probe:
     detail: str  # why there was no answer, or the status line
 
 
+def _quote(path: str) -> str:
+    """*path* as the ASCII a request line needs (a configured "/santé" becomes percent-encoded)."""
+    return quote(path, safe="/?&=%:@!$'()*+,;~-._")
+
+
 def _http_request(path: str, host: str, headers: Mapping[str, str]) -> bytes:
-    lines = [f"GET {path} HTTP/1.0", f"Host: {host}", "User-Agent: relman-health",
+    lines = [f"GET {_quote(path)} HTTP/1.0", f"Host: {host}", "User-Agent: relman-health",
              *(f"{k}: {v}" for k, v in headers.items()), "", ""]
     return "\r\n".join(lines).encode("latin-1")
 
@@ -30,14 +35,14 @@ def _http_request(path: str, host: str, headers: Mapping[str, str]) -> bytes:
 def uwsgi_packet(path: str, host: str) -> bytes:
     """A uwsgi-protocol request (modifier1 0: WSGI), as nginx's uwsgi_pass sends it."""
     path_only, _, query = path.partition("?")
-    env = {"REQUEST_METHOD": "GET", "REQUEST_URI": path, "PATH_INFO": path_only,
+    # As nginx's uwsgi_params: REQUEST_URI as sent on the wire, PATH_INFO decoded.
+    env = {"REQUEST_METHOD": "GET", "REQUEST_URI": _quote(path), "PATH_INFO": path_only,
            "QUERY_STRING": query, "SERVER_PROTOCOL": "HTTP/1.0", "HTTP_HOST": host,
            "SERVER_NAME": host, "SERVER_PORT": "80", "REMOTE_ADDR": "127.0.0.1",
            "HTTP_USER_AGENT": "relman-health"}
-    body = b"".join(
-        struct.pack("<H", len(k)) + k.encode() + struct.pack("<H", len(v)) + v.encode()
-        for k, v in env.items()
-    )
+    pairs = [(k.encode(), v.encode()) for k, v in env.items()]
+    body = b"".join(struct.pack("<H", len(k)) + k + struct.pack("<H", len(v)) + v
+                    for k, v in pairs)
     return struct.pack("<BHB", 0, len(body), 0) + body
 
 

@@ -96,12 +96,6 @@ def test_corrupt_journal_reads_as_unknown_job(tmp_path: Path, text: str) -> None
     assert (found.job, found.step) == ("unknown", Step.BEGUN)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Journal.unfinished catches (ValueError, TypeError) but JournalEntry.from_json "
-    "on valid JSON that is not an object raises AttributeError, so the daemon's reconcile "
-    "at start-up crashes instead of seeing an unknown job",
-)
 @pytest.mark.parametrize("text", ["[]", "null"], ids=["list", "null"])
 def test_journal_holding_non_object_json_reads_as_unknown_job(tmp_path: Path,
                                                               text: str) -> None:

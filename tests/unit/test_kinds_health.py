@@ -139,12 +139,6 @@ def test_uwsgi_packet_decodes() -> None:
     assert env["SERVER_PROTOCOL"] == "HTTP/1.0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: uwsgi_packet writes each variable's length as len(str) (characters) but "
-    "the bytes as str.encode() (UTF-8); a non-ASCII health.path or host gives a packet "
-    "uWSGI misparses",
-)
 def test_uwsgi_packet_lengths_are_bytes() -> None:
     """Variable lengths count bytes, so a non-ASCII path decodes intact."""
     _, env = decode_uwsgi(uwsgi_packet("/santé", "localhost"))
