@@ -18,7 +18,8 @@ from typing import Any
 import click
 
 from relman import __version__, control
-from relman.config import Config, find_config, load_config
+from relman.config import Config, load_config
+from relman.config_search import find_config
 from relman.errors import INTERNAL_ERROR_EXIT, RelmanError, UsageError
 from relman.releases import AppRoot, ReleaseStore
 from relman.releases import history as audit
@@ -70,6 +71,7 @@ def client_info() -> dict[str, Any]:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+WAIT = click.option("--wait", is_flag=True, help="Wait for a running job instead of exit 4.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -110,7 +112,7 @@ def daemon(ctx: Context) -> None:
 
 @cli.command()
 @click.argument("ref")
-@click.option("--wait", is_flag=True, help="Wait for a running job instead of exit 4.")
+@WAIT
 @pass_ctx
 def deploy(ctx: Context, ref: str, wait: bool) -> None:
     """Fetch REF, build it, run the release phase and swap it in."""
@@ -120,7 +122,7 @@ def deploy(ctx: Context, ref: str, wait: bool) -> None:
 
 @cli.command()
 @click.argument("release", required=False)
-@click.option("--wait", is_flag=True, help="Wait for a running job instead of exit 4.")
+@WAIT
 @pass_ctx
 def rollback(ctx: Context, release: str | None, wait: bool) -> None:
     """Swap to the previous known-good release (or RELEASE)."""
@@ -150,23 +152,25 @@ def status(ctx: Context) -> None:
 
 
 @cli.command()
+@WAIT
 @pass_ctx
-def start(ctx: Context) -> None:
+def start(ctx: Context, wait: bool) -> None:
     """Start the app server of the current release."""
-    result = ctx.call("start")
+    result = ctx.call("start", wait=wait)
     ctx.emit(result, lambda: f"started {result['release']} (pid {result['pid']})")
 
 
 @cli.command()
+@WAIT
 @pass_ctx
-def stop(ctx: Context) -> None:
+def stop(ctx: Context, wait: bool) -> None:
     """Stop the app servers (the site is down until `relman start`)."""
-    result = ctx.call("stop")
+    result = ctx.call("stop", wait=wait)
     ctx.emit(result, "stopped")
 
 
 @cli.command()
-@click.option("--wait", is_flag=True, help="Wait for a running job instead of exit 4.")
+@WAIT
 @pass_ctx
 def restart(ctx: Context, wait: bool) -> None:
     """Fresh app server processes for the live release, swapped in without a failed request."""
@@ -192,8 +196,9 @@ def logs(ctx: Context, release: str | None, follow_: bool, lines: int) -> None:
 
 @cli.command()
 @click.option("--release", help="Only entries of this release.")
-@click.option("--event", help="Only this event (deployed, rolled_back, deploy_failed, ...).")
-@click.option("--since", type=float, help="Only the last N hours.")
+@click.option("--event", help="Only this event: deployed, rolled_back, restarted, "
+              "deploy_failed, server_crashed, crash_loop, auto_rollback, pruned, ...")
+@click.option("--since", type=float, metavar="HOURS", help="Only the last HOURS hours.")
 @click.option("-n", "--limit", default=50, show_default=True, help="At most N entries.")
 @pass_ctx
 def history(ctx: Context, release: str | None, event: str | None, since: float | None,
@@ -234,10 +239,11 @@ def nginx_config(ctx: Context, listen: str, server_name: str) -> None:
 
 
 @cli.command()
+@WAIT
 @pass_ctx
-def prune(ctx: Context) -> None:
+def prune(ctx: Context, wait: bool) -> None:
     """Remove releases and venvs beyond keep_releases (never live, target or running)."""
-    result = ctx.call("prune")
+    result = ctx.call("prune", wait=wait)
     ctx.emit(result, lambda: f"removed {len(result['releases'])} releases, "
              f"{len(result['venvs'])} venvs")
 

@@ -42,10 +42,10 @@ class FrozenEnv(Mapping[str, str]):
         return iter(self._items)
     def __len__(self) -> int:
         return len(self._items)
+    def __repr__(self) -> str:  # names only: values may be secrets
+        return f"FrozenEnv({sorted(self._items)!r})"
     def __hash__(self) -> int:
         return hash(frozenset(self._items.items()))
-    def __repr__(self) -> str:
-        return f"FrozenEnv({self._items!r})"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,6 +102,8 @@ class SwapConfig:
     drain_timeout: float = _key(30.0, "number", "seconds to wait for an empty accept queue")
     stop_timeout: float = _key(30.0, "number", "graceful stop, then SIGKILL of the group")
     keep_warm: float = _key(0.0, "number", "seconds the previous release keeps running")
+    verify_window: float = _key(300.0, "number", "seconds after a switch it may roll back")
+    live_check_interval: float = _key(5.0, "number", "seconds between live checks in it")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -237,8 +239,14 @@ def _check_mode(mode: int) -> str | None:
     return next((f"{mode:04o} {why}" for bad, why in problems if bad), None)
 
 
-_POSITIVE: Final[Check] = lambda v: (  # noqa: E731
-    None if 0 < v < math.inf else "must be a finite number above 0")
+def _at_least(low: float, *, above: bool = False) -> Check:
+    """A number check: finite and at least (or above) *low*."""
+    return lambda v: None if (v > low if above else v >= low) and v < math.inf else (
+        f"must be a finite number above {low:g}" if above else f"must be at least {low:g}")
+
+
+_POSITIVE: Final = _at_least(0, above=True)
+_AT_LEAST_0: Final = _at_least(0)
 _CHECKS: Final[dict[str, Check]] = {
     "app.name": lambda v: None if NAME_RE.fullmatch(v) else f"must match {NAME_RE.pattern}",
     "app.repo": lambda v: None if v else "must not be empty",
@@ -263,7 +271,9 @@ _CHECKS: Final[dict[str, Check]] = {
     else "must start with http:// or https://",
     "swap.drain_timeout": _POSITIVE,
     "swap.stop_timeout": _POSITIVE,
-    "swap.keep_warm": lambda v: None if 0 <= v < math.inf else "must be at least 0",
+    "swap.keep_warm": _AT_LEAST_0,
+    "swap.verify_window": _AT_LEAST_0,
+    "swap.live_check_interval": _POSITIVE,
     "restart.policy": _one_of("always", "on-failure", "never"),
     "restart.backoff_max": _POSITIVE,
 }
@@ -333,35 +343,6 @@ def load_config(path: Path) -> Config:
         if broken(config.server):
             raise ConfigError(path, key, reason)
     return config
-
-
-def _existing(path: Path, source: str) -> Path:
-    if not path.exists():
-        raise ConfigError(path, "", f"no such file (named by {source})")
-    return path
-
-
-def find_config(cli_path: str | None, env: Mapping[str, str], app_name: str | None, cwd: Path,
-                etc_dir: Path = Path("/etc/relman")) -> Path:
-    """The config file: --config, $RELMAN_CONFIG, --app's file, ./relman.toml, the only one."""
-    if cli_path:
-        return _existing(cwd / cli_path, "--config")
-    if env.get("RELMAN_CONFIG"):
-        return _existing(cwd / env["RELMAN_CONFIG"], "$RELMAN_CONFIG")
-    if app_name is not None:
-        if not NAME_RE.fullmatch(app_name):  # it becomes a path: no "/" or ".."
-            raise ConfigError("--app", "", f"{app_name!r} must match {NAME_RE.pattern}")
-        return _existing(etc_dir / f"{app_name}.toml", "--app")
-    local = cwd / "relman.toml"
-    if local.is_file():
-        return local
-    found = sorted(p for p in etc_dir.glob("*.toml") if p.is_file())
-    if len(found) == 1:
-        return found[0]
-    tried = f"tried {local} and {etc_dir}/*.toml" + (
-        f", which holds {len(found)}: {', '.join(p.name for p in found)}" if found else "")
-    raise ConfigError("relman.toml", "", "no config found: pass --config PATH or --app NAME, "
-                      f"or set RELMAN_CONFIG ({tried})")
 
 
 def _toml(value: object, type_name: str = "") -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from relman.errors import DaemonUnreachable, RelmanError, error_from_dict
+from relman.errors import DaemonBug, DaemonUnreachable, RelmanError, error_from_dict
 
 log = structlog.get_logger(__name__)
 
@@ -45,8 +45,11 @@ def peer_allowed(uid: int, own_uid: int) -> bool:
 class ControlServer:
     """Accepts requests on run/relman.ctl and hands each to *handler*."""
 
-    def __init__(self, path: Path, handler: Handler, *, group_gid: int | None = None) -> None:
-        self.path, self.handler, self.group_gid = path, handler, group_gid
+    #: a client that sends no request line within this many seconds is dropped
+    request_timeout = 10.0
+
+    def __init__(self, path: Path, handler: Handler) -> None:
+        self.path, self.handler = path, handler
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -78,19 +81,21 @@ class ControlServer:
             writer.write((json.dumps(message) + "\n").encode())
 
         try:
+            # Read the request before any answer, so a refusal is never lost to a reset.
+            try:
+                line = await asyncio.wait_for(reader.readline(), self.request_timeout)
+            except TimeoutError:
+                raise ValueError(f"no request line within {self.request_timeout:g} s") from None
             if not peer_allowed(uid, os.getuid()):
                 send({"type": "error", "error": {"code": "usage", "exit_code": 2,
                       "message": f"uid {uid} may not control this daemon"}})
                 return
-            line = await reader.readline()
-            request = json.loads(line or b"{}")
+            if not line:
+                return  # the client went away before asking anything
+            request = json.loads(line)
             if not isinstance(request, dict):
                 request = {"command": ""}
-            try:
-                data = await self.handler(request, send, (uid, gid))
-                send({"type": "result", "data": data})
-            except RelmanError as e:
-                send({"type": "error", "error": e.to_dict()})
+            await self._answer(request, send, (uid, gid))
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
         except ValueError as e:
@@ -102,6 +107,20 @@ class ControlServer:
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
+
+    async def _answer(self, request: dict[str, Any], send: Send, peer: tuple[int, int]) -> None:
+        """Run the handler; its result or error is the last message of the answer."""
+        try:
+            data = await self.handler(request, send, peer)
+            send({"type": "result", "data": data})
+        except RelmanError as e:
+            send({"type": "error", "error": e.to_dict()})
+        except Exception as e:
+            # reported as one, so the CLI exits 70 rather than "daemon unreachable"
+            log.exception("control.request_failed", command=request.get("command"))
+            send({"type": "error", "error": DaemonBug(
+                f"internal error in the daemon ({type(e).__name__}): see its log "
+                "(journalctl -u relman@APP)").to_dict()})
 
 
 def request(path: Path, command: str, args: dict[str, Any], client: dict[str, Any],
@@ -135,7 +154,11 @@ def _exchange(path: Path, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
         raise DaemonUnreachable(f"{path}: permission denied: run as the app's deploy user")\
             from None
     with sock, sock.makefile("rwb") as f:
-        f.write((json.dumps(payload) + "\n").encode())
-        f.flush()
-        for line in f:
-            yield json.loads(line)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            f.write((json.dumps(payload) + "\n").encode())
+            f.flush()  # a refusal may already be waiting to be read
+        try:
+            for line in f:
+                yield json.loads(line)
+        except ConnectionResetError:
+            raise DaemonUnreachable("the daemon closed the connection") from None

@@ -76,7 +76,8 @@ class Daemon:
                  live=self.app.store.live_id(), pid=os.getpid())
         self.notify(READY="1", STATUS=self.status_line())
         background = [asyncio.create_task(self.feed_watchdog()),
-                      asyncio.create_task(self.watch_files())]
+                      asyncio.create_task(self.watch_files()),
+                      asyncio.create_task(self.recovery.watch_live())]
         await self.stopping.wait()
         self.notify(STOPPING="1", STATUS="stopping the app")
         for task in background:
@@ -216,15 +217,16 @@ class Daemon:
 
     async def _deploy(self, ref: str, who: str, report: Callable[[str, str], None]) -> Any:
         manifest = await self.app.deploy(ref, who, report)
-        return {"release": manifest.id, "sha": manifest.sha, "ref": ref}
+        return {"release": manifest.id, "sha": manifest.sha, "ref": ref,
+                "switch_ms": self.app.switch_ms}
 
     async def _rollback(self, release: Any, who: str, report: Callable[[str, str], None]) -> Any:
         manifest = await self.app.rollback(str(release) if release else None, who, report)
-        return {"release": manifest.id, "sha": manifest.sha}
+        return {"release": manifest.id, "sha": manifest.sha, "switch_ms": self.app.switch_ms}
 
     async def _restart(self, who: str, report: Callable[[str, str], None]) -> Any:
         manifest = await self.app.restart(who, report)
-        return {"release": manifest.id}
+        return {"release": manifest.id, "switch_ms": self.app.switch_ms}
 
     async def _start(self, report: Callable[[str, str], None]) -> Any:
         handle = await self.app.start(report)

@@ -9,7 +9,8 @@ RelmanError                     exit 1: failed, the previous release still serve
 │   └── Unhealthy · PreviewFailed · LiveCheckFailed
 ├── NoRollbackTarget            exit 1
 ├── DaemonUnreachable           exit 3
-└── LockHeld                    exit 4
+├── LockHeld                    exit 4
+└── DaemonBug                   exit 70: a bug in the daemon, reported over the socket
 
 Bugs are not RelmanErrors: the CLI maps any other exception to exit 70 (EX_SOFTWARE) with one
 line pointing to the log, where the traceback is.
@@ -43,7 +44,12 @@ class RelmanError(Exception):
             "hint": self.hint,
             "tail": self.tail,
             "exit_code": self.exit_code,
+            **{k: getattr(self, k) for k in STRUCTURED_FIELDS if hasattr(self, k)},
         }
+
+
+# Fields of particular errors that --json carries as they are (ConfigError, BadRef).
+STRUCTURED_FIELDS = ("file", "key", "reason", "ref")
 
 
 class UsageError(RelmanError):
@@ -117,12 +123,19 @@ class LockHeld(RelmanError):
     code = "lock-held"
 
 
+class DaemonBug(RelmanError):
+    """A bug inside the daemon, carried to the CLI so that it exits 70, not 3."""
+
+    exit_code = INTERNAL_ERROR_EXIT
+    code = "internal"
+
+
 BY_CODE: dict[str, type[RelmanError]] = {
     cls.code: cls
     for cls in (
         RelmanError, UsageError, ConfigError, BadRef, UnknownRelease, DeployFailed, FetchFailed,
         BuildFailed, ReleasePhaseFailed, Unhealthy, PreviewFailed, LiveCheckFailed,
-        NoRollbackTarget, NotRunning, DaemonUnreachable, LockHeld,
+        NoRollbackTarget, NotRunning, DaemonUnreachable, LockHeld, DaemonBug,
     )
 }
 
@@ -134,4 +147,7 @@ def error_from_dict(data: dict[str, Any]) -> RelmanError:
     RelmanError.__init__(
         err, str(data.get("message", "")), hint=data.get("hint"), tail=str(data.get("tail") or "")
     )
+    for key in STRUCTURED_FIELDS:
+        if key in data:
+            setattr(err, key, data[key])
     return err

@@ -74,12 +74,16 @@ def follow(path: Path, *, lines: int, keep_going: bool) -> Iterator[str]:
     offset = path.stat().st_size if path.exists() else 0
     for _changes in watchfiles.watch(path.parent, recursive=False,
                                      watch_filter=lambda _c, p: p == str(path)):
-        size = path.stat().st_size if path.exists() else 0
-        if size < offset:  # rotated or truncated
+        try:
+            size = path.stat().st_size
+            if size < offset:  # rotated or truncated
+                offset = 0
+            with path.open("rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:  # moved away by logrotate: wait for the new file
             offset = 0
-        with path.open("rb") as f:
-            f.seek(offset)
-            data = f.read()
+            continue
         offset += len(data)
         yield from data.decode(errors="replace").splitlines()
 

@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import time
+from pathlib import Path
 
 from testing.daemon import RelmanDaemon, make_base_dir, write_config
 from testing.git import make_app_repo, release_version
@@ -47,6 +48,49 @@ def swap_under_load(app: RelmanDaemon, url: str, *args: str) -> tuple[float, Loa
     return elapsed, load.result
 
 
+def start_stack(base: Path, repo: Path) -> tuple[RelmanDaemon, PrivateNginx | None, str]:
+    """Write the config, start a private nginx when installed, then the daemon."""
+    _user, group = nginx_user_and_group()
+    health: dict[str, object] = {"path": "/health", "timeout": 30}
+    nginx: PrivateNginx | None = None
+    if nginx_binary():
+        nginx = start_nginx(base, name="demo", root=base / "demo", protocol="http")
+        health["nginx_url"] = f"{nginx.url}/health"
+        url = nginx.url
+        print(f"  private nginx on {nginx.url} -> {base}/demo/run/app.sock")
+    else:
+        url = f"unix:{base}/demo/run/app.sock"
+        print("  nginx is not installed: traffic goes straight to run/app.sock")
+    config = write_config(base / "relman.toml", name="demo", repo=repo, root=base / "demo",
+                          server={"kind": "gunicorn", "app": "app:server", "workers": 2,
+                                  "socket_group": group},
+                          health=health, swap={"drain_timeout": 10, "stop_timeout": 10})
+    print(f"  config: {config}")
+    app = RelmanDaemon(config)
+    say("relman init, then the daemon")
+    app.init()
+    app.start()
+    return app, nginx, url
+
+
+def summarise(times: tuple[float, float, float], loads: tuple[LoadResult, LoadResult]) -> int:
+    first, second, back = times
+    sent = sum(load.sent for load in loads)
+    failed = sum(load.failed for load in loads)
+    p99_ms = max(load.percentile(0.99) for load in loads) * 1000
+    say("Summary")
+    print(f"  deploy v1 (cold: mirror clone, venv build)  {first:6.2f} s")
+    print(f"  deploy v2 (venv reused) under load          {second:6.2f} s")
+    print(f"  rollback to v1 under load                   {back:6.2f} s")
+    print(f"  requests sent during the swaps              {sent:6d}")
+    print(f"  requests failed                             {failed:6d}")
+    print(f"  p99 latency during the swaps                {p99_ms:6.0f} ms")
+    if failed:
+        print(f"  failures: {[error for load in loads for error in load.errors]}")
+        return 1
+    return 0
+
+
 def main() -> None:
     os.environ.setdefault("UV_CACHE_DIR", os.path.expanduser("~/.cache/relman-tests-uv"))
     base = make_base_dir("relman-demo-")
@@ -55,25 +99,7 @@ def main() -> None:
     try:
         say(f"A sample app in a local git repo ({base}/repo), tagged v1")
         repo = make_app_repo(base / "repo")
-        _user, group = nginx_user_and_group()
-        health: dict[str, object] = {"path": "/health", "timeout": 30}
-        if nginx_binary():
-            nginx = start_nginx(base, name="demo", root=base / "demo", protocol="http")
-            health["nginx_url"] = f"{nginx.url}/health"
-            url = nginx.url
-            print(f"  private nginx on {nginx.url} -> {base}/demo/run/app.sock")
-        else:
-            url = f"unix:{base}/demo/run/app.sock"
-            print("  nginx is not installed: traffic goes straight to run/app.sock")
-        config = write_config(base / "relman.toml", name="demo", repo=repo, root=base / "demo",
-                              server={"kind": "gunicorn", "app": "app:server", "workers": 2,
-                                      "socket_group": group},
-                              health=health, swap={"drain_timeout": 10, "stop_timeout": 10})
-        print(f"  config: {config}")
-        app = RelmanDaemon(config)
-        say("relman init, then the daemon")
-        app.init()
-        app.start()
+        app, nginx, url = start_stack(base, repo)
         say("Deploy v1")
         first = run(app, "deploy", "v1")
         release_version(repo, "v2")
@@ -83,24 +109,14 @@ def main() -> None:
         back, load_rb = swap_under_load(app, url, "rollback")
         say("relman releases")
         print(app.relman("releases").stdout)
-        say("Summary")
-        sent = load_v2.sent + load_rb.sent
-        failed = load_v2.failed + load_rb.failed
-        print(f"  deploy v1 (cold: mirror clone, venv build)  {first:6.2f} s")
-        print(f"  deploy v2 (venv reused) under load          {second:6.2f} s")
-        print(f"  rollback to v1 under load                    {back:6.2f} s")
-        print(f"  requests sent during the swaps              {sent:6d}")
-        print(f"  requests failed                             {failed:6d}")
-        print(f"  p99 latency during the swaps                {load_v2.percentile(0.99)*1000:6.0f} ms")
-        if failed:
-            print(f"  failures: {load_v2.errors + load_rb.errors}")
-            raise SystemExit(1)
+        status = summarise((first, second, back), (load_v2, load_rb))
     finally:
         if app is not None:
             app.stop()
         if nginx is not None:
             nginx.stop()
         shutil.rmtree(base, ignore_errors=True)
+    raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -71,12 +71,10 @@ class Supervisor:
         try:
             probe = await wait_healthy(handle, path=path, expect=expect, timeout=timeout)
             secure_socket(spec)
-        except Unhealthy as e:
+        except BaseException as e:
             await self.stop(handle, timeout=5)
-            e.tail = tail_file(spec.log, 40)
-            raise
-        except BaseException:
-            await self.stop(handle, timeout=5)
+            if isinstance(e, Unhealthy):
+                e.tail = tail_file(spec.log, 40)
             raise
         handle.advance(ServerState.HEALTHY)
         return handle, probe

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import structlog
 
-from relman.errors import Unhealthy
+from relman.errors import Unhealthy, UsageError
 from relman.supervisor.identity import (
     ProcessIdentity,
     pidfd_for,
@@ -25,6 +25,28 @@ from relman.supervisor.states import ServerState
 log = structlog.get_logger(__name__)
 
 
+# The server writes to its log through a descriptor relman cannot reopen, so the log is
+# rotated when a server starts (every deploy, rollback and restart), not while it runs;
+# for long-lived servers, logrotate with copytruncate does the rest.
+ROTATE_BYTES = 50 * 2**20
+ROTATE_KEEP = 3
+
+
+def rotate_log(path: Path, *, limit: int = ROTATE_BYTES, keep: int = ROTATE_KEEP) -> bool:
+    """Shift path -> path.1 -> ... -> path.<keep> when *path* is larger than *limit*."""
+    try:
+        if path.stat().st_size <= limit:
+            return False
+    except FileNotFoundError:
+        return False
+    for n in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{n}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{n + 1}"))
+    path.replace(path.with_name(f"{path.name}.1"))
+    return True
+
+
 def start_server(spec: ServerSpec) -> ServerHandle:
     """Spawn the server of *spec* in a new session (its own process group).
 
@@ -33,6 +55,7 @@ def start_server(spec: ServerSpec) -> ServerHandle:
     """
     with contextlib.suppress(FileNotFoundError):
         spec.socket.unlink()  # a leftover of a crashed instance would fail the bind
+    rotate_log(spec.log)
     with spec.log.open("ab") as out:
         out.write(f"--- relman: starting {spec.instance}: {' '.join(spec.argv)}\n".encode())
         out.flush()
@@ -66,8 +89,17 @@ def secure_socket(spec: ServerSpec) -> None:
     Done by relman rather than by each server's umask option, so that every kind behaves
     the same; nothing points at the socket before this runs.
     """
-    if spec.socket_group:
-        os.chown(spec.socket, -1, grp.getgrnam(spec.socket_group).gr_gid)
+    group = spec.socket_group
+    if group:
+        try:
+            os.chown(spec.socket, -1, grp.getgrnam(group).gr_gid)
+        except KeyError:
+            raise UsageError(f"server.socket_group: no group named {group!r} on this host")\
+                from None
+        except PermissionError:
+            raise UsageError(
+                f"server.socket_group: cannot give the socket to group {group!r}",
+                hint=f"the deploy user must be a member: usermod -aG {group} USER") from None
     os.chmod(spec.socket, spec.socket_mode)
 
 

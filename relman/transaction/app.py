@@ -29,7 +29,7 @@ from relman.journal import Journal, JournalEntry, Step
 from relman.releases import Manifest, ReleaseState, ReleaseStore
 from relman.supervisor import ServerHandle, ServerSpec, ServerState, Supervisor
 from relman.supervisor.drain import wait_drained
-from relman.supervisor.health import in_range, probe_socket, probe_url
+from relman.supervisor.health import Probe, in_range, probe_socket, probe_url
 from relman.supervisor.kinds import server_argv
 
 log = structlog.get_logger(__name__)
@@ -60,6 +60,8 @@ class App:
         self._warm_timers: dict[str, asyncio.TimerHandle] = {}
         self.on_live_crash: Callable[[ServerHandle], Awaitable[None]] | None = None
         self.switched_at = 0.0  # monotonic time a different release last became live
+        self.job_started = 0.0
+        self.switch_ms = 0.0  # daemon work from the job's start to its switch, last swap
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _step(self, step: Step, report: Report, message: str, **changes: str) -> None:
@@ -171,6 +173,7 @@ class App:
 
     def _begin(self, entry: JournalEntry) -> None:
         job_id = uuid.uuid4().hex[:12]
+        self.job_started = time.monotonic()
         self.store.job_env = {JOB_ENV: job_id}
         self.journal.begin(replace(entry, job_id=job_id))
 
@@ -189,7 +192,8 @@ class App:
 
     def _finish(self, event: str, report: Report, manifest: Manifest, **fields: object) -> None:
         self.journal.step(Step.DONE)
-        self.store.record(event, release=manifest.id, sha=manifest.sha, **fields)
+        self.store.record(event, release=manifest.id, sha=manifest.sha,
+                          switch_ms=self.switch_ms, **fields)
         self._end()
         report(str(Step.DONE), f"{manifest.id} is live")
 
@@ -223,7 +227,9 @@ class App:
         try:
             await self._preview(candidate, report)
             self._switch(candidate, manifest.id)
-            self._step(Step.SWITCHED, report, f"app.sock -> {candidate.socket.name}")
+            self.switch_ms = round((time.monotonic() - self.job_started) * 1000, 1)
+            self._step(Step.SWITCHED, report, f"app.sock -> {candidate.socket.name} "
+                       f"({self.switch_ms:.0f} ms after the job began)")
             await self._verify_live(candidate, report)
         except BaseException:
             if read_link(self.root.app_sock) == candidate.socket.name and old and old.alive:
@@ -274,6 +280,16 @@ class App:
         if not in_range(probe.status, health.expect):
             raise LiveCheckFailed(f"live check failed: {where}: {probe.status or probe.detail}")
         replace_symlink(self.root.next_sock, candidate.socket.name)
+
+    async def check_live(self) -> Probe:
+        """GET health.path from the live server through run/app.sock (not through nginx:
+        this asks whether the release works, not whether nginx does)."""
+        live = self.live
+        if live is None or not live.alive:
+            return Probe(None, "no live server")
+        health = self.config.health
+        return await probe_socket(self.root.app_sock, protocol=live.protocol, path=health.path,
+                                  timeout=10)
 
     async def _retire(self, old: ServerHandle, report: Report) -> None:
         """Drain the old listener, then stop it or keep it warm."""

@@ -3,6 +3,7 @@ a release that crash-loops right after its switch."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -20,14 +21,15 @@ from relman.errors import RelmanError
 from relman.releases import ReleaseState
 from relman.supervisor import ServerHandle, ServerState
 from relman.supervisor.drain import wait_drained
+from relman.supervisor.health import in_range
 from relman.supervisor.restart import Exit, RestartPolicy, decide, quick_exits
 from relman.transaction.app import JOB_ENV, App, Report
 
 log = structlog.get_logger(__name__)
 
-# A release that crash-loops within this many seconds of becoming live is rolled back to the
-# previous known-good one; later, relman keeps restarting it with backoff instead.
-VERIFY_WINDOW: Final = 300.0
+# Live checks that must fail in a row, within swap.verify_window of a switch, before the
+# daemon rolls the release back (one failed check is a blip, three are a broken release).
+LIVE_CHECK_FAILURES: Final = 3
 
 Schedule = Callable[[str, Callable[[Report], Awaitable[Any]], float], None]
 
@@ -102,7 +104,52 @@ class CrashRecovery:
         self.exits: list[Exit] = []
         self.release = ""
         self.crash_loop = ""  # what status and sd_notify STATUS report while it lasts
+        self.live_failures = 0
+        self.watched_switch = 0.0  # app.switched_at of the switch the failures belong to
+        self.calm_switch = -1.0  # app.switched_at of our own auto-rollback: never undone
         app.on_live_crash = self.on_live_crash
+
+    def on_probation(self) -> bool:
+        """Whether the live release may still be rolled back automatically."""
+        app = self.app
+        window = app.config.swap.verify_window
+        return (app.switched_at > 0 and app.switched_at != self.calm_switch
+                and time.monotonic() - app.switched_at < window)
+
+    async def watch_live(self) -> None:
+        """Within swap.verify_window of a switch, GET health.path every live_check_interval."""
+        while True:
+            await asyncio.sleep(self.app.config.swap.live_check_interval)
+            await self.check_live_once()
+
+    async def check_live_once(self) -> None:
+        app = self.app
+        live = app.live
+        if (live is None or not live.alive or app.journal.entry is not None
+                or not self.on_probation()):
+            self.live_failures = 0  # a job in progress, a crash (after_exit's) or no probation
+            return
+        if app.switched_at != self.watched_switch:
+            self.watched_switch, self.live_failures = app.switched_at, 0
+        probe = await app.check_live()
+        if in_range(probe.status, app.config.health.expect) or app.live is not live:
+            self.live_failures = 0
+            return
+        self.live_failures += 1
+        detail = probe.status or probe.detail
+        log.warning("live_check.failed", release=live.release, failures=self.live_failures,
+                    detail=detail)
+        if self.live_failures < LIVE_CHECK_FAILURES:
+            return
+        self.live_failures = 0
+        reason = (f"{live.release} failed its live check {LIVE_CHECK_FAILURES} times in a row "
+                  f"after its switch ({app.config.health.path}: {detail})")
+        target = app.store.rollback_target()
+        if target is None:
+            app.store.record("live_check_failing", release=live.release, reason=reason)
+            return
+        self.schedule("auto-rollback",
+                      lambda report: self.auto_rollback(target.id, reason, report), 0.0)
 
     def note_exit(self, release: str, started: float, returncode: int | None) -> None:
         if release != self.release:
@@ -129,8 +176,7 @@ class CrashRecovery:
                                f"seconds of starting")
             app.store.record("crash_loop", release=release, detail=self.crash_loop)
         target = app.store.rollback_target()
-        recent = time.monotonic() - app.switched_at < VERIFY_WINDOW
-        if decision.crash_loop and recent and target is not None:
+        if decision.crash_loop and self.on_probation() and target is not None:
             reason = f"{release} crash-looped right after its switch"
             self.schedule("auto-rollback",
                           lambda report: self.auto_rollback(target.id, reason, report), 0.0)
@@ -138,9 +184,15 @@ class CrashRecovery:
             self.schedule(f"restart {release}", self.restart_live, decision.delay)
 
     async def auto_rollback(self, target: str, reason: str, report: Report) -> Any:
-        self.app.store.record("auto_rollback", release=target, reason=reason)
-        manifest = await self.app.rollback(target, f"relman (auto: {reason})", report)
-        return {"release": manifest.id}
+        """Swap back to *target*; the release it replaces is marked failed, never a target."""
+        app = self.app
+        bad = app.store.live_id()
+        app.store.record("auto_rollback", release=target, previous=bad, reason=reason)
+        manifest = await app.rollback(target, f"relman (auto: {reason})", report)
+        self.calm_switch = app.switched_at
+        if bad is not None and bad != manifest.id:
+            app.store.mark(app.store.get(bad), ReleaseState.FAILED, error=reason)
+        return {"release": manifest.id, "previous": bad}
 
     async def restart_live(self, report: Report) -> Any:
         """Start the live release again (one attempt; a failure schedules the next)."""

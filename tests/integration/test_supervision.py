@@ -75,6 +75,44 @@ def test_crash_loop_after_switch_rolls_back(make_app, app_repo):
     events = [e["event"] for e in app.json("history")]
     assert "crash_loop" in events
     assert "auto_rollback" in events
+    v2 = app.json("releases")[1]
+    assert v2["state"] == "failed"
+    assert "crash-looped" in v2["error"]
+
+
+def test_failing_live_check_after_switch_rolls_back(make_app, app_repo):
+    """A release that passes its health gate, then fails health.path three times in a row
+    within swap.verify_window, is rolled back by itself, marked failed and never a target."""
+    app = make_app(swap={"live_check_interval": 0.3, "verify_window": 60,
+                         "drain_timeout": 5, "stop_timeout": 5})
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2", extra={"UNHEALTHY_AFTER": "1.5\n"})
+    app.relman("deploy", "v2", check=True)
+    v1, v2 = (r["id"] for r in app.json("releases"))
+    wait_until(lambda: app.json("status")["live"] == v1, timeout=60, what="auto-rollback")
+    assert serving(app, "v1")
+    rolled = [e for e in app.json("history") if e["event"] == "auto_rollback"]
+    assert len(rolled) == 1
+    assert "failed its live check 3 times in a row" in rolled[0]["reason"]
+    assert rolled[0]["previous"] == v2
+    assert app.json("releases")[1]["state"] == "failed"
+    refused = app.relman("rollback", v2)
+    assert refused.returncode == 1, refused.stderr
+    assert f"release {v2} is failed: not a target" in refused.stderr
+
+
+def test_live_check_outside_the_window_does_not_roll_back(make_app, app_repo):
+    """Past swap.verify_window a failing health check is the operator's to act on: the
+    release stays live (relman never flips releases on its own long after a deploy)."""
+    app = make_app(swap={"live_check_interval": 0.3, "verify_window": 1,
+                         "drain_timeout": 5, "stop_timeout": 5})
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2", extra={"UNHEALTHY_AFTER": "2\n"})
+    app.relman("deploy", "v2", check=True)
+    v2 = app.json("releases")[1]["id"]
+    time.sleep(4)
+    assert app.json("status")["live"] == v2
+    assert not any(e["event"] == "auto_rollback" for e in app.json("history"))
 
 
 def test_daemon_sigkill_does_not_interrupt_serving_and_is_adopted(make_app):

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import time
+import urllib.request
 
 import pytest
 
 from testing.git import release_version
 from testing.load import Load
+from testing.waiting import wait_until
+from tests.integration.test_supervision import live_pid
+
+
+def through(nginx) -> str:
+    """GET / through the private nginx; the body."""
+    with urllib.request.urlopen(nginx.url + "/", timeout=10) as reply:
+        return reply.read().decode()
 
 
 def deepest_queue(outputs: list[str]) -> int:
@@ -76,3 +86,54 @@ def test_nginx_serves_each_deploy(stack, app_repo):
         app.relman("deploy", version, check=True)
         with urllib.request.urlopen(nginx.url + "/", timeout=10) as r:
             assert r.read().decode().startswith(f"sample {version}")
+
+
+def test_warm_rollback_is_a_switch_only(stack, app_repo):
+    """With swap.keep_warm, a rollback inside the window starts no process: the old server,
+    drained but running, takes app.sock back, under load with no failed request; after the
+    window it is stopped."""
+    app, nginx = stack("gunicorn", swap={"keep_warm": 30, "drain_timeout": 10})
+    app.relman("deploy", "v1", check=True)
+    v1_pid = live_pid(app)
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    servers = {s["release"]: s for s in app.json("status")["servers"]}
+    assert len(servers) == 2, servers
+    v1 = app.json("releases")[0]["id"]
+    assert servers[v1]["pid"] == v1_pid
+    assert servers[v1]["state"] == "warm"
+    with Load(nginx.url, ("/slow?ms=50", "/"), concurrency=16, max_seconds=120) as load:
+        time.sleep(0.5)
+        lines = app.relman("--json", "rollback", check=True).stdout.splitlines()
+        time.sleep(0.5)
+    assert load.result.failed == 0, (load.result.statuses, load.result.errors)
+    messages = [json.loads(line).get("message", "") for line in lines]
+    assert any("still warm: switching without a restart" in m for m in messages), messages
+    assert json.loads(lines[-1])["switch_ms"] > 0
+    assert live_pid(app) == v1_pid
+    assert through(nginx).startswith("sample v1")
+
+
+def test_warm_server_is_stopped_after_the_window(stack, app_repo):
+    """keep_warm is a bounded window: past it the previous release's server is stopped."""
+    app, _nginx = stack("gunicorn", swap={"keep_warm": 1, "drain_timeout": 5})
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    wait_until(lambda: len(app.json("status")["servers"]) == 1, timeout=30,
+               what="the warm server to be stopped")
+    proc = app.relman("rollback", check=True)
+    assert "still warm" not in proc.stdout
+
+
+def test_named_rollback_skips_releases_in_between(stack, app_repo):
+    """`relman rollback ID` swaps to that release, past newer known-good ones."""
+    app, nginx = stack("gunicorn")
+    for ref in ("v1", "v2", "v3"):
+        if ref != "v1":
+            release_version(app_repo, ref)
+        app.relman("deploy", ref, check=True)
+    v1 = app.json("releases")[0]["id"]
+    app.relman("rollback", v1, check=True)
+    assert app.json("status")["live"] == v1
+    assert through(nginx).startswith("sample v1")

@@ -23,10 +23,10 @@ from relman.config import (
     ServerConfig,
     SwapConfig,
     example_config,
-    find_config,
     load_config,
     schema,
 )
+from relman.config_search import find_config
 from relman.errors import ConfigError, UsageError
 
 BASE: dict[str, dict[str, str]] = {
@@ -295,6 +295,9 @@ BAD_VALUES: list[tuple[dict[str, str | None], str, str]] = [
     ({"swap.stop_timeout": "-5"}, "swap.stop_timeout", "above 0"),
     ({"swap.keep_warm": "-1"}, "swap.keep_warm", "must be at least 0"),
     ({"swap.keep_warm": "inf"}, "swap.keep_warm", "must be at least 0"),
+    ({"swap.verify_window": "-1"}, "swap.verify_window", "must be at least 0"),
+    ({"swap.verify_window": "nan"}, "swap.verify_window", "must be at least 0"),
+    ({"swap.live_check_interval": "0"}, "swap.live_check_interval", "above 0"),
     ({"restart.policy": '"sometimes"'}, "restart.policy",
      "must be one of always | on-failure | never"),
     ({"restart.backoff_max": "0"}, "restart.backoff_max", "above 0"),
@@ -396,7 +399,7 @@ def test_schema_lists_every_field_with_doc_and_type() -> None:
     expected = [f"{table}.{f.name}" for table, cls in TABLES.items() for f in fields(cls)]
     rows = schema()
     assert [row[0] for row in rows] == expected
-    assert len(expected) == 30
+    assert len(expected) == 32
     for key, type_name, _default, doc in rows:
         assert type_name, key
         assert doc, key

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pytest
 
 from relman.control import ControlServer, Send, peer_allowed, request
-from relman.errors import DaemonUnreachable, LockHeld, UnknownRelease
+from relman.errors import DaemonBug, DaemonUnreachable, LockHeld, UnknownRelease
 
 T = TypeVar("T")
 NOBODY = 65534
@@ -52,6 +52,8 @@ class Daemon:
         self.requests.append(req)
         if req.get("command") == "busy":
             raise LockHeld("x", hint="pass --wait to queue behind it")
+        if req.get("command") == "crash":
+            raise KeyError("a bug")
         if req.get("command") == "unknown":
             raise UnknownRelease("release 'r9': no such release", tail="last\nlines")
         send({"type": "progress", "step": "fetched", "message": "one"})
@@ -108,6 +110,25 @@ def test_usage_error_keeps_class_and_tail(daemon: Daemon) -> None:
     with pytest.raises(UnknownRelease) as info:
         request(daemon.path, "unknown", {}, {})
     assert (info.value.exit_code, info.value.tail) == (2, "last\nlines")
+
+
+def test_daemon_bug_reaches_the_client_with_exit_code_70(daemon: Daemon) -> None:
+    """An exception that is not a RelmanError is a bug: exit 70, not 'daemon unreachable'."""
+    with pytest.raises(DaemonBug) as info:
+        request(daemon.path, "crash", {}, {})
+    assert info.value.exit_code == 70
+    assert "KeyError" in info.value.message
+
+
+def test_silent_client_is_dropped(daemon: Daemon) -> None:
+    """A client that never sends its request line does not hold a connection forever."""
+    daemon.server.request_timeout = 0.2
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(daemon.path))
+        answer = json.loads(sock.makefile("rb").readline())
+    assert answer["type"] == "error"
+    assert answer["error"]["exit_code"] == 2
 
 
 def test_socket_is_private_to_its_owner(daemon: Daemon) -> None:
@@ -201,9 +222,10 @@ def as_nobody(work: Callable[[], str]) -> str:
 
 
 def read_answer(path: Path) -> str:
-    """Connect to *path* and read the daemon's first line without sending a request."""
+    """Connect to *path*, ask for the status and read the daemon's first line."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(path))
+        sock.sendall(b'{"command": "status"}\n')
         return sock.makefile("rb").readline().decode()
 
 

@@ -11,6 +11,16 @@ BOOT_DELAY = float(os.environ.get("SAMPLE_BOOT_DELAY", "0"))
 if os.environ.get("SAMPLE_FAIL_IMPORT") or (HERE / "FAIL_IMPORT").exists():
     raise RuntimeError("sample app: failing at import, as asked")
 time.sleep(BOOT_DELAY)
+BOOTED = time.monotonic()
+
+
+def unhealthy() -> bool:
+    """An UNHEALTHY file fails every health check; UNHEALTHY_AFTER (seconds) fails those that
+    come that long after boot, so the release passes its gate and breaks while live."""
+    after = HERE / "UNHEALTHY_AFTER"
+    if after.exists() and time.monotonic() - BOOTED > float(after.read_text()):
+        return True
+    return (HERE / "UNHEALTHY").exists()
 
 
 def server(environ, start_response):
@@ -22,7 +32,7 @@ def server(environ, start_response):
         time.sleep(int(query.get("ms", ["200"])[0]) / 1000)
     if path == "/headers":
         body = "\n".join(f"{k}={v}" for k, v in sorted(environ.items()) if k.startswith("HTTP_"))
-    elif path == "/health" and (HERE / "UNHEALTHY").exists():
+    elif path == "/health" and unhealthy():
         start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
         return [b"unhealthy\n"]
     else:
