@@ -36,8 +36,12 @@ test: lint
 demo: $(VENV)/.stamp
 	$(PY) -m testing.demo
 
+# Figures, not tests: each script prints ratios measured in the same run.
 bench: $(VENV)/.stamp
 	$(PY) bench/swap.py
+	$(PY) bench/swap.py --kind uwsgi
+	$(PY) bench/deploy_speed.py
+	$(PY) bench/supervise.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
