@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
 import sdnotify
 import structlog
 import watchfiles
@@ -22,6 +21,7 @@ from relman.control import ControlServer, Send
 from relman.errors import LockHeld, RelmanError, UsageError
 from relman.lock import Busy, FileLock, read_holder
 from relman.releases.prune import prune
+from relman.supervisor.figures import ProcessFigures
 from relman.supervisor.health import probe_socket
 from relman.transaction import App, CrashRecovery, Report, reconcile
 
@@ -48,6 +48,7 @@ class Daemon:
         self.control = ControlServer(self.root.control_sock, self.handle)
         self.jobs: set[asyncio.Task[Any]] = set()
         self.recovery = CrashRecovery(self.app, self.schedule_job)
+        self.figures = ProcessFigures()
 
     def notify(self, **fields: str) -> None:
         self.notifier.notify("\n".join(f"{k}={v}" for k, v in fields.items()))
@@ -253,7 +254,7 @@ class Daemon:
         """Daemon, live release, processes (pids, workers, RSS, CPU, uptime), health, job."""
         servers = []
         for handle in self.app.supervisor.handles.values():
-            info = handle.describe() | _process_figures(handle.pid)
+            info = handle.describe() | self.figures.of(handle.pid)
             info["live"] = handle is self.app.live
             servers.append(info)
         health = None
@@ -271,7 +272,7 @@ class Daemon:
             "app": self.config.app.name,
             "daemon": {"pid": os.getpid(), "version": __version__,
                        "uptime": round(time.time() - self.started, 1)}
-            | _process_figures(os.getpid(), with_children=False),
+            | self.figures.of(os.getpid(), with_children=False),
             "live": live.release if live is not None and live.alive else None,
             "current": self.app.store.live_id(),
             "rollback_target": target.id if target else None,
@@ -280,26 +281,6 @@ class Daemon:
             "job": entry.to_json() if entry else None,
             "crash_loop": self.recovery.crash_loop or None,
         }
-
-
-def _process_figures(pid: int, *, with_children: bool = True) -> dict[str, Any]:
-    try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            children = proc.children(recursive=True) if with_children else []
-            rss = proc.memory_info().rss + sum(_rss(c) for c in children)
-            return {"workers": len(children), "rss": rss,
-                    "cpu_percent": proc.cpu_percent(interval=None),
-                    "uptime": round(time.time() - proc.create_time(), 1)}
-    except psutil.Error:
-        return {}
-
-
-def _rss(proc: psutil.Process) -> int:
-    try:
-        return int(proc.memory_info().rss)
-    except psutil.Error:
-        return 0
 
 
 def _quiet(_step: str, _message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import replace
@@ -30,7 +31,7 @@ class ReleaseStore:
         # Set for the duration of a job: marks every build process (and its descendants) so
         # that a restarted daemon can find what an interrupted job left running.
         self.job_env: dict[str, str] = {}
-
+        self._interpreter: asyncio.Future[tuple[str, str]] | None = None
 
     def manifests(self) -> list[Manifest]:
         return registry.load_all(self.root)
@@ -72,6 +73,13 @@ class ReleaseStore:
         """app_env() plus the job marker: for git, installers, build and release commands."""
         return {**self.app_env(), **self.job_env}
 
+    def probe_interpreter(self) -> None:
+        """Start finding out build.python's identity (a process start, ~0.1 s) now, so that
+        it overlaps the fetch; build() awaits it."""
+        task = asyncio.ensure_future(venvs.interpreter_identity(self.config.build.python))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # seen, if unused
+        self._interpreter = task
+
     async def fetch(self, on_line: OnLine | None = None) -> None:
         await git.fetch_mirror(
             self.config.app.repo, self.root.repo, self.root.log / "fetch.log", on_line,
@@ -107,8 +115,10 @@ class ReleaseStore:
         logfile = self.root.build_log(manifest.id)
         env = self.build_env()
         started = time.monotonic()
+        probe, self._interpreter = self._interpreter, None
+        interpreter = await (probe or venvs.interpreter_identity(cfg.python))
         venv = await venvs.ensure_venv(
-            self.root.venvs, python=cfg.python, release_dir=rdir,
+            self.root.venvs, interpreter=interpreter, release_dir=rdir,
             requirements=cfg.requirements, log_path=logfile, env=env, on_line=on_line,
         )
         if on_line:

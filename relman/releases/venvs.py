@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,19 +23,20 @@ log = structlog.get_logger(__name__)
 COMPLETE_MARKER = ".relman-complete"
 
 
-def interpreter_identity(python: str) -> tuple[str, str]:
+async def interpreter_identity(python: str) -> tuple[str, str]:
     """(absolute path, version line) of the build interpreter, or BuildFailed."""
     found = shutil.which(python)
     if found is None:
         raise BuildFailed(f"build.python: interpreter {python!r} not found on PATH")
-    out = subprocess.run(
-        [found, "-c", "import sys,platform;print(sys.implementation.name,"
-         " platform.python_version(), platform.machine())"],
-        capture_output=True, text=True, check=False, env=clean_env(),
+    proc = await asyncio.create_subprocess_exec(
+        found, "-c", "import sys,platform;print(sys.implementation.name,"
+        " platform.python_version(), platform.machine())",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=clean_env(),
     )
-    if out.returncode != 0:
-        raise BuildFailed(f"build.python: {found} does not run", tail=out.stderr)
-    return found, out.stdout.strip()
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise BuildFailed(f"build.python: {found} does not run", tail=err.decode(errors="replace"))
+    return found, out.decode().strip()
 
 
 def deps_hash(interpreter: str, release_dir: Path, requirements: Sequence[str]) -> str:
@@ -124,7 +125,7 @@ class VenvResult:
 async def ensure_venv(
     venvs: Path,
     *,
-    python: str,
+    interpreter: tuple[str, str],
     release_dir: Path,
     requirements: Sequence[str],
     log_path: Path,
@@ -140,7 +141,7 @@ async def ensure_venv(
     Deploys are serialised by the deploy lock, so no second builder can race this one.
     """
     started = time.monotonic()
-    found, version = interpreter_identity(python)
+    found, version = interpreter
     digest = deps_hash(version, release_dir, requirements)
     venv = venvs / digest[:16]
     backend = backend or choose_backend()

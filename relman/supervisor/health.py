@@ -110,6 +110,7 @@ async def wait_healthy(handle: ServerHandle, *, path: str, expect: tuple[int, in
     """
     deadline = time.monotonic() + timeout
     last = Probe(None, "not probed yet")
+    pause = 0.01  # doubles up to *interval*: a fast boot is seen at once, a slow one cheaply
     while True:
         if not handle.alive:
             raise Unhealthy(
@@ -129,4 +130,5 @@ async def wait_healthy(handle: ServerHandle, *, path: str, expect: tuple[int, in
             )
         # Wake early if the server dies; otherwise poll again: a socket cannot announce
         # that its application finished importing.
-        await handle.wait_exited(min(interval, remaining))
+        await handle.wait_exited(min(pause, remaining))
+        pause = min(pause * 2, interval)

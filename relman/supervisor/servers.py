@@ -30,6 +30,7 @@ class Supervisor:
         self.on_crash = on_crash
         self.handles: dict[str, ServerHandle] = {}
         self._watchers: set[asyncio.Task[None]] = set()
+        self._generations: dict[str, int] = {}  # release -> the highest generation started
 
     def next_instance(self, release: str) -> str:
         """`<release>.<n>`: a fresh socket and pidfile path for every generation, since
@@ -38,7 +39,9 @@ class Supervisor:
                 for p in self.run_dir.glob(f"{release}.*.pid")
                 if p.stem.rsplit(".", 1)[1].isdigit()}
         used |= {int(i.rsplit(".", 1)[1]) for i in self.handles if i.startswith(release + ".")}
-        return f"{release}.{max(used, default=0) + 1}"
+        used.add(self._generations.get(release, 0))  # a crashed one's files are gone
+        self._generations[release] = max(used) + 1
+        return f"{release}.{max(used) + 1}"
 
     def _register(self, handle: ServerHandle) -> ServerHandle:
         self.handles[handle.instance] = handle

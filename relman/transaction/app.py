@@ -98,6 +98,7 @@ class App:
         started = time.monotonic()
         self._begin(JournalEntry(job="deploy", ref=ref, who=who))
         try:
+            self.store.probe_interpreter()
             await self.store.fetch(lambda line: report("fetch", line))
             commit = self.store.resolve(ref)
             self._step(Step.FETCHED, report, f"{ref} is {commit.sha[:12]}")

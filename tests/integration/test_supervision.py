@@ -39,12 +39,15 @@ def test_sigkilled_server_comes_back(make_app):
     app = make_app()
     app.relman("deploy", "v1", check=True)
     old = live_pid(app)
+    (before,) = app.json("status")["servers"]
     os.killpg(old, signal.SIGKILL)
     wait_until(lambda: live_pid(app) not in (None, old), timeout=30, what="a new live pid")
     assert serving(app)
     events = [e["event"] for e in app.json("history")]
     assert "server_crashed" in events
     assert "server_restarted" in events
+    (after,) = app.json("status")["servers"]
+    assert after["instance"] != before["instance"], "every generation gets its own socket"
 
 
 def test_policy_never_does_not_restart(make_app):

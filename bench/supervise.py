@@ -1,0 +1,369 @@
+"""Supervision: time from a SIGKILL of the live app server to serving again, a SIGKILL of
+the daemon itself (the app must keep serving; the restarted daemon adopts it), and the
+daemon's idle cost next to a gunicorn master's.
+
+    .venv/bin/python bench/supervise.py [--kills 5] [--idle-seconds 60] [--daemon-gap 1]
+
+Everything runs on loopback in a temp dir: the sample app (gunicorn, 2 workers) in a local
+git repo and a real relman daemon; requests go straight to run/app.sock. Only the pids that
+`relman status` reports (and the daemon this script started) are ever signalled. Figures are
+also given as ratios within this one run: the machine is noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from relman.supervisor.identity import find_process, read_pidfile
+from relman.supervisor.restart import MIN_UPTIME
+from testing.daemon import RelmanDaemon, make_base_dir, write_config
+from testing.git import make_app_repo
+from testing.waiting import wait_until
+
+POLL = 0.01  # seconds between health GETs
+MIB = 2**20
+
+
+# --- HTTP over run/app.sock ---------------------------------------------------------------
+
+def get_health(sock: Path) -> tuple[int, int]:
+    """(HTTP status, answering worker's pid) of GET /health over the unix socket *sock*."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(sock))
+        s.sendall(b"GET /health HTTP/1.0\r\nHost: bench\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.decode().partition("\r\n\r\n")
+    words = body.split()
+    pid = int(words[words.index("pid") + 1]) if "pid" in words else 0
+    return int(head.split()[1]), pid
+
+
+def answers_from_new_server(sock: Path, old: set[int]) -> bool:
+    """A 200 from a worker that is not one of the killed group's processes."""
+    try:
+        status, pid = get_health(sock)
+    except (OSError, ValueError, IndexError):
+        return False
+    return status == 200 and pid not in old
+
+
+@dataclass
+class Prober:
+    """GET /health every POLL seconds in a thread; counts what did not answer 200."""
+
+    sock: Path
+    sent: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sent += 1
+            try:
+                status, _pid = get_health(self.sock)
+                error = "" if status == 200 else f"HTTP {status}"
+            except (OSError, ValueError, IndexError) as e:
+                error = f"{type(e).__name__}: {e}"
+            if error:
+                self.failed += 1
+                self.errors.append(error)
+            time.sleep(POLL)
+
+    def __enter__(self) -> Prober:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+# --- the stack ----------------------------------------------------------------------------
+
+@dataclass
+class Bench:
+    base: Path
+    app: RelmanDaemon
+    sock: Path
+    release: str = ""
+    servers: dict[int, float] = field(default_factory=dict)  # pid -> create_time we saw
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.app.json("status")
+        return result
+
+    def live_pid(self) -> int | None:
+        pid = next((s["pid"] for s in self.status()["servers"] if s["live"]), None)
+        if pid is not None:
+            with contextlib.suppress(psutil.Error):
+                self.servers[pid] = psutil.Process(pid).create_time()
+        return pid
+
+    def wait_live_pid(self) -> int:
+        pid = wait_until(self.live_pid, timeout=30, what="a live server")
+        assert pid is not None
+        return pid
+
+
+def make_bench(base: Path) -> Bench:
+    """The sample app's repo and config in *base*; nothing runs yet."""
+    repo = make_app_repo(base / "repo")
+    root = base / "sample"
+    config = write_config(base / "sample.toml", name="sample", repo=repo, root=root,
+                          server={"kind": "gunicorn", "app": "app:server", "workers": 2},
+                          health={"path": "/health", "timeout": 30})
+    return Bench(base, RelmanDaemon(config), root / "run" / "app.sock")
+
+
+def deploy(bench: Bench) -> None:
+    bench.app.init()
+    bench.app.start()
+    bench.app.relman("deploy", "v1", check=True)
+    bench.release = bench.status()["live"]
+
+
+def clean_up(bench: Bench | None, base: Path) -> None:
+    """Stop the daemon (it stops the servers), then SIGKILL any server still running: only
+    pids whose pidfile identity or the create time we saw still holds."""
+    if bench is not None:
+        with contextlib.suppress(Exception):
+            bench.app.stop()
+        kill_leftover_servers(bench)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def kill_leftover_servers(bench: Bench) -> None:
+    for pidfile in (bench.base / "sample" / "run").glob("*.pid"):
+        found = read_pidfile(pidfile)
+        if found and find_process(found[0]) is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(found[0].pid, signal.SIGKILL)
+    for pid, created in bench.servers.items():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if abs(psutil.Process(pid).create_time() - created) < 0.05:
+                os.killpg(pid, signal.SIGKILL)
+
+
+# --- 1. SIGKILL of the live server --------------------------------------------------------
+
+def kill_server_once(bench: Bench) -> float:
+    """SIGKILL the live server's process group; seconds until a new server answers 200."""
+    pid = bench.wait_live_pid()
+    proc = psutil.Process(pid)
+    # Past MIN_UPTIME each kill is a first crash: restarted at once, no backoff.
+    time.sleep(max(0.0, proc.create_time() + MIN_UPTIME + 0.5 - time.time()))
+    old = {pid, *(c.pid for c in proc.children(recursive=True))}
+    started = time.monotonic()
+    os.killpg(pid, signal.SIGKILL)
+    wait_until(lambda: answers_from_new_server(bench.sock, old), timeout=60, interval=POLL,
+               what="the app to serve again")
+    elapsed = time.monotonic() - started
+    wait_until(lambda: bench.live_pid() not in (None, *old), timeout=30, what="a new live pid")
+    return elapsed
+
+
+# --- 1b. SIGKILL of the daemon ------------------------------------------------------------
+
+@dataclass
+class DaemonKill:
+    adopt: float  # seconds from starting the daemon again to status naming the live release
+    sent: int
+    failed: int
+    same_pid: bool
+    errors: list[str]
+
+
+def kill_daemon_once(bench: Bench, gap: float) -> DaemonKill:
+    """kill -9 the daemon, leave the app alone *gap* seconds, start a daemon again."""
+    pid = bench.live_pid()
+    with Prober(bench.sock) as probe:
+        time.sleep(0.2)
+        bench.app.kill9()
+        time.sleep(gap)
+        started = time.monotonic()
+        bench.app.start()
+        wait_until(lambda: bench.status()["live"] == bench.release, timeout=60, interval=POLL,
+                   what="the restarted daemon to adopt the live release")
+        adopt = time.monotonic() - started
+        time.sleep(0.2)
+    return DaemonKill(adopt, probe.sent, probe.failed, bench.live_pid() == pid,
+                      probe.errors[:3])
+
+
+def status_call_seconds(bench: Bench, n: int = 5) -> float:
+    """Median wall time of one `relman --json status` (the adopt figure's resolution)."""
+    times = []
+    for _ in range(n):
+        started = time.monotonic()
+        bench.status()
+        times.append(time.monotonic() - started)
+    return statistics.median(times)
+
+
+# --- 2. idle cost -------------------------------------------------------------------------
+
+@dataclass
+class Idle:
+    cpu_percent: float  # of one core
+    rss_mib: float  # mean over the samples
+    rss_max_mib: float
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def rss_bytes(procs: list[psutil.Process]) -> int:
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total
+
+
+def sample_idle(groups: dict[str, list[psutil.Process]], seconds: float) -> dict[str, Idle]:
+    """CPU time over *seconds* and RSS once a second, for each named group of processes."""
+    cpu0 = {name: cpu_seconds(procs) for name, procs in groups.items()}
+    rss: dict[str, list[int]] = {name: [] for name in groups}
+    started = time.monotonic()
+    while (now := time.monotonic()) - started < seconds:
+        for name, procs in groups.items():
+            rss[name].append(rss_bytes(procs))
+        time.sleep(min(1.0, max(0.0, started + seconds - now)))
+    wall = time.monotonic() - started
+    return {name: Idle(100 * (cpu_seconds(procs) - cpu0[name]) / wall,
+                       statistics.mean(rss[name]) / MIB, max(rss[name]) / MIB)
+            for name, procs in groups.items()}
+
+
+def idle_groups(bench: Bench) -> dict[str, list[psutil.Process]]:
+    assert bench.app.proc is not None
+    master = psutil.Process(bench.wait_live_pid())
+    return {"relman daemon": [psutil.Process(bench.app.proc.pid)],
+            "gunicorn master": [master],
+            "gunicorn master + 2 workers": [master, *master.children(recursive=True)]}
+
+
+# --- report -------------------------------------------------------------------------------
+
+def spread(values: list[float], unit: str = "s") -> str:
+    return (f"min {min(values):.3f} {unit}  median {statistics.median(values):.3f} {unit}  "
+            f"max {max(values):.3f} {unit}")
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "n/a (divisor 0)"
+
+
+def print_server_kills(times: list[float]) -> None:
+    print(f"1. SIGKILL of the live server's process group -> GET /health 200 again "
+          f"(n={len(times)}, poll {POLL * 1000:.0f} ms)")
+    print(f"   {spread(times)}")
+    print(f"   kills spaced > restart MIN_UPTIME ({MIN_UPTIME:.0f} s): each is a first crash, "
+          f"restarted without backoff")
+
+
+def print_daemon_kills(kills: list[DaemonKill], gap: float, status_s: float) -> None:
+    print(f"1b. SIGKILL of the daemon, {gap:.1f} s without a daemon, then a new daemon "
+          f"(n={len(kills)})")
+    print(f"   adopt (start -> `relman status` shows the live release): "
+          f"{spread([k.adopt for k in kills])}")
+    print(f"   one `relman --json status` call: {status_s:.3f} s (the adopt figure's "
+          f"resolution); adopt / status call, median: "
+          f"{ratio(statistics.median([k.adopt for k in kills]), status_s)}")
+    sent, failed = sum(k.sent for k in kills), sum(k.failed for k in kills)
+    print(f"   GET /health every {POLL * 1000:.0f} ms across kill, absence and restart: "
+          f"sent {sent}, failed {failed} (expected 0)")
+    print(f"   same server pid adopted (no second copy started): "
+          f"{sum(k.same_pid for k in kills)}/{len(kills)}")
+    for error in (e for k in kills for e in k.errors):
+        print(f"   failure: {error}")
+
+
+def print_idle(idle: dict[str, Idle], seconds: float) -> None:
+    print(f"2. Idle cost over {seconds:.0f} s, app deployed, no requests, no CLI calls "
+          f"(daemon restarted since the deploy: outside swap.verify_window, no live checks)")
+    print(f"   {'':30} {'CPU % of 1 core':>16} {'RSS MiB mean':>13} {'RSS MiB max':>12}")
+    for name, figures in idle.items():
+        print(f"   {name:30} {figures.cpu_percent:16.3f} {figures.rss_mib:13.1f} "
+              f"{figures.rss_max_mib:12.1f}")
+    daemon, master = idle["relman daemon"], idle["gunicorn master"]
+    group = idle["gunicorn master + 2 workers"]
+    print("3. Ratios (same run)")
+    print(f"   daemon RSS / gunicorn master RSS            {ratio(daemon.rss_mib, master.rss_mib)}")
+    print(f"   daemon RSS / gunicorn master + workers RSS  {ratio(daemon.rss_mib, group.rss_mib)}")
+    print(f"   daemon CPU / gunicorn master CPU            "
+          f"{ratio(daemon.cpu_percent, master.cpu_percent)}")
+
+
+# --- main ---------------------------------------------------------------------------------
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--kills", type=int, default=5, help="SIGKILLs of each kind")
+    parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument("--daemon-gap", type=float, default=1.0,
+                        help="seconds the app runs without a daemon after its SIGKILL")
+    return parser.parse_args()
+
+
+def run(bench: Bench, args: argparse.Namespace) -> int:
+    server_times = [kill_server_once(bench) for _ in range(args.kills)]
+    print_server_kills(server_times)
+    kills = [kill_daemon_once(bench, args.daemon_gap) for _ in range(args.kills)]
+    print_daemon_kills(kills, args.daemon_gap, status_call_seconds(bench))
+    sys.stdout.flush()
+    idle = sample_idle(idle_groups(bench), args.idle_seconds)
+    print_idle(idle, args.idle_seconds)
+    return 1 if any(k.failed or not k.same_pid for k in kills) else 0
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("UV_CACHE_DIR", os.path.expanduser("~/.cache/relman-tests-uv"))
+    os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"relman supervision bench: sample app, gunicorn 2 workers, {os.cpu_count()} cores, "
+          f"load average {load}", flush=True)
+    base = make_base_dir("relman-bench-supervise-")
+    bench: Bench | None = None
+    status = 1
+    try:
+        bench = make_bench(base)
+        deploy(bench)
+        status = run(bench, args)
+    finally:
+        clean_up(bench, base)
+    raise SystemExit(status)
+
+
+if __name__ == "__main__":
+    main()
