@@ -267,7 +267,10 @@ def ssh_command(click_ctx: click.Context) -> None:
     if any(w.startswith("--config") or w.startswith("--app") for w in words):
         raise UsageError("ssh-command: --config and --app are fixed by the forced command")
     command = cli.commands[words[0]]
-    sub = command.make_context(words[0], words[1:], parent=click_ctx)
+    try:
+        sub = command.make_context(words[0], words[1:], parent=click_ctx)
+    except click.UsageError as e:  # one line, not click's usage block naming ssh-command
+        raise UsageError(f"ssh-command: {original!r}: {e.format_message()}") from None
     with sub:
         command.invoke(sub)
     del ctx

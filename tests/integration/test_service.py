@@ -1,0 +1,415 @@
+"""relman as a real service (issue 5): the systemd unit passes `systemd-analyze verify`, and
+`relman ssh-command` guards a real deploy as the forced command of a real, private sshd."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testing.git import release_version
+from testing.ports import free_port
+from testing.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+UNIT = REPO / "contrib" / "systemd" / "relman@.service"
+# Where `sudo pip install /path/to/relman` (README, step 1) puts the console script on Debian.
+INSTALLED_RELMAN = "/usr/local/bin/relman"
+# The console script of the relman under test: the same kind of file pip writes there.
+VENV_RELMAN = Path(sys.executable).with_name("relman")
+
+
+def require_tool(name: str, package: str, *also: str) -> str:
+    """Return the tool's path; skip without it, but fail on CI (CI=true), like require_nginx."""
+    found = shutil.which(name) or next((p for p in also if os.access(p, os.X_OK)), None)
+    if found:
+        return found
+    reason = f"{name} is not installed"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI must install it (apt-get install {package}, .ci/system-deps)")
+    pytest.skip(reason)
+
+
+# --- A. the systemd unit ---------------------------------------------------------------------
+
+def verify_unit(analyze: str, text: str, directory: Path) -> tuple[int, list[str], list[str]]:
+    """`systemd-analyze verify` on *text* installed as relman@demo.service in *directory*.
+
+    Returns (exit status, lines about the unit, other lines). verify loads units from the
+    directory of its argument first, so each call gets a directory of its own. Parse problems
+    ("Unknown key ..., ignoring", "Failed to parse ..., ignoring") leave the exit status at 0:
+    every line naming our unit counts as an error. Lines that do not (the environment: no
+    system bus, another installed unit's warnings) are only shown.
+    """
+    directory.mkdir()
+    unit = directory / "relman@demo.service"
+    unit.write_text(text)
+    # --man=no: Documentation= is checked against man/ below; --recursive-errors=no: the
+    # status reflects this unit, not whatever nginx.service this machine has installed.
+    done = subprocess.run([analyze, "verify", "--man=no", "--recursive-errors=no", str(unit)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    lines = (done.stdout + done.stderr).splitlines()
+    ours = [line for line in lines if unit.name in line]
+    return done.returncode, ours, [line for line in lines if unit.name not in line]
+
+
+def test_systemd_unit_verifies(tmp_path):
+    """The unit has no unknown section, key or value, and its commands exist and parse.
+
+    ExecStart names /usr/local/bin/relman, where a root `pip install` puts it; this machine
+    need not have relman installed there, and a test must not write into /usr/local. So the
+    copy runs the venv's `relman` console script instead: a real executable of the relman
+    under test, with the unit's own arguments, which are then also run through the CLI.
+    """
+    analyze = require_tool("systemd-analyze", "systemd")
+    text = UNIT.read_text()
+    exec_start = re.search(r"^ExecStart=(\S+)(.*)$", text, re.MULTILINE)
+    assert exec_start, "no ExecStart= line"
+    assert exec_start[1] == INSTALLED_RELMAN, exec_start[0]
+    assert VENV_RELMAN.is_file(), f"{VENV_RELMAN} missing: pip install -e . into the venv"
+    assert not set(str(VENV_RELMAN)) & set('" %'), "a path the unit cannot hold as is"
+    copy = text.replace(f"ExecStart={INSTALLED_RELMAN} ", f"ExecStart={VENV_RELMAN} ", 1)
+    assert copy != text
+
+    code, ours, other = verify_unit(analyze, copy, tmp_path / "unit")
+    report = "systemd-analyze verify:\n" + "\n".join(ours + other)
+    assert not ours, report
+    assert code == 0, report
+
+    # The arguments are a valid relman command line (%i is the instance, here "demo").
+    argv = shlex.split(exec_start[2].replace("%i", "demo"))
+    assert argv == ["--app", "demo", "daemon"]
+    helped = subprocess.run([str(VENV_RELMAN), *argv, "--help"], capture_output=True, text=True,
+                            timeout=30, check=False)
+    assert helped.returncode == 0, helped.stderr
+    assert "Usage: relman daemon" in helped.stdout, helped.stdout
+
+    # Documentation= names the man pages this repository ships (and the wheel installs).
+    pages = re.findall(r"man:([\w.]+)\((\d)\)", re.search(r"^Documentation=(.*)$", text,
+                                                         re.MULTILINE)[1])
+    assert pages == [("relman", "1"), ("relman.toml", "5")]
+    for name, section in pages:
+        assert (REPO / "man" / f"{name}.{section}").is_file(), (name, section)
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (("KillMode=process", "KillMod=process"), "Unknown key"),  # exit 0, a warning only
+        (("Type=notify", "Type=notifyy"), "Failed to parse service type"),  # exit 0 too
+        ((f"ExecStart={VENV_RELMAN} ", "ExecStart=/nonexistent/relman "), "not executable"),
+    ],
+    ids=["unknown-key", "bad-value", "missing-executable"],
+)
+def test_systemd_unit_check_catches_errors(tmp_path, change, says):
+    """The check above fails on real unit errors, including those verify exits 0 for."""
+    analyze = require_tool("systemd-analyze", "systemd")
+    good = UNIT.read_text().replace(f"ExecStart={INSTALLED_RELMAN} ",
+                                    f"ExecStart={VENV_RELMAN} ", 1)
+    bad = good.replace(*change)
+    assert bad != good
+    _code, ours, other = verify_unit(analyze, bad, tmp_path / "unit")
+    assert any(says in line for line in ours), (ours, other)
+
+
+# --- B. ssh-command behind a real sshd ----------------------------------------------------------
+
+def login_name() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+class PrivateSshd:
+    """sshd -D on 127.0.0.1:<free port> with its own host key, config, pid file and
+    authorized_keys, all under *base*; stopped by the pid it started."""
+
+    def __init__(self, base: Path) -> None:
+        self.binary = require_tool("sshd", "openssh-server", "/usr/sbin/sshd")
+        self.ssh = require_tool("ssh", "openssh-client")
+        self.keygen = require_tool("ssh-keygen", "openssh-client")
+        self.base = base
+        self.user = login_name()
+        self.authorized = base / "authorized_keys"
+        self.authorized.write_text("")
+        self.host_key = self._keygen("host_key")
+        self.log = base / "sshd.log"
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _keygen(self, name: str) -> Path:
+        key = self.base / name
+        subprocess.run([self.keygen, "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)],
+                       check=True, timeout=30, capture_output=True)
+        return key
+
+    def _config(self) -> Path:
+        conf = self.base / "sshd_config"
+        conf.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.host_key}\n"
+            f"PidFile {self.base / 'sshd.pid'}\nAuthorizedKeysFile {self.authorized}\n"
+            # No PAM (it wants a service file and a tty); tmp dirs fail StrictModes' checks.
+            "UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
+            "PubkeyAuthentication yes\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nAllowTcpForwarding no\nX11Forwarding no\n"
+            "LogLevel VERBOSE\n")
+        return conf
+
+    def start(self) -> None:
+        if os.geteuid() == 0:
+            # sshd started by root chroots its pre-auth child into this compiled-in directory
+            # and refuses to start without it; Debian's ssh.service creates it at start
+            # (RuntimeDirectory=sshd). It is empty and lives on tmpfs, so it is left in place.
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        for _attempt in range(3):
+            self.port = free_port()
+            conf = self._config()
+            check = subprocess.run([self.binary, "-t", "-f", str(conf)], capture_output=True,
+                                   text=True, timeout=30, check=False)
+            assert check.returncode == 0, f"sshd -t: {check.stderr}"
+            with self.log.open("ab") as log:
+                self.proc = subprocess.Popen([self.binary, "-f", str(conf), "-D", "-e"],
+                                             stdin=subprocess.DEVNULL, stdout=log,
+                                             stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                wait_until(self._listening, 10, what=f"sshd on 127.0.0.1:{self.port}")
+            except AssertionError:
+                # free_port() cannot reserve the port: another process may have taken it.
+                if "Address already in use" in self.log.read_text(errors="replace"):
+                    self.stop()
+                    continue
+                raise
+            except BaseException:
+                self.stop()
+                raise
+            return
+        raise AssertionError(f"sshd found no free port in 3 attempts:\n{self.log_tail()}")
+
+    def _listening(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"sshd exited {self.proc.returncode}:\n{self.log_tail()}")
+        return f"Server listening on 127.0.0.1 port {self.port}." in self.log.read_text(
+            errors="replace")
+
+    def log_tail(self, n: int = 30) -> str:
+        with contextlib.suppress(FileNotFoundError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        # Its session's stragglers, if any: the group id stays reserved while one lives.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def authorize(self, forced_command: str, name: str) -> Path:
+        """A new client key whose authorized_keys line forces *forced_command*."""
+        assert '"' not in forced_command
+        key = self._keygen(name)
+        public = key.with_suffix(".pub").read_text().strip()
+        with self.authorized.open("a") as f:
+            f.write(f'command="{forced_command}",restrict {public}\n')
+        return key
+
+    def argv(self, key: Path, *command: str) -> list[str]:
+        known_hosts = self.base / "known_hosts"
+        host_public = self.host_key.with_suffix(".pub").read_text().split()
+        known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_public[0]} {host_public[1]}\n")
+        return [self.ssh, "-F", "/dev/null", "-i", str(key), "-p", str(self.port),
+                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+                "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+                "-o", "LogLevel=ERROR", f"{self.user}@127.0.0.1", *command]
+
+    def run(self, key: Path, *command: str, timeout: float = 180
+            ) -> subprocess.CompletedProcess[str]:
+        """`ssh user@127.0.0.1 COMMAND...`: ssh joins the words with spaces, as always."""
+        env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+        return subprocess.run(self.argv(key, *command), capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=timeout, env=env, check=False)
+
+
+@pytest.fixture
+def sshd(tmp_path) -> Iterator[PrivateSshd]:
+    base = tmp_path / "sshd"
+    base.mkdir()
+    server = PrivateSshd(base)
+    server.start()
+    yield server
+    server.stop()
+
+
+def forced_command(config: Path, *global_options: str) -> str:
+    """README's `command="relman --app shop ssh-command"`, with the venv's console script (an
+    ssh session's PATH does not hold the venv) and --config (no file in /etc/relman)."""
+    return " ".join([str(VENV_RELMAN), "--config", str(config), *global_options, "ssh-command"])
+
+
+def stream(argv: list[str], timeout: float = 180) -> tuple[int, list[tuple[str, bool]]]:
+    """Run *argv*, reading stdout line by line: (exit status, [(line, ssh still running)])."""
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, env=env)
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    try:
+        assert proc.stdout is not None
+        lines = [(line.rstrip("\n"), proc.poll() is None) for line in proc.stdout]
+        return proc.wait(10), lines
+    finally:
+        killer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_ssh_command_over_real_ssh(make_app, app_repo, sshd):
+    """Allowed commands work through sshd's forced command; a deploy streams its steps while
+    it runs, and the history records the deploy and rollback with the SSH client address."""
+    app = make_app()
+    app.relman("deploy", "v1", check=True)
+    key = sshd.authorize(forced_command(app.config), "ci")
+    json_key = sshd.authorize(forced_command(app.config, "--json"), "ci-json")
+    (v1,) = app.json("releases")
+
+    status = sshd.run(key, "relman status")
+    assert status.returncode == 0, (status.stderr, sshd.log_tail())
+    assert v1["id"] in status.stdout
+    releases = sshd.run(key, "relman", "releases")
+    assert releases.returncode == 0, releases.stderr
+    assert v1["id"] in releases.stdout
+
+    release_version(app_repo, "v2")
+    code, lines = stream(sshd.argv(key, "relman deploy v2"))
+    text = "\n".join(line for line, _ in lines)
+    assert code == 0, f"{text}\n--- daemon ---\n{app.log_tail()}\n--- sshd ---\n{sshd.log_tail()}"
+    steps = [line for line, _ in lines if line.startswith("[")]
+    for step in ("fetched", "built", "healthy", "switched", "drained"):
+        assert any(line.startswith(f"[{step}]") for line in steps), (step, text)
+    assert lines[-1][0].startswith("deployed v2 as "), text
+    assert lines[0][1], "the first step arrived while the deploy still ran: streamed"
+    v2 = lines[-1][0].removeprefix("deployed v2 as ")
+
+    back = sshd.run(key, "relman rollback")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert f"rolled back to {v1['id']}" in back.stdout
+    assert app.json("status")["live"] == v1["id"]
+
+    expected_who = f"{login_name()} via ssh from 127.0.0.1"
+    history = sshd.run(key, "relman history")
+    assert history.returncode == 0, history.stderr
+    assert re.search(rf"deployed\s+{v2}\s+{re.escape(expected_who)}$", history.stdout,
+                     re.MULTILINE), history.stdout
+    # The same through a key whose forced command adds --json (man relman: global options
+    # belong in the forced command).
+    entries = json.loads(sshd.run(json_key, "relman history").stdout)
+    events = [(e["event"], e.get("release"), e["who"]) for e in entries]
+    assert events[0][:2] == ("deployed", v1["id"])
+    assert "via ssh" not in events[0][2], "v1 was deployed locally"
+    assert events[1:] == [("deployed", v2, expected_who),
+                          ("rolled_back", v1["id"], expected_who)], events
+
+
+REFUSED = "relman: error: ssh-command: {!r} is not allowed; allowed: deploy, history, logs, " \
+          "releases, rollback, status"
+FIXED = "relman: error: ssh-command: --config and --app are fixed by the forced command"
+
+
+def test_ssh_command_refuses_over_real_ssh(make_app, base_dir, sshd):
+    """Anything but the six commands, shell syntax and --config/--app are refused with exit
+    2 and one line, and nothing runs: no file appears or goes, no job reaches the daemon."""
+    app = make_app()
+    app.relman("deploy", "v1", check=True)
+    key = sshd.authorize(forced_command(app.config), "ci")
+    canary = base_dir / "canary"
+    canary.mkdir()
+    pwned = base_dir / "pwned"
+    other = base_dir / "other.toml"
+    other.write_text(app.config.read_text().replace(str(base_dir / "sample"),
+                                                    str(base_dir / "other")))
+    before = (app.json("releases"), app.json("history"))
+
+    one_line = {
+        "relman prune": REFUSED.format("relman prune"),
+        "relman restart": REFUSED.format("relman restart"),
+        f"rm -rf {canary}": REFUSED.format(f"rm -rf {canary}"),
+        f"touch {pwned}": REFUSED.format(f"touch {pwned}"),
+        "id": REFUSED.format("id"),
+        f"relman --config {other} status": REFUSED.format(f"relman --config {other} status"),
+        "relman --json status": REFUSED.format("relman --json status"),
+        f"relman status --config {other}": FIXED,
+        f"relman deploy v1 --config={other}": FIXED,
+        "relman deploy --app other v1": FIXED,
+        "relman 'status": "relman: error: ssh-command: cannot parse SSH_ORIGINAL_COMMAND",
+        "": REFUSED.format("(no command)"),
+    }
+    for command, message in one_line.items():
+        done = sshd.run(key, command) if command else sshd.run(key)
+        assert (done.returncode, done.stdout, done.stderr.splitlines()) == (2, "", [message]), (
+            command, done)
+
+    # Shell syntax is not shell syntax here: words go to click, which rejects the extras,
+    # in one line.
+    for command in (f"relman deploy v1; touch {pwned}", f"relman status && touch {pwned}",
+                    f"relman releases | touch {pwned}", f"relman status $(touch {pwned})"):
+        done = sshd.run(key, command)
+        assert done.returncode == 2, (command, done)
+        assert "unexpected extra argument" in done.stderr, (command, done.stderr)
+        assert done.stderr.count("\n") == 1, done.stderr
+
+    assert canary.is_dir(), "rm -rf ran"
+    assert not pwned.exists(), "a command after the allowed one ran"
+    assert not (base_dir / "other").exists(), "--config was honoured"
+    assert (app.json("releases"), app.json("history")) == before
+    assert app.json("status")["live"] == before[0][0]["id"]
+
+
+def test_dropped_ssh_session_does_not_abort_the_deploy(make_app, app_repo, sshd):
+    """The ssh client dies mid-deploy (a dropped connection): the daemon owns the job, so
+    `relman status` shows it running and the release goes live all the same."""
+    app = make_app(release={"commands": ["sleep 3"]})
+    app.relman("deploy", "v1", check=True)
+    key = sshd.authorize(forced_command(app.config), "ci")
+    release_version(app_repo, "v2")
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    client = subprocess.Popen(sshd.argv(key, "relman deploy v2"), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                              env=env)
+    try:
+        assert client.stdout is not None
+        for line in client.stdout:  # until the release phase runs
+            if line.startswith("[built]"):
+                break
+        client.kill()  # the connection drops, as when a laptop closes
+        client.wait(10)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(10)
+    job = app.json("status")["job"]
+    assert job is not None, "the deploy is still running"
+    assert job["job"] == "deploy"
+    wait_until(lambda: app.json("status")["job"] is None, timeout=60, what="the deploy")
+    live = next(r for r in app.json("releases") if r["live"])
+    assert live["ref"] == "v2"
