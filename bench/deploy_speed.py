@@ -34,6 +34,7 @@ from testing.git import make_app_repo, release_version
 from testing.waiting import wait_until
 
 WORKERS = 2
+DEPS: list[str] = []  # --deps: extra requirements for every case
 ADDED_DEP = "six==1.16.0"
 CASES = (
     ("manual", "manual: clone + venv + pip install + start"),
@@ -186,8 +187,8 @@ def start_daemon(base: Path, repo: Path) -> RelmanDaemon:
     return app
 
 
-def relman_cases(app: RelmanDaemon, repo: Path) -> dict[str, Measured]:
-    found = {"cold": timed_deploy(app, "v1")}
+def relman_cases(app: RelmanDaemon, repo: Path, first: str) -> dict[str, Measured]:
+    found = {"cold": timed_deploy(app, first)}
     release_version(repo, "v2", extra={"app_change.txt": "an app change, no dependency\n"})
     found["redeploy"] = timed_deploy(app, "v2")
     requirements = (repo / "requirements.txt").read_text()
@@ -199,6 +200,7 @@ def relman_cases(app: RelmanDaemon, repo: Path) -> dict[str, Measured]:
 def check_releases(app: RelmanDaemon) -> list[str]:
     """Problems in what the deploys left: venv sharing and the added dependency."""
     by_ref = {r["ref"]: r for r in app.json("releases")}
+    by_ref["v1"] = by_ref.get("v1", by_ref.get("v1-deps", {}))
     problems = []
     if by_ref["v1"]["venv"] != by_ref["v2"]["venv"]:
         problems.append(f"v2 did not share v1's venv: {by_ref['v1']['venv']} vs "
@@ -216,6 +218,7 @@ def check_releases(app: RelmanDaemon) -> list[str]:
 def add_timings(app: RelmanDaemon, results: dict[str, Measured]) -> None:
     """The daemon's own timings from the manifests (seconds): venv, build, deploy."""
     by_ref = {r["ref"]: r for r in app.json("releases")}
+    by_ref["v1"] = by_ref.get("v1", by_ref.get("v1-deps", {}))
     for key, ref in (("cold", "v1"), ("redeploy", "v2"), ("added_dep", "v3")):
         results[key].phases.update(by_ref[ref]["timings"])
 
@@ -223,16 +226,21 @@ def add_timings(app: RelmanDaemon, results: dict[str, Measured]) -> None:
 # ---------------------------------------------------------------------------- one run
 
 
-def one_run(number: int, verbose: bool) -> tuple[dict[str, Measured], list[str]]:
+def one_run(number: int, verbose: bool, deps: list[str]
+            ) -> tuple[dict[str, Measured], list[str]]:
     base = make_base_dir("relman-deploy-speed-")
     app: RelmanDaemon | None = None
     try:
         repo = make_app_repo(base / "repo")
+        if deps:  # v1 becomes the sample app with a real app's dependency list
+            requirements = (repo / "requirements.txt").read_text() + "\n".join(deps) + "\n"
+            release_version(repo, "v1-deps", extra={"requirements.txt": requirements})
+        first = "v1-deps" if deps else "v1"
         log_step(f"run {number}: the manual way")
-        results = {"manual": manual_way(base, repo, "v1")}
+        results = {"manual": manual_way(base, repo, first)}
         log_step(f"run {number}: relman init, daemon, deploy v1, v2, v3")
         app = start_daemon(base, repo)
-        results.update(relman_cases(app, repo))
+        results.update(relman_cases(app, repo, first))
         problems = check_releases(app)
         add_timings(app, results)
     finally:
@@ -273,7 +281,8 @@ def dependency_work(lines: list[str]) -> list[str]:
 
 def print_table(runs: list[dict[str, Measured]]) -> None:
     manual = median(runs, "manual")
-    print(f"\ndeploy speed, median of {len(runs)} run(s), gunicorn with {WORKERS} workers\n")
+    print(f"\ndeploy speed, median of {len(runs)} run(s), gunicorn with {WORKERS} workers, "
+          f"requirements: {' '.join(DEPS) or 'the sample app (gunicorn, pyuwsgi)'}\n")
     print(f"  {'case':46s} {'seconds':>8s} {'x manual':>9s} {'boot':>7s}  backend")
     for key, title in CASES:
         seconds = median(runs, key)
@@ -327,14 +336,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1, help="repeat and report the median")
     parser.add_argument("--verbose", action="store_true", help="print every command's output")
+    parser.add_argument("--deps", default="", metavar="REQS",
+                        help="extra requirements for every case, space-separated, e.g. "
+                             "'django==5.1.4 requests==2.32.3': a real app's dependency list")
     args = parser.parse_args()
     os.environ.setdefault("UV_CACHE_DIR", os.path.expanduser("~/.cache/relman-tests-uv"))
     pip_cache = Path(os.environ.get("PIP_CACHE_DIR") or os.path.expanduser("~/.cache/pip"))
     caches = (dir_summary(pip_cache), dir_summary(Path(os.environ["UV_CACHE_DIR"])))
+    DEPS[:] = args.deps.split()
     runs: list[dict[str, Measured]] = []
     problems: list[str] = []
     for number in range(1, max(1, args.runs) + 1):
-        results, found = one_run(number, args.verbose)
+        results, found = one_run(number, args.verbose, DEPS)
         runs.append(results)
         problems.extend(f"run {number}: {p}" for p in found)
     print_table(runs)
