@@ -102,7 +102,7 @@ def in_range(status: int | None, expect: tuple[int, int]) -> bool:
 
 
 async def wait_healthy(handle: ServerHandle, *, path: str, expect: tuple[int, int],
-                       timeout: float, interval: float = 0.1) -> Probe:
+                       timeout: float, interval: float = 0.05) -> Probe:
     """Wait until *handle* is alive and answers *path* within *expect*, or raise Unhealthy.
 
     A server that exits stops the wait at once (its pidfd fires); the error carries the
@@ -110,7 +110,7 @@ async def wait_healthy(handle: ServerHandle, *, path: str, expect: tuple[int, in
     """
     deadline = time.monotonic() + timeout
     last = Probe(None, "not probed yet")
-    pause = 0.01  # doubles up to *interval*: a fast boot is seen at once, a slow one cheaply
+    pause = 0.01  # grows to *interval*: a fast boot is seen at once, a slow one cheaply
     while True:
         if not handle.alive:
             raise Unhealthy(
@@ -131,4 +131,4 @@ async def wait_healthy(handle: ServerHandle, *, path: str, expect: tuple[int, in
         # Wake early if the server dies; otherwise poll again: a socket cannot announce
         # that its application finished importing.
         await handle.wait_exited(min(pause, remaining))
-        pause = min(pause * 2, interval)
+        pause = min(pause * 1.5, interval)
