@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from testing.daemon import RELMAN, RelmanDaemon, make_base_dir, write_config
 from testing.git import make_app_repo, release_version
+from testing.unixhttp import http_get
 from testing.waiting import wait_until
 
 WORKERS = 2
@@ -63,19 +63,11 @@ def log_step(text: str) -> None:
 
 
 def get_status(sock: Path, path: str = "/health") -> int:
-    """GET *path* over a unix socket with HTTP/1.0; the status code, 0 if it cannot connect."""
+    """GET *path* over a unix socket; the status code, 0 if nothing answers."""
     try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(5)
-            s.connect(str(sock))
-            s.sendall(f"GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-    except OSError:
+        return http_get(sock, path, timeout=5)[0]
+    except (OSError, ValueError):
         return 0
-    head = data.decode(errors="replace").split("\r\n", 1)[0].split()
-    return int(head[1]) if len(head) > 1 and head[1].isdigit() else 0
 
 
 def timed(argv: list[str], out: list[str], env: dict[str, str], cwd: Path | None = None

@@ -17,7 +17,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import threading
@@ -34,6 +33,7 @@ from relman.supervisor.identity import find_process, read_pidfile
 from relman.supervisor.restart import MIN_UPTIME
 from testing.daemon import RelmanDaemon, make_base_dir, write_config
 from testing.git import make_app_repo
+from testing.unixhttp import http_get
 from testing.waiting import wait_until
 
 POLL = 0.01  # seconds between health GETs
@@ -44,17 +44,10 @@ MIB = 2**20
 
 def get_health(sock: Path) -> tuple[int, int]:
     """(HTTP status, answering worker's pid) of GET /health over the unix socket *sock*."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(5)
-        s.connect(str(sock))
-        s.sendall(b"GET /health HTTP/1.0\r\nHost: bench\r\n\r\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.decode().partition("\r\n\r\n")
+    status, body = http_get(sock, "/health", timeout=5)
     words = body.split()
     pid = int(words[words.index("pid") + 1]) if "pid" in words else 0
-    return int(head.split()[1]), pid
+    return status, pid
 
 
 def answers_from_new_server(sock: Path, old: set[int]) -> bool:

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 
 from testing.git import release_version
+from testing.unixhttp import http_get
 
 
 def get(sock: Path, path: str = "/") -> str:
-    """GET *path* over a unix socket with HTTP; returns the body."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(10)
-        s.connect(str(sock))
-        s.sendall(f"GET {path} HTTP/1.0\r\nHost: t\r\n\r\n".encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.decode().partition("\r\n\r\n")
-    assert head.split()[1] == "200", head
+    """GET *path* over a unix socket with HTTP; returns the body of a 200."""
+    status, body = http_get(sock, path)
+    assert status == 200, (status, body)
     return body
 
 

@@ -30,7 +30,7 @@ def live_pid(app) -> int | None:
 def serving(app, version: str = "v1") -> bool:
     try:
         return get(root_of(app) / "run/app.sock").startswith(f"sample {version}")
-    except (OSError, AssertionError):
+    except (OSError, ValueError, AssertionError):
         return False
 
 
