@@ -21,7 +21,7 @@ class ServerState(StrEnum):
 S = ServerState
 ALLOWED: Final[Mapping[ServerState, frozenset[ServerState]]] = {
     S.STARTING: frozenset({S.HEALTHY, S.CRASHED, S.STOPPING}),
-    S.HEALTHY: frozenset({S.LIVE, S.STOPPING, S.CRASHED}),
+    S.HEALTHY: frozenset({S.LIVE, S.WARM, S.STOPPING, S.CRASHED}),  # WARM: adopted
     S.LIVE: frozenset({S.DRAINING, S.WARM, S.STOPPING, S.CRASHED}),
     S.WARM: frozenset({S.LIVE, S.STOPPING, S.CRASHED}),
     S.DRAINING: frozenset({S.STOPPING, S.WARM, S.LIVE, S.CRASHED}),

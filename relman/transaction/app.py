@@ -302,13 +302,15 @@ class App:
         keep = self.config.swap.keep_warm
         if keep > 0 and old.alive:
             old.advance(ServerState.WARM)
-            self._keep_warm(old, keep)
+            self.keep_warm(old, keep)
             self._step(Step.STOPPED_OLD, report, f"{old.instance} kept warm for {keep:g}s")
             return
         await self.supervisor.stop(old, self.config.swap.stop_timeout)
         self._step(Step.STOPPED_OLD, report, f"{old.instance} stopped")
 
-    def _keep_warm(self, handle: ServerHandle, seconds: float) -> None:
+    def keep_warm(self, handle: ServerHandle, seconds: float) -> None:
+        """Keep *handle* (drained, not live) running *seconds*: a rollback to its release
+        within that time is a switch only."""
         previous = self.warm.pop(handle.release, None)
         if previous is not None and previous is not handle:
             self._cancel_warm_timer(handle.release)

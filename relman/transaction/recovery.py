@@ -21,7 +21,7 @@ from relman.errors import RelmanError
 from relman.releases import ReleaseState
 from relman.supervisor import ServerHandle, ServerState
 from relman.supervisor.drain import wait_drained
-from relman.supervisor.health import in_range
+from relman.supervisor.health import in_range, probe_socket
 from relman.supervisor.restart import Exit, RestartPolicy, decide, quick_exits
 from relman.transaction.app import JOB_ENV, App, Report
 
@@ -73,6 +73,7 @@ async def reconcile(app: App, report: Report) -> list[str]:
     adopted = {h.instance: h for h in app.supervisor.adopt_all()}
     live_name = read_link(app.root.app_sock)
     live = next((h for h in adopted.values() if h.socket.name == live_name), None)
+    interrupted = app.journal.unfinished() is not None
     undo_interrupted_job(app, notes)
     if live is not None:
         live.state = ServerState.LIVE
@@ -82,6 +83,10 @@ async def reconcile(app: App, report: Report) -> list[str]:
         replace_symlink(app.root.next_sock, live.socket.name)
     for handle in adopted.values():
         if handle is live:
+            continue
+        if not interrupted and await _still_warm(app, handle):
+            app.keep_warm(handle, app.config.swap.keep_warm)
+            notes.append(f"keeping {handle.instance} warm for {app.config.swap.keep_warm:g}s")
             continue
         notes.append(f"stopping {handle.instance}: not live")
         # It may have been live a moment ago: let nginx's queued connections through first.
@@ -94,6 +99,23 @@ async def reconcile(app: App, report: Report) -> list[str]:
         except RelmanError as e:
             notes.append(f"could not start the live release: {e.message}")
     return notes
+
+
+async def _still_warm(app: App, handle: ServerHandle) -> bool:
+    """Whether an adopted server that is not live was the warm previous release: keep_warm
+    is on, its release is a built one, and it still answers its health check."""
+    if app.config.swap.keep_warm <= 0 or app.warm.get(handle.release) is not None:
+        return False
+    manifest = next((m for m in app.store.manifests() if m.id == handle.release), None)
+    if manifest is None or manifest.state is not ReleaseState.BUILT:
+        return False
+    health = app.config.health
+    probe = await probe_socket(handle.socket, protocol=handle.protocol, path=health.path,
+                               timeout=5)
+    if not in_range(probe.status, health.expect):
+        return False
+    handle.advance(ServerState.WARM)
+    return True
 
 
 class CrashRecovery:

@@ -291,3 +291,23 @@ def test_status_shows_process_figures(make_app):
     assert status["daemon"]["rss"] > 0
     human = app.relman("status", check=True).stdout
     assert "workers 3" in human
+
+
+def test_restarted_daemon_adopts_the_warm_previous_release(make_app, app_repo):
+    """kill -9 of the daemon while the previous release is kept warm: the next daemon adopts
+    both servers (no second copy), keeps the old one warm, and a rollback is a switch only."""
+    app = make_app(swap={"keep_warm": 60, "drain_timeout": 5, "stop_timeout": 5})
+    app.relman("deploy", "v1", check=True)
+    v1_pid = live_pid(app)
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    v2_pid = live_pid(app)
+    app.kill9()
+    app.start()
+    servers = {s["pid"]: s["state"] for s in app.json("status")["servers"]}
+    assert servers == {v1_pid: "warm", v2_pid: "live"}
+    assert "keeping" in app.log_tail(200)
+    rollback = app.relman("rollback", check=True)
+    assert "still warm: switching without a restart" in rollback.stdout
+    assert live_pid(app) == v1_pid
+    assert serving(app, "v1")
