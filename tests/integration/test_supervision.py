@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from testing.git import release_version
+from testing.load import Load
 from testing.waiting import wait_until
 from tests.integration.test_deploy import get
 
@@ -164,19 +165,24 @@ STEPS = ["fetched", "built", "released", "healthy", "previewed", "switched", "ve
 
 @pytest.mark.parametrize("step", STEPS)
 def test_daemon_killed_at_each_step_recovers(stack, app_repo, step):
-    """kill -9 of the daemon right after any deploy step: the site serves throughout, the
-    lock is free, no orphan server remains, and the next deploy works."""
-    app, _nginx = stack("gunicorn")
+    """kill -9 of the daemon right after any deploy step: the site serves throughout (a load
+    through nginx across the crash and the recovery sees no failed request), the lock is
+    free, no orphan server remains, and the next deploy works."""
+    app, nginx = stack("gunicorn")
     app.relman("deploy", "v1", check=True)
     release_version(app_repo, "v2")
-    app.stop()
-    app.start(env={"RELMAN_TEST_CRASH_AT": step})
-    app.relman("deploy", "v2")
-    app.proc.wait(30)
-    version = "v2" if step in STEPS[STEPS.index("switched"):] else "v1"
-    assert serving(app, version), f"the site must serve {version} while no daemon runs"
-    app.start()
-    assert serving(app, version)
+    with Load(nginx.url, ("/slow?ms=20", "/"), concurrency=4, max_seconds=120) as load:
+        app.kill9()  # a daemon with the fault hook adopts the site, which stays up
+        app.start(env={"RELMAN_TEST_CRASH_AT": step})
+        app.relman("deploy", "v2")
+        app.proc.wait(30)
+        version = "v2" if step in STEPS[STEPS.index("switched"):] else "v1"
+        assert serving(app, version), f"the site must serve {version} while no daemon runs"
+        app.start()
+        assert serving(app, version)
+        time.sleep(0.3)
+    assert load.result.sent > 20
+    assert load.result.failed == 0, (load.result.statuses, load.result.errors)
     status = app.json("status")
     assert status["job"] is None
     assert len(status["servers"]) == 1, status["servers"]
