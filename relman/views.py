@@ -66,13 +66,21 @@ def render_status(s: dict[str, Any]) -> str:
 
 def follow(path: Path, *, lines: int, keep_going: bool) -> Iterator[str]:
     """The last *lines* lines of *path*, then (with keep_going) new lines as they come."""
-    text = tail_file(path, lines)
-    if text:
-        yield from text.splitlines()
     if not keep_going:
+        yield from tail_file(path, lines).splitlines()
         return
-    offset = path.stat().st_size if path.exists() else 0
-    for _changes in watchfiles.watch(path.parent, recursive=False,
+    offset, tail = 0, b""
+    try:
+        with path.open("rb") as f:
+            offset = f.seek(0, os.SEEK_END)  # the tail is what lies before this offset
+            start = f.seek(max(0, offset - 64 * 1024))
+            tail = f.read(offset - start)
+    except FileNotFoundError:
+        pass
+    yield from tail.decode(errors="replace").splitlines()[-lines:]
+    # A timeout yield every second reads whatever came before the watch itself began.
+    for _changes in watchfiles.watch(path.parent, recursive=False, rust_timeout=1000,
+                                     yield_on_timeout=True,
                                      watch_filter=lambda _c, p: p == str(path)):
         try:
             size = path.stat().st_size

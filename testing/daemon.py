@@ -26,8 +26,9 @@ def make_base_dir(prefix: str = "relman-") -> Path:
 
 def write_config(path: Path, *, name: str, repo: Path, root: Path, **tables: dict[str, Any]
                  ) -> Path:
-    """A relman.toml with [app] and any other *tables* given as dicts."""
+    """A relman.toml with [app] (plus any keys in tables["app"]) and any other *tables*."""
     lines = ["[app]", f'name = "{name}"', f'repo = "{repo}"', f'root = "{root}"']
+    lines.extend(f"{key} = {_toml(value)}" for key, value in tables.pop("app", {}).items())
     for table, values in tables.items():
         lines.append(f"\n[{table}]")
         lines.extend(f"{key} = {_toml(value)}" for key, value in values.items())

@@ -310,11 +310,13 @@ class App:
 
     def keep_warm(self, handle: ServerHandle, seconds: float) -> None:
         """Keep *handle* (drained, not live) running *seconds*: a rollback to its release
-        within that time is a switch only."""
-        previous = self.warm.pop(handle.release, None)
-        if previous is not None and previous is not handle:
-            self._cancel_warm_timer(handle.release)
-            self._spawn(self.supervisor.stop(previous, self.config.swap.stop_timeout))
+        within that time is a switch only. Only the previous release stays warm: any other
+        warm server is stopped now, so a run of deploys never piles up old servers."""
+        for release, other in list(self.warm.items()):
+            if other is not handle:
+                del self.warm[release]
+                self._cancel_warm_timer(release)
+                self._spawn(self.supervisor.stop(other, self.config.swap.stop_timeout))
         self.warm[handle.release] = handle
         loop = asyncio.get_running_loop()
         self._warm_timers[handle.release] = loop.call_later(

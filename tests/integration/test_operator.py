@@ -1,0 +1,118 @@
+"""Operator commands against a real daemon (issue 5): start and stop, check, prune, history
+filters, logs and logs -f."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from testing.daemon import RELMAN
+from testing.git import release_version
+from testing.unixhttp import http_get
+from tests.integration.test_supervision import root_of, serving
+
+
+def test_stop_then_start(make_app):
+    """`stop` takes the site down and says so in status and check; `start` brings the live
+    release back, and the history records both."""
+    app = make_app()
+    app.relman("deploy", "v1", check=True)
+    app.relman("stop", check=True)
+    assert app.json("status")["live"] is None
+    with pytest.raises((FileNotFoundError, ConnectionRefusedError)):
+        http_get(root_of(app) / "run/app.sock")
+    check = app.relman("check")
+    assert check.returncode == 1
+    assert "FAIL live socket" in check.stdout
+    app.relman("start", check=True)
+    assert serving(app, "v1")
+    checks = {c["check"]: c["ok"] for c in json.loads(app.relman("--json", "check").stdout)}
+    assert checks["live socket"]
+    assert checks["layout"]
+    assert checks["permissions"]
+    events = [e["event"] for e in app.json("history")]
+    assert events[-2:] == ["stopped", "started"]
+
+
+def test_prune_keeps_live_target_running_and_shared_venvs(make_app, app_repo):
+    """keep_releases = 1 after four deploys: the live release and the rollback target stay
+    (the target also runs, kept warm), older releases and the venv only they used go."""
+    app = make_app(app={"keep_releases": 1}, swap={"keep_warm": 60, "drain_timeout": 5})
+    app.relman("deploy", "v1", check=True)
+    requirements = (app_repo / "requirements.txt").read_text()
+    release_version(app_repo, "v2", extra={"requirements.txt": requirements + "six\n"})
+    for ref in ("v2", "v3", "v4"):
+        if ref != "v2":
+            release_version(app_repo, ref)
+        app.relman("deploy", ref, check=True)
+    before = {r["ref"]: r for r in app.json("releases")}
+    servers = {s["release"]: s["state"] for s in app.json("status")["servers"]}
+    assert servers == {before["v4"]["id"]: "live", before["v3"]["id"]: "warm"}, \
+        "only the previous release is kept warm"
+    pruned = app.json("prune")
+    assert sorted(pruned["releases"]) == sorted([before["v1"]["id"], before["v2"]["id"]])
+    assert pruned["venvs"] == [Path(before["v1"]["venv"]).name]
+    after = {r["ref"]: r for r in app.json("releases")}
+    assert set(after) == {"v3", "v4"}
+    assert after["v4"]["live"]
+    assert after["v3"]["rollback_target"]
+    root = root_of(app)
+    assert not (root / "releases" / before["v1"]["id"]).exists()
+    assert [p.name for p in (root / "venvs").iterdir()] == [Path(after["v4"]["venv"]).name]
+    assert serving(app, "v4")
+    app.relman("rollback", check=True)
+    assert serving(app, "v3")
+    assert any(e["event"] == "pruned" for e in app.json("history"))
+
+
+def test_history_filters(make_app, app_repo):
+    """--event, --release, --since and -n narrow the audit log."""
+    app = make_app()
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    app.relman("rollback", check=True)
+    v1, v2 = (r["id"] for r in app.json("releases"))
+    deployed = app.json("history", "--event", "deployed")
+    assert [e["release"] for e in deployed] == [v1, v2]
+    assert [e["event"] for e in app.json("history", "--release", v2)] == ["deployed"]
+    assert len(app.json("history", "--since", "1")) == 3
+    assert [e["event"] for e in app.json("history", "-n", "1")] == ["rolled_back"]
+    assert all(e["switch_ms"] > 0 for e in app.json("history"))
+    bad = app.relman("history", "--since", "soon")
+    assert bad.returncode == 2
+    assert "--since" in bad.stderr
+
+
+def test_logs_of_a_release_and_follow(make_app, app_repo):
+    """`logs RELEASE` prints that release's server output; `logs -f` prints lines as they
+    are written."""
+    app = make_app()
+    app.relman("deploy", "v1", check=True)
+    (v1,) = (r["id"] for r in app.json("releases"))
+    log = root_of(app) / "log" / f"{v1}.log"
+    assert "Listening at" in app.relman("logs", v1, check=True).stdout
+    follower = subprocess.Popen([*RELMAN, "--config", str(app.config), "logs", "-f", "-n", "1"],
+                                stdout=subprocess.PIPE, text=True, env=app.env)
+    lines: queue.Queue[str] = queue.Queue()
+    assert follower.stdout is not None
+    threading.Thread(target=lambda: [lines.put(x) for x in follower.stdout],  # type: ignore
+                     daemon=True).start()
+    try:
+        lines.get(timeout=20)  # the last existing line
+        with log.open("a") as f:
+            f.write("a line written after logs -f started\n")
+        seen = ""
+        while "written after" not in seen:
+            seen = lines.get(timeout=20)
+    finally:
+        follower.kill()
+        follower.wait(10)
+    unknown = app.relman("logs", "20990101T000000Z-deadbee")
+    assert unknown.returncode == 2
+    assert "20990101T000000Z-deadbee" in unknown.stderr
