@@ -153,10 +153,9 @@ def _exchange(path: Path, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
         sock.close()
         raise DaemonUnreachable(f"{path}: permission denied: run as the app's deploy user")\
             from None
-    with sock, sock.makefile("rwb") as f:
+    with sock, sock.makefile("rb") as f:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            f.write((json.dumps(payload) + "\n").encode())
-            f.flush()  # a refusal may already be waiting to be read
+            sock.sendall((json.dumps(payload) + "\n").encode())  # a refusal may be waiting
         try:
             for line in f:
                 yield json.loads(line)

@@ -31,7 +31,8 @@ class ReleaseStore:
         # Set for the duration of a job: marks every build process (and its descendants) so
         # that a restarted daemon can find what an interrupted job left running.
         self.job_env: dict[str, str] = {}
-        self._interpreter: asyncio.Future[tuple[str, str]] | None = None
+        # build.python, and its identity being found out (probe_interpreter)
+        self._interpreter: tuple[str, asyncio.Future[tuple[str, str]]] | None = None
 
     def manifests(self) -> list[Manifest]:
         return registry.load_all(self.root)
@@ -76,9 +77,17 @@ class ReleaseStore:
     def probe_interpreter(self) -> None:
         """Start finding out build.python's identity (a process start, ~0.1 s) now, so that
         it overlaps the fetch; build() awaits it."""
-        task = asyncio.ensure_future(venvs.interpreter_identity(self.config.build.python))
+        self.discard_probe()
+        python = self.config.build.python
+        task = asyncio.ensure_future(venvs.interpreter_identity(python))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # seen, if unused
-        self._interpreter = task
+        self._interpreter = (python, task)
+
+    def discard_probe(self) -> None:
+        """Forget an unused probe (the job ends, or reused a built release)."""
+        if self._interpreter is not None:
+            self._interpreter[1].cancel()
+            self._interpreter = None
 
     async def fetch(self, on_line: OnLine | None = None) -> None:
         await git.fetch_mirror(
@@ -116,7 +125,10 @@ class ReleaseStore:
         env = self.build_env()
         started = time.monotonic()
         probe, self._interpreter = self._interpreter, None
-        interpreter = await (probe or venvs.interpreter_identity(cfg.python))
+        if probe is not None and probe[0] == cfg.python:  # not changed by a reload meanwhile
+            interpreter = await probe[1]
+        else:
+            interpreter = await venvs.interpreter_identity(cfg.python)
         venv = await venvs.ensure_venv(
             self.root.venvs, interpreter=interpreter, release_dir=rdir,
             requirements=cfg.requirements, log_path=logfile, env=env, on_line=on_line,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -21,10 +22,11 @@ class ProcessFigures:
         try:
             proc = psutil.Process(pid)
             children = proc.children(recursive=True) if with_children else []
-            rss = cpu = 0.0
-            for member in (proc, *children):
-                rss += member.memory_info().rss
-                cpu += self._cpu_percent(member)
+            rss, cpu = float(proc.memory_info().rss), self._cpu_percent(proc)
+            for child in children:
+                with contextlib.suppress(psutil.Error):  # a worker recycled meanwhile
+                    rss += child.memory_info().rss
+                    cpu += self._cpu_percent(child)
             figures = {"workers": len(children), "rss": int(rss),
                        "cpu_percent": round(cpu, 1),
                        "uptime": round(time.time() - proc.create_time(), 1)}

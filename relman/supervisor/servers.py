@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -35,9 +36,12 @@ class Supervisor:
     def next_instance(self, release: str) -> str:
         """`<release>.<n>`: a fresh socket and pidfile path for every generation, since
         gunicorn unlinks its socket path on exit (ANCHORS.md)."""
-        used = {int(p.stem.rsplit(".", 1)[1])
-                for p in self.run_dir.glob(f"{release}.*.pid")
-                if p.stem.rsplit(".", 1)[1].isdigit()}
+        names = [p.stem for p in self.run_dir.glob(f"{release}.*.pid")]
+        names += [p.stem for p in self.run_dir.glob(f"{release}.*.sock")]
+        names += [os.readlink(link).removesuffix(".sock") for link in
+                  (self.run_dir / "app.sock", self.run_dir / "next.sock") if link.is_symlink()]
+        used = {int(n.rsplit(".", 1)[1]) for n in names
+                if n.startswith(release + ".") and n.rsplit(".", 1)[1].isdigit()}
         used |= {int(i.rsplit(".", 1)[1]) for i in self.handles if i.startswith(release + ".")}
         used.add(self._generations.get(release, 0))  # a crashed one's files are gone
         self._generations[release] = max(used) + 1

@@ -179,6 +179,7 @@ class App:
         self.journal.begin(replace(entry, job_id=job_id))
 
     def _end(self) -> None:
+        self.store.discard_probe()
         self.store.job_env = {}
         self.journal.end()
 
@@ -206,7 +207,10 @@ class App:
             handle, probe = await self.supervisor.start_healthy(
                 spec, path=health.path, expect=health.expect, timeout=health.timeout)
         except Unhealthy:
-            self.store.mark(manifest, ReleaseState.FAILED, error="health check failed")
+            # A new release that cannot boot is failed. A known-good one that cannot (a
+            # rollback while the database is down) is not: the cause is elsewhere.
+            if self.journal.entry is not None and self.journal.entry.job == "deploy":
+                self.store.mark(manifest, ReleaseState.FAILED, error="health check failed")
             raise
         self._step(Step.HEALTHY, report, f"{spec.instance} answers {health.path}: {probe.detail}",
                    candidate=spec.instance)
@@ -225,6 +229,7 @@ class App:
             self._step(Step.HEALTHY, report, "warm instance", candidate=warm.instance)
         else:
             candidate = await self._start_candidate(manifest, report)
+        switched_at = self.switched_at
         try:
             await self._preview(candidate, report)
             self._switch(candidate, manifest.id)
@@ -235,6 +240,7 @@ class App:
         except BaseException:
             if read_link(self.root.app_sock) == candidate.socket.name and old and old.alive:
                 self._switch(old, old.release)
+                self.switched_at = switched_at  # a switch back is no new switch
                 report("switch", f"switched back to {old.instance}")
             if candidate is not old:
                 await self.supervisor.stop(candidate, self.config.swap.stop_timeout)
@@ -261,7 +267,8 @@ class App:
 
     def _switch(self, handle: ServerHandle, release: str) -> None:
         """Point app.sock, then current, at *handle*: new connections go there at once."""
-        if self.store.live_id() != release:
+        serving = self.live.release if self.live is not None else self.store.live_id()
+        if serving != release:  # a restart of the same release is no new switch
             self.switched_at = time.monotonic()
         replace_symlink(self.root.app_sock, handle.socket.name)
         replace_symlink(self.root.current, Path("releases") / release)
@@ -300,7 +307,8 @@ class App:
                    f"{old.instance} drained in {drained.waited:.2f}s "
                    f"(deepest accept queue {drained.max_depth})")
         keep = self.config.swap.keep_warm
-        if keep > 0 and old.alive:
+        failed = self.store.get(old.release).state is ReleaseState.FAILED
+        if keep > 0 and old.alive and not failed:  # an auto-rolled-back release is not kept
             old.advance(ServerState.WARM)
             self.keep_warm(old, keep)
             self._step(Step.STOPPED_OLD, report, f"{old.instance} kept warm for {keep:g}s")

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
@@ -81,6 +82,12 @@ async def reconcile(app: App, report: Report) -> list[str]:
         if app.store.live_id() != live.release:  # crashed between app.sock and current
             replace_symlink(app.root.current, Path("releases") / live.release)
         replace_symlink(app.root.next_sock, live.socket.name)
+    if app.live is None and app.store.live_id() is not None:  # serving first, then tidying
+        notes.append("the live release's server was not running: starting it")
+        try:
+            await app.start(report)
+        except RelmanError as e:
+            notes.append(f"could not start the live release: {e.message}")
     for handle in adopted.values():
         if handle is live:
             continue
@@ -92,19 +99,14 @@ async def reconcile(app: App, report: Report) -> list[str]:
         # It may have been live a moment ago: let nginx's queued connections through first.
         await wait_drained(handle.socket, timeout=app.config.swap.drain_timeout)
         await app.supervisor.stop(handle, app.config.swap.stop_timeout)
-    if app.live is None and app.store.live_id() is not None:
-        notes.append("the live release's server was not running: starting it")
-        try:
-            await app.start(report)
-        except RelmanError as e:
-            notes.append(f"could not start the live release: {e.message}")
     return notes
 
 
 async def _still_warm(app: App, handle: ServerHandle) -> bool:
     """Whether an adopted server that is not live was the warm previous release: keep_warm
     is on, its release is a built one, and it still answers its health check."""
-    if app.config.swap.keep_warm <= 0 or app.warm.get(handle.release) is not None:
+    if (app.config.swap.keep_warm <= 0 or app.warm.get(handle.release) is not None
+            or handle.release == app.store.live_id()):
         return False
     manifest = next((m for m in app.store.manifests() if m.id == handle.release), None)
     if manifest is None or manifest.state is not ReleaseState.BUILT:
@@ -128,21 +130,33 @@ class CrashRecovery:
         self.crash_loop = ""  # what status and sd_notify STATUS report while it lasts
         self.live_failures = 0
         self.watched_switch = 0.0  # app.switched_at of the switch the failures belong to
-        self.calm_switch = -1.0  # app.switched_at of our own auto-rollback: never undone
+        # Switches (app.switched_at) that had their one automatic rollback, or were made by
+        # one: never rolled back automatically (again), so nothing cascades.
+        self.settled: deque[float] = deque(maxlen=32)
         app.on_live_crash = self.on_live_crash
 
     def on_probation(self) -> bool:
         """Whether the live release may still be rolled back automatically."""
         app = self.app
         window = app.config.swap.verify_window
-        return (app.switched_at > 0 and app.switched_at != self.calm_switch
+        return (app.switched_at > 0 and app.switched_at not in self.settled
                 and time.monotonic() - app.switched_at < window)
 
     async def watch_live(self) -> None:
         """Within swap.verify_window of a switch, GET health.path every live_check_interval."""
         while True:
             await asyncio.sleep(self.app.config.swap.live_check_interval)
-            await self.check_live_once()
+            try:
+                await self.check_live_once()
+            except Exception:  # a bad pass must not end the watch for the daemon's life
+                log.exception("live_check.crashed")
+
+    def request_rollback(self, release: str, reason: str) -> None:
+        """Schedule the one automatic rollback this switch gets, whatever its outcome."""
+        switch = self.app.switched_at
+        self.settled.append(switch)
+        self.schedule("auto-rollback",
+                      lambda report: self.auto_rollback(release, switch, reason, report), 0.0)
 
     async def check_live_once(self) -> None:
         app = self.app
@@ -166,12 +180,10 @@ class CrashRecovery:
         self.live_failures = 0
         reason = (f"{live.release} failed its live check {LIVE_CHECK_FAILURES} times in a row "
                   f"after its switch ({app.config.health.path}: {detail})")
-        target = app.store.rollback_target()
-        if target is None:
+        if app.store.rollback_target() is None:
             app.store.record("live_check_failing", release=live.release, reason=reason)
             return
-        self.schedule("auto-rollback",
-                      lambda report: self.auto_rollback(target.id, reason, report), 0.0)
+        self.request_rollback(live.release, reason)
 
     def note_exit(self, release: str, started: float, returncode: int | None) -> None:
         if release != self.release:
@@ -199,21 +211,24 @@ class CrashRecovery:
             app.store.record("crash_loop", release=release, detail=self.crash_loop)
         target = app.store.rollback_target()
         if decision.crash_loop and self.on_probation() and target is not None:
-            reason = f"{release} crash-looped right after its switch"
-            self.schedule("auto-rollback",
-                          lambda report: self.auto_rollback(target.id, reason, report), 0.0)
+            self.request_rollback(release, f"{release} crash-looped right after its switch")
         elif decision.restart:
             self.schedule(f"restart {release}", self.restart_live, decision.delay)
 
-    async def auto_rollback(self, target: str, reason: str, report: Report) -> Any:
-        """Swap back to *target*; the release it replaces is marked failed, never a target."""
+    async def auto_rollback(self, bad: str, switch: float, reason: str, report: Report) -> Any:
+        """Mark *bad* failed (never a target, never kept warm) and swap to the newest
+        known-good release before it, unless a job changed the live release meanwhile."""
         app = self.app
-        bad = app.store.live_id()
-        app.store.record("auto_rollback", release=target, previous=bad, reason=reason)
-        manifest = await app.rollback(target, f"relman (auto: {reason})", report)
-        self.calm_switch = app.switched_at
-        if bad is not None and bad != manifest.id:
-            app.store.mark(app.store.get(bad), ReleaseState.FAILED, error=reason)
+        target = app.store.rollback_target()
+        if app.store.live_id() != bad or app.switched_at != switch or target is None:
+            why = "no known-good release before it" if target is None else \
+                "another job changed the live release first"
+            app.store.record("auto_rollback_skipped", release=bad, reason=reason, why=why)
+            return {"skipped": why}
+        app.store.mark(app.store.get(bad), ReleaseState.FAILED, error=reason)
+        app.store.record("auto_rollback", release=target.id, previous=bad, reason=reason)
+        manifest = await app.rollback(target.id, f"relman (auto: {reason})", report)
+        self.settled.append(app.switched_at)
         return {"release": manifest.id, "previous": bad}
 
     async def restart_live(self, report: Report) -> Any:

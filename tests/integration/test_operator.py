@@ -116,3 +116,22 @@ def test_logs_of_a_release_and_follow(make_app, app_repo):
     unknown = app.relman("logs", "20990101T000000Z-deadbee")
     assert unknown.returncode == 2
     assert "20990101T000000Z-deadbee" in unknown.stderr
+
+
+def test_rollback_to_a_release_that_cannot_boot_now(make_app, app_repo):
+    """A rollback whose target fails its health gate (its database is down, say) exits 1,
+    the live release keeps serving, and the target is not marked failed: it was known-good
+    and the cause is elsewhere."""
+    app = make_app(health={"path": "/health", "timeout": 3})
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    v1 = app.json("releases")[0]["id"]
+    (root_of(app) / "releases" / v1 / "UNHEALTHY").write_text("the database is down\n")
+    proc = app.relman("rollback")
+    assert proc.returncode == 1, proc.stderr
+    assert "not healthy within 3s" in proc.stderr
+    assert serving(app, "v2")
+    target = app.json("releases")[0]
+    assert target["state"] == "built"
+    assert target["rollback_target"]

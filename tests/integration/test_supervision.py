@@ -86,8 +86,9 @@ def test_crash_loop_after_switch_rolls_back(make_app, app_repo):
 
 def test_failing_live_check_after_switch_rolls_back(make_app, app_repo):
     """A release that passes its health gate, then fails health.path three times in a row
-    within swap.verify_window, is rolled back by itself, marked failed and never a target."""
-    app = make_app(swap={"live_check_interval": 0.3, "verify_window": 60,
+    within swap.verify_window, is rolled back by itself, marked failed, stopped (even with
+    keep_warm) and never a target."""
+    app = make_app(swap={"live_check_interval": 0.3, "verify_window": 60, "keep_warm": 60,
                          "drain_timeout": 5, "stop_timeout": 5})
     app.relman("deploy", "v1", check=True)
     release_version(app_repo, "v2", extra={"UNHEALTHY_AFTER": "1.5\n"})
@@ -100,6 +101,8 @@ def test_failing_live_check_after_switch_rolls_back(make_app, app_repo):
     assert "failed its live check 3 times in a row" in rolled[0]["reason"]
     assert rolled[0]["previous"] == v2
     assert app.json("releases")[1]["state"] == "failed"
+    wait_until(lambda: [s["release"] for s in app.json("status")["servers"]] == [v1],
+               timeout=30, what="the failed release to be stopped, not kept warm")
     refused = app.relman("rollback", v2)
     assert refused.returncode == 1, refused.stderr
     assert f"release {v2} is failed: not a target" in refused.stderr

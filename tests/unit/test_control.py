@@ -256,3 +256,22 @@ def test_other_user_is_refused_by_peer_check(open_to_all: Daemon) -> None:
     assert answer["error"]["exit_code"] == 2
     assert f"uid {NOBODY} may not control this daemon" in answer["error"]["message"]
     assert open_to_all.requests == []
+
+
+def test_daemon_that_hangs_up_is_unreachable_not_a_traceback(short_dir: Path) -> None:
+    """A peer that accepts and closes at once (a daemon dying mid-request): the client
+    raises DaemonUnreachable, never a raw BrokenPipeError, however large the request."""
+    path = short_dir / "hangup.ctl"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+
+        def hang_up() -> None:
+            conn, _ = listener.accept()
+            conn.close()
+
+        thread = threading.Thread(target=hang_up)
+        thread.start()
+        with pytest.raises(DaemonUnreachable):
+            request(path, "deploy", {"ref": "x" * 1_000_000}, {})
+        thread.join(10)
