@@ -17,13 +17,14 @@ from typing import Any
 
 import click
 
-from relman import __version__, control
+from relman import __version__, client
 from relman.config import Config, load_config
 from relman.config_search import find_config
 from relman.errors import INTERNAL_ERROR_EXIT, RelmanError, UsageError
-from relman.releases import AppRoot, ReleaseStore
-from relman.releases import history as audit
-from relman.views import check_all, follow, render_releases, render_status, time_ago
+from relman.releases.layout import AppRoot
+
+# Every command starts with these imports, over SSH too: what only some commands need (the
+# release store, the views, structlog, asyncio) is imported inside them.
 
 SSH_ALLOWED = frozenset({"deploy", "rollback", "releases", "status", "history", "logs"})
 
@@ -61,7 +62,7 @@ class Context:
                 click.echo(f"[{event.get('step', '')}] {event.get('message', '')}")
             sys.stdout.flush()
 
-        return control.request(self.root.control_sock, command, args, client_info(), progress)
+        return client.request(self.root.control_sock, command, args, client_info(), progress)
 
 
 def client_info() -> dict[str, Any]:
@@ -134,6 +135,9 @@ def rollback(ctx: Context, release: str | None, wait: bool) -> None:
 @pass_ctx
 def releases(ctx: Context) -> None:
     """List releases: id, ref, sha, age, state, live and rollback-target markers."""
+    from relman.releases import ReleaseStore
+    from relman.views import render_releases
+
     store = ReleaseStore(ctx.config)
     manifests = store.manifests()
     live, target = store.live_id(), store.rollback_target()
@@ -147,6 +151,8 @@ def releases(ctx: Context) -> None:
 @pass_ctx
 def status(ctx: Context) -> None:
     """Daemon, live release, pids, workers, uptime, RSS, CPU, health."""
+    from relman.views import render_status
+
     result = ctx.call("status")
     ctx.emit(result, lambda: render_status(result))
 
@@ -185,6 +191,9 @@ def restart(ctx: Context, wait: bool) -> None:
 @pass_ctx
 def logs(ctx: Context, release: str | None, follow_: bool, lines: int) -> None:
     """The app server's output (of the live release, or RELEASE)."""
+    from relman.releases import ReleaseStore
+    from relman.views import follow
+
     store = ReleaseStore(ctx.config)
     rid = store.get(release).id if release else store.live_id()
     if rid is None:
@@ -204,6 +213,9 @@ def logs(ctx: Context, release: str | None, follow_: bool, lines: int) -> None:
 def history(ctx: Context, release: str | None, event: str | None, since: float | None,
             limit: int) -> None:
     """The audit log: what happened, when, by whom."""
+    from relman.releases import history as audit
+    from relman.views import time_ago
+
     since_ts = time.time() - since * 3600 if since else None
     entries = list(audit.read(ctx.root.history, event=event, release=release, since=since_ts))
     entries = entries[-limit:]
@@ -216,6 +228,8 @@ def history(ctx: Context, release: str | None, event: str | None, since: float |
 @pass_ctx
 def check(ctx: Context) -> None:
     """Config, layout, permissions, `nginx -t`, socket reachability."""
+    from relman.views import check_all
+
     results = check_all(ctx.config)
     ctx.emit(results, lambda: "\n".join(
         f"{'ok ' if r['ok'] else 'FAIL'} {r['check']}: {r['detail']}" for r in results))

@@ -4,6 +4,7 @@ A request is one line, `{"command": ..., "args": {...}, "client": {...}}`. The d
 with any number of `{"type": "progress", "step": ..., "message": ...}` lines and then one
 `{"type": "result", "data": ...}` or `{"type": "error", "error": {...}}` line. The job runs in
 the daemon, not in the connection: a dropped SSH session ends the stream, never the deploy.
+This is the daemon's side; relman/client.py is the CLI's.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import json
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from relman.errors import DaemonBug, DaemonUnreachable, RelmanError, error_from_dict
+from relman.errors import DaemonBug, RelmanError
 
 log = structlog.get_logger(__name__)
 
@@ -121,43 +122,3 @@ class ControlServer:
             send({"type": "error", "error": DaemonBug(
                 f"internal error in the daemon ({type(e).__name__}): see its log "
                 "(journalctl -u relman@APP)").to_dict()})
-
-
-def request(path: Path, command: str, args: dict[str, Any], client: dict[str, Any],
-            on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
-    """Send one request and stream its answer; returns the result or raises its error."""
-    for message in _exchange(path, {"command": command, "args": args, "client": client}):
-        kind = message.get("type")
-        if kind == "progress":
-            if on_progress is not None:
-                on_progress(message)
-        elif kind == "result":
-            return message.get("data")
-        elif kind == "error":
-            raise error_from_dict(message.get("error") or {})
-    raise DaemonUnreachable("the daemon closed the connection without an answer",
-                            hint="see its log: journalctl -u relman@APP")
-
-
-def _exchange(path: Path, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(str(path))
-    except (FileNotFoundError, ConnectionRefusedError):
-        sock.close()
-        raise DaemonUnreachable(
-            f"the relman daemon is not running (no answer on {path})",
-            hint="start it: systemctl start relman@APP, or `relman daemon` in the foreground",
-        ) from None
-    except PermissionError:
-        sock.close()
-        raise DaemonUnreachable(f"{path}: permission denied: run as the app's deploy user")\
-            from None
-    with sock, sock.makefile("rb") as f:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall((json.dumps(payload) + "\n").encode())  # a refusal may be waiting
-        try:
-            for line in f:
-                yield json.loads(line)
-        except ConnectionResetError:
-            raise DaemonUnreachable("the daemon closed the connection") from None

@@ -175,8 +175,8 @@ def test_internal_error_is_exit_70_without_traceback(tmp_path):
     """A bug prints one line pointing at the crash log and exits 70."""
     config = write_config(tmp_path / "relman.toml", name="x", repo=tmp_path,
                           root=tmp_path / "root", server={"app": "app:server"})
-    code = ("import sys; from relman import cli; "
-            "cli.ReleaseStore.manifests = lambda self: 1/0; "
+    code = ("import sys; from relman import cli; from relman.releases import ReleaseStore; "
+            "ReleaseStore.manifests = lambda self: 1/0; "
             f"sys.argv=['relman','--config','{config}','releases']; cli.main()")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={"XDG_STATE_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},

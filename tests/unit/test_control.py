@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from relman.control import ControlServer, Send, peer_allowed, request
+from relman.client import request
+from relman.control import ControlServer, Send, peer_allowed
 from relman.errors import DaemonBug, DaemonUnreachable, LockHeld, UnknownRelease
 
 T = TypeVar("T")
