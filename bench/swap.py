@@ -178,6 +178,7 @@ def main() -> None:
     base = make_base_dir("relman-bench-")
     app: RelmanDaemon | None = None
     nginx: PrivateNginx | None = None
+    met = False
     try:
         app, nginx, url = start(base, args.kind)
         via = "through a private nginx" if nginx else "straight to run/app.sock (no nginx)"
@@ -189,12 +190,14 @@ def main() -> None:
         print("\ngoals: 0 failed and p99 during swaps within 1.5x steady: "
               f"{'met' if load_ok else 'MISSED'}; warm rollback under 100 ms of daemon work: "
               f"{'met' if rollback_ok else 'MISSED'}")
+        met = load_ok and rollback_ok
     finally:
         if app is not None:
             app.stop()
         if nginx is not None:
             nginx.stop()
         shutil.rmtree(base, ignore_errors=True)
+    raise SystemExit(0 if met else 1)
 
 
 if __name__ == "__main__":
