@@ -187,7 +187,8 @@ def restart(ctx: Context, wait: bool) -> None:
 @cli.command()
 @click.argument("release", required=False)
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new lines.")
-@click.option("-n", "--lines", default=50, show_default=True, help="How many lines to show.")
+@click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(min=0),
+              help="How many lines to show.")
 @pass_ctx
 def logs(ctx: Context, release: str | None, follow_: bool, lines: int) -> None:
     """The app server's output (of the live release, or RELEASE)."""

@@ -1,22 +1,22 @@
-"""What the CLI shows: tables for releases and status, log following, the checks of `check`."""
+"""What the CLI shows: tables for releases and status, log following, the checks of `check`.
+
+The tables are standard library only: `status` and `history` are the commands run most
+over SSH. Following logs and the checks import what they need (watchfiles, asyncio) inside.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import watchfiles
-
-from relman.config import Config
-from relman.logs import tail_file
 from relman.releases import AppRoot
-from relman.supervisor.health import probe_socket
+
+if TYPE_CHECKING:
+    from relman.config import Config
 
 
 def time_ago(ts: float, now: float | None = None) -> str:
@@ -65,35 +65,40 @@ def render_status(s: dict[str, Any]) -> str:
 
 
 def follow(path: Path, *, lines: int, keep_going: bool) -> Iterator[str]:
-    """The last *lines* lines of *path*, then (with keep_going) new lines as they come."""
-    if not keep_going:
-        yield from tail_file(path, lines).splitlines()
-        return
-    offset, tail = 0, b""
+    """The last *lines* lines of *path*, then (with keep_going) new lines as they come:
+    whole lines only, across rotation (a new inode) and truncation."""
+    offset, inode, tail = 0, 0, b""
     try:
         with path.open("rb") as f:
-            offset = f.seek(0, os.SEEK_END)  # the tail is what lies before this offset
+            offset, inode = f.seek(0, os.SEEK_END), os.fstat(f.fileno()).st_ino
             start = f.seek(max(0, offset - 64 * 1024))
             tail = f.read(offset - start)
     except FileNotFoundError:
         pass
-    yield from tail.decode(errors="replace").splitlines()[-lines:]
+    if lines > 0:
+        yield from tail.decode(errors="replace").splitlines()[-lines:]
+    if not keep_going:
+        return
+    import watchfiles
+
+    pending = b""  # the start of a line whose end is not written yet
     # A timeout yield every second reads whatever came before the watch itself began.
     for _changes in watchfiles.watch(path.parent, recursive=False, rust_timeout=1000,
-                                     yield_on_timeout=True,
+                                     yield_on_timeout=True, debounce=100,
                                      watch_filter=lambda _c, p: p == str(path)):
         try:
-            size = path.stat().st_size
-            if size < offset:  # rotated or truncated
-                offset = 0
             with path.open("rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_ino != inode or st.st_size < offset:  # rotated or truncated
+                    offset, inode, pending = 0, st.st_ino, b""
                 f.seek(offset)
                 data = f.read()
         except FileNotFoundError:  # moved away by logrotate: wait for the new file
-            offset = 0
             continue
         offset += len(data)
-        yield from data.decode(errors="replace").splitlines()
+        complete, newline, pending = (pending + data).rpartition(b"\n")
+        if newline:
+            yield from complete.decode(errors="replace").split("\n")
 
 
 def _check(name: str, ok: bool, detail: str) -> dict[str, Any]:
@@ -102,6 +107,11 @@ def _check(name: str, ok: bool, detail: str) -> dict[str, Any]:
 
 def check_all(config: Config) -> list[dict[str, Any]]:
     """Each check of `relman check`, passed or not, with what it saw."""
+    import asyncio
+    import subprocess
+
+    from relman.supervisor.health import probe_socket
+
     root = AppRoot(config.app.root)
     results = [_check("config", True, str(config.path))]
     missing = [p.name for p in (root.repo, root.releases, root.venvs, root.shared, root.run,

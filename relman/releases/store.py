@@ -12,7 +12,7 @@ import structlog
 
 from relman.config import Config
 from relman.envfile import read_env_file
-from relman.errors import UnknownRelease
+from relman.errors import DeployFailed, UnknownRelease
 from relman.releases import build, git, history, registry, venvs
 from relman.releases.commands import OnLine, clean_env
 from relman.releases.ids import is_release_id, make_release_id
@@ -105,6 +105,9 @@ class ReleaseStore:
         if existing and existing.state is ReleaseState.BUILT and existing.venv and \
                 venvs.health_check(Path(existing.venv)) is None:
             return existing
+        if existing and rid == self.live_id():  # its tree and venv serve: never rebuilt in place
+            raise DeployFailed(f"release {rid} is live but {existing.state}: it cannot be "
+                               "rebuilt under its running server; deploy another ref first")
         manifest = Manifest(id=rid, ref=ref, sha=commit.sha, who=who, created=time.time())
         if existing:
             manifest = registry.advance(

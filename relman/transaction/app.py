@@ -60,6 +60,7 @@ class App:
         self._warm_timers: dict[str, asyncio.TimerHandle] = {}
         self.on_live_crash: Callable[[ServerHandle], Awaitable[None]] | None = None
         self.switched_at = 0.0  # monotonic time a different release last became live
+        self.no_warm: set[str] = set()  # releases being rolled back from: never kept warm
         self.job_started = 0.0
         self.switch_ms = 0.0  # daemon work from the job's start to its switch, last swap
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -208,8 +209,8 @@ class App:
                 spec, path=health.path, expect=health.expect, timeout=health.timeout)
         except Unhealthy:
             # A new release that cannot boot is failed. A known-good one that cannot (a
-            # rollback while the database is down) is not: the cause is elsewhere.
-            if self.journal.entry is not None and self.journal.entry.job == "deploy":
+            # rollback or redeploy while the database is down) is not: the cause is elsewhere.
+            if not manifest.known_good:  # a new release; not a redeploy of a known-good one
                 self.store.mark(manifest, ReleaseState.FAILED, error="health check failed")
             raise
         self._step(Step.HEALTHY, report, f"{spec.instance} answers {health.path}: {probe.detail}",
@@ -267,8 +268,7 @@ class App:
 
     def _switch(self, handle: ServerHandle, release: str) -> None:
         """Point app.sock, then current, at *handle*: new connections go there at once."""
-        serving = self.live.release if self.live is not None else self.store.live_id()
-        if serving != release:  # a restart of the same release is no new switch
+        if self.live_release() != release:  # a restart of the same release is no new switch
             self.switched_at = time.monotonic()
         replace_symlink(self.root.app_sock, handle.socket.name)
         replace_symlink(self.root.current, Path("releases") / release)
@@ -307,14 +307,19 @@ class App:
                    f"{old.instance} drained in {drained.waited:.2f}s "
                    f"(deepest accept queue {drained.max_depth})")
         keep = self.config.swap.keep_warm
-        failed = self.store.get(old.release).state is ReleaseState.FAILED
-        if keep > 0 and old.alive and not failed:  # an auto-rolled-back release is not kept
+        # Warm is for a rollback target: not the live release's own old instance (a restart,
+        # a redeploy of the same commit), nor a release being rolled back from as broken.
+        worth = old.release != self.live_release() and old.release not in self.no_warm
+        if keep > 0 and old.alive and worth:
             old.advance(ServerState.WARM)
             self.keep_warm(old, keep)
             self._step(Step.STOPPED_OLD, report, f"{old.instance} kept warm for {keep:g}s")
             return
         await self.supervisor.stop(old, self.config.swap.stop_timeout)
         self._step(Step.STOPPED_OLD, report, f"{old.instance} stopped")
+
+    def live_release(self) -> str | None:
+        return self.live.release if self.live is not None else self.store.live_id()
 
     def keep_warm(self, handle: ServerHandle, seconds: float) -> None:
         """Keep *handle* (drained, not live) running *seconds*: a rollback to its release

@@ -225,9 +225,18 @@ class CrashRecovery:
                 "another job changed the live release first"
             app.store.record("auto_rollback_skipped", release=bad, reason=reason, why=why)
             return {"skipped": why}
-        app.store.mark(app.store.get(bad), ReleaseState.FAILED, error=reason)
         app.store.record("auto_rollback", release=target.id, previous=bad, reason=reason)
-        manifest = await app.rollback(target.id, f"relman (auto: {reason})", report)
+        app.no_warm.add(bad)
+        try:
+            manifest = await app.rollback(target.id, f"relman (auto: {reason})", report)
+        except RelmanError:
+            if app.live is None or not app.live.alive:  # a crash loop, and no way back
+                self.schedule(f"restart {bad}", self.restart_live, 1.0)
+            raise
+        finally:
+            app.no_warm.discard(bad)
+        # Only now: while it served, its tree must never be rebuilt by a redeploy.
+        app.store.mark(app.store.get(bad), ReleaseState.FAILED, error=reason)
         self.settled.append(app.switched_at)
         return {"release": manifest.id, "previous": bad}
 

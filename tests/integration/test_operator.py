@@ -14,6 +14,7 @@ import pytest
 from testing.daemon import RELMAN
 from testing.git import release_version
 from testing.unixhttp import http_get
+from testing.waiting import wait_until
 from tests.integration.test_supervision import root_of, serving
 
 
@@ -51,9 +52,9 @@ def test_prune_keeps_live_target_running_and_shared_venvs(make_app, app_repo):
             release_version(app_repo, ref)
         app.relman("deploy", ref, check=True)
     before = {r["ref"]: r for r in app.json("releases")}
-    servers = {s["release"]: s["state"] for s in app.json("status")["servers"]}
-    assert servers == {before["v4"]["id"]: "live", before["v3"]["id"]: "warm"}, \
-        "only the previous release is kept warm"
+    expected = {before["v4"]["id"]: "live", before["v3"]["id"]: "warm"}
+    wait_until(lambda: {s["release"]: s["state"] for s in app.json("status")["servers"]}
+               == expected, timeout=30, what="only the previous release kept warm")
     pruned = app.json("prune")
     assert sorted(pruned["releases"]) == sorted([before["v1"]["id"], before["v2"]["id"]])
     assert pruned["venvs"] == [Path(before["v1"]["venv"]).name]

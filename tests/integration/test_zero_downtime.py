@@ -102,6 +102,9 @@ def test_warm_rollback_is_a_switch_only(stack, app_repo):
     v1 = app.json("releases")[0]["id"]
     assert servers[v1]["pid"] == v1_pid
     assert servers[v1]["state"] == "warm"
+    app.relman("restart", check=True)  # the live release's old instance is not kept warm
+    states = sorted((s["release"] == v1, s["state"]) for s in app.json("status")["servers"])
+    assert states == [(False, "live"), (True, "warm")], states
     with Load(nginx.url, ("/slow?ms=50", "/"), concurrency=16, max_seconds=120) as load:
         time.sleep(0.5)
         lines = app.relman("--json", "rollback", check=True).stdout.splitlines()
