@@ -79,9 +79,9 @@ def test_crash_loop_after_switch_rolls_back(make_app, app_repo):
     events = [e["event"] for e in app.json("history")]
     assert "crash_loop" in events
     assert "auto_rollback" in events
-    v2 = app.json("releases")[1]
-    assert v2["state"] == "failed"
-    assert "crash-looped" in v2["error"]
+    wait_until(lambda: app.json("releases")[1]["state"] == "failed", timeout=30,
+               what="the release to be marked failed")
+    assert "crash-looped" in app.json("releases")[1]["error"]
 
 
 def test_failing_live_check_after_switch_rolls_back(make_app, app_repo):
@@ -100,7 +100,9 @@ def test_failing_live_check_after_switch_rolls_back(make_app, app_repo):
     assert len(rolled) == 1
     assert "failed its live check 3 times in a row" in rolled[0]["reason"]
     assert rolled[0]["previous"] == v2
-    assert app.json("releases")[1]["state"] == "failed"
+    # marked failed once the rollback away from it has finished (drain and stop included)
+    wait_until(lambda: app.json("releases")[1]["state"] == "failed", timeout=30,
+               what="the release to be marked failed")
     wait_until(lambda: [s["release"] for s in app.json("status")["servers"]] == [v1],
                timeout=30, what="the failed release to be stopped, not kept warm")
     refused = app.relman("rollback", v2)
