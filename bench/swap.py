@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from testing.daemon import RELMAN, RelmanDaemon, make_base_dir, write_config
 from testing.git import make_app_repo, release_version
 from testing.load import Load, LoadResult
 from testing.nginx import PrivateNginx, nginx_binary
-from testing.stack import nginx_user_and_group, start_nginx
+from testing.stack import nginx_user_and_group, start_nginx, tear_down
 from testing.waiting import wait_until
 
 SERVERS = {
@@ -192,11 +191,7 @@ def main() -> None:
               f"{'met' if rollback_ok else 'MISSED'}")
         met = load_ok and rollback_ok
     finally:
-        if app is not None:
-            app.stop()
-        if nginx is not None:
-            nginx.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        tear_down(app, nginx, base)
     raise SystemExit(0 if met else 1)
 
 

@@ -7,7 +7,6 @@ installed, traffic goes through a private nginx on a free port, as in production
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from testing.daemon import RelmanDaemon, make_base_dir, write_config
 from testing.git import make_app_repo, release_version
 from testing.load import Load, LoadResult
 from testing.nginx import PrivateNginx, nginx_binary
-from testing.stack import nginx_user_and_group, start_nginx
+from testing.stack import nginx_user_and_group, start_nginx, tear_down
 
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
@@ -111,11 +110,7 @@ def main() -> None:
         print(app.relman("releases").stdout)
         status = summarise((first, second, back), (load_v2, load_rb))
     finally:
-        if app is not None:
-            app.stop()
-        if nginx is not None:
-            nginx.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        tear_down(app, nginx, base)
     raise SystemExit(status)
 
 

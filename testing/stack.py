@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import grp
 import os
+import shutil
 from pathlib import Path
 
 from relman.nginxconf import render_server_block
+from testing.daemon import RelmanDaemon
 from testing.nginx import PrivateNginx
 
 
@@ -29,3 +31,12 @@ def start_nginx(base: Path, *, name: str, root: Path, protocol: str) -> PrivateN
     )
     nginx.start()
     return nginx
+
+
+def tear_down(app: RelmanDaemon | None, nginx: PrivateNginx | None, base: Path) -> None:
+    """Stop the daemon (it stops the app servers), then nginx, and remove *base*."""
+    if app is not None:
+        app.stop()
+    if nginx is not None:
+        nginx.stop()
+    shutil.rmtree(base, ignore_errors=True)
