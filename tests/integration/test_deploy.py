@@ -9,6 +9,7 @@ import pytest
 
 from testing.git import release_version
 from testing.unixhttp import http_get
+from testing.waiting import wait_until
 
 
 def get(sock: Path, path: str = "/") -> str:
@@ -39,6 +40,9 @@ def test_deploy_two_refs_gunicorn(make_app, app_repo):
     live = releases[1]["id"]
     assert (root / "current").resolve() == (root / "releases" / live).resolve()
 
+    # The health gate passes once one worker answers; gunicorn may still be forking the other.
+    wait_until(lambda: app.json("status")["servers"][0]["workers"] == 2, timeout=30,
+               what="gunicorn's two workers")
     status = app.json("status")
     assert status["live"] == live
     assert status["health"]["healthy"]

@@ -293,6 +293,12 @@ def test_status_shows_process_figures(make_app):
     """status gives per-process RSS, CPU, uptime and worker count, and the daemon's own."""
     app = make_app(server={"kind": "gunicorn", "app": "app:server", "workers": 3})
     app.relman("deploy", "v1", check=True)
+    # The health gate passes once one worker answers; gunicorn forks the others meanwhile.
+    wait_until(
+        lambda: app.json("status")["servers"][0]["workers"] == 3,
+        timeout=30,
+        what="gunicorn's three workers",
+    )
     status = app.json("status")
     (server,) = status["servers"]
     assert server["workers"] == 3
