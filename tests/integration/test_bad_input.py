@@ -6,13 +6,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from testing.daemon import RELMAN, write_config
 from testing.git import release_version
+from testing.waiting import wait_until
 from tests.integration.test_deploy import get
 
 
@@ -129,7 +129,8 @@ def test_second_deploy_while_one_runs_exits_4(make_app, app_repo):
     app = make_app(build={"commands": ["sleep 3"]})
     first = threading.Thread(target=app.relman, args=("deploy", "v1"))
     first.start()
-    time.sleep(1.0)
+    wait_until(lambda: app.json("status")["job"] is not None, timeout=30,
+               what="the first deploy to start")
     proc = app.relman("deploy", "v1")
     first.join()
     assert_clean_error(proc, 4, "deploy v1", "since")
@@ -162,11 +163,10 @@ def test_dropped_client_does_not_abort_the_deploy(make_app, app_repo):
     app = make_app(build={"commands": ["sleep 2"]})
     client = subprocess.Popen([*RELMAN, "--config", str(app.config), "deploy", "v1"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    time.sleep(1.0)
+    wait_until(lambda: app.json("status")["job"] is not None, timeout=30,
+               what="the deploy to start")
     client.kill()
     client.wait()
-    from testing.waiting import wait_until
-
     wait_until(lambda: app.json("status")["live"], timeout=60, what="the deploy to finish")
     assert get(root_of(app) / "run/app.sock").startswith("sample v1")
 

@@ -22,6 +22,7 @@ import pytest
 
 from relman.nginxconf import render_server_block
 from testing.nginx import NginxError, PrivateNginx, require_nginx
+from testing.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -229,7 +230,9 @@ def test_switching_the_symlink_needs_no_reload(nginx: PrivateNginx, site: Site) 
 @pytest.mark.skipif(os.geteuid() != 0, reason="workers change user only when nginx starts as root")
 def test_workers_run_as_www_data(nginx: PrivateNginx) -> None:
     """As root, the private nginx's workers run as www-data, like a real server's."""
-    assert {p.username() for p in psutil.Process(nginx.pid).children()} == {"www-data"}
+    # A worker drops root in its own start-up, after the fork that _ready() looks for.
+    wait_until(lambda: {p.username() for p in psutil.Process(nginx.pid).children()}
+               == {"www-data"}, timeout=10, what="nginx's workers to run as www-data")
 
 
 def test_uwsgi_variant_passes_nginx_t(base: Path) -> None:

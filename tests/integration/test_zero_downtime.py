@@ -64,7 +64,7 @@ def test_preview_catches_a_socket_nginx_cannot_reach(stack, app_repo):
                                             'socket_group = "root"')
     app.config.write_text(config)
     app.proc.send_signal(signal.SIGHUP)  # reload: the live server keeps its socket group
-    time.sleep(1)
+    wait_until(lambda: "config.reloaded" in app.log_tail(200), timeout=10, what="the reload")
     release_version(app_repo, "v2")
     proc = app.relman("deploy", "v2")
     assert proc.returncode == 1, proc.stderr
