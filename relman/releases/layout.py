@@ -75,6 +75,11 @@ class AppRoot:
         return self.state / "journal.json"
 
     @property
+    def switch_record(self) -> Path:
+        """switch.json: the last switch's verification window and the warm release's deadline."""
+        return self.state / "switch.json"
+
+    @property
     def deploy_lock(self) -> Path:
         return self.state / "deploy.lock"
 

@@ -31,6 +31,7 @@ from relman.supervisor import ServerHandle, ServerSpec, ServerState, Supervisor
 from relman.supervisor.drain import wait_drained
 from relman.supervisor.health import Probe, in_range, probe_socket, probe_url
 from relman.supervisor.kinds import server_argv
+from relman.transaction.probation import SwitchFile
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +60,8 @@ class App:
         self.warm: dict[str, ServerHandle] = {}
         self._warm_timers: dict[str, asyncio.TimerHandle] = {}
         self.on_live_crash: Callable[[ServerHandle], Awaitable[None]] | None = None
-        self.switched_at = 0.0  # monotonic time a different release last became live
+        # The last switch to a different release, and the warm release's deadline.
+        self.switches = SwitchFile(self.root.switch_record)
         self.no_warm: set[str] = set()  # releases being rolled back from: never kept warm
         self.job_started = 0.0
         self.switch_ms = 0.0  # daemon work from the job's start to its switch, last swap
@@ -136,8 +138,10 @@ class App:
         self._step(Step.BUILT, report, f"built {manifest.id}")
         return manifest
 
-    async def rollback(self, target: str | None, who: str, report: Report = _quiet) -> Manifest:
-        """Swap to *target*, or to the newest known-good release before the live one."""
+    async def rollback(self, target: str | None, who: str, report: Report = _quiet, *,
+                       auto: bool = False) -> Manifest:
+        """Swap to *target*, or to the newest known-good release before the live one.
+        An *auto* rollback's switch is settled at once: it is never rolled back by itself."""
         if target:
             manifest = self.store.get(target)
             if manifest.state is not ReleaseState.BUILT:
@@ -151,7 +155,7 @@ class App:
         self._begin(JournalEntry(job="rollback", release=manifest.id, who=who,
                                  previous_release=live or ""))
         try:
-            await self._swap(manifest, report)
+            await self._swap(manifest, report, settled=auto)
         except BaseException as e:
             self._failed(e, report)
             raise
@@ -217,7 +221,8 @@ class App:
                    candidate=spec.instance)
         return handle
 
-    async def _swap(self, manifest: Manifest, report: Report, *, reuse_warm: bool = True) -> None:
+    async def _swap(self, manifest: Manifest, report: Report, *, reuse_warm: bool = True,
+                    settled: bool = False) -> None:
         """DESIGN section 5, steps 1 to 7."""
         old = self.live
         self.journal.step(self.journal.entry.step if self.journal.entry else Step.BEGUN,
@@ -225,15 +230,16 @@ class App:
         warm = self.warm.pop(manifest.id, None) if reuse_warm else None
         if warm is not None and warm.alive:
             self._cancel_warm_timer(manifest.id)
+            self.switches.update(warm="", warm_until=0.0)
             report("start", f"{warm.instance} is still warm: switching without a restart")
             candidate = warm
             self._step(Step.HEALTHY, report, "warm instance", candidate=warm.instance)
         else:
             candidate = await self._start_candidate(manifest, report)
-        switched_at = self.switched_at
+        before = self.switches.record
         try:
             await self._preview(candidate, report)
-            self._switch(candidate, manifest.id)
+            self._switch(candidate, manifest.id, settled=settled)
             self.switch_ms = round((time.monotonic() - self.job_started) * 1000, 1)
             self._step(Step.SWITCHED, report, f"app.sock -> {candidate.socket.name} "
                        f"({self.switch_ms:.0f} ms after the job began)")
@@ -241,7 +247,7 @@ class App:
         except BaseException:
             if read_link(self.root.app_sock) == candidate.socket.name and old and old.alive:
                 self._switch(old, old.release)
-                self.switched_at = switched_at  # a switch back is no new switch
+                self.switches.put(before)  # a switch back is no new switch
                 report("switch", f"switched back to {old.instance}")
             if candidate is not old:
                 await self.supervisor.stop(candidate, self.config.swap.stop_timeout)
@@ -266,10 +272,10 @@ class App:
                      "server.socket_group and the nginx server block (relman nginx-config)")
         self._step(Step.PREVIEWED, report, f"nginx preview answered {probe.status}")
 
-    def _switch(self, handle: ServerHandle, release: str) -> None:
+    def _switch(self, handle: ServerHandle, release: str, *, settled: bool = False) -> None:
         """Point app.sock, then current, at *handle*: new connections go there at once."""
         if self.live_release() != release:  # a restart of the same release is no new switch
-            self.switched_at = time.monotonic()
+            self.switches.update(release=release, at=time.time(), settled=settled)
         replace_symlink(self.root.app_sock, handle.socket.name)
         replace_symlink(self.root.current, Path("releases") / release)
         if handle.state is not ServerState.LIVE:
@@ -331,6 +337,7 @@ class App:
                 self._cancel_warm_timer(release)
                 self._spawn(self.supervisor.stop(other, self.config.swap.stop_timeout))
         self.warm[handle.release] = handle
+        self.switches.update(warm=handle.release, warm_until=time.time() + seconds)
         loop = asyncio.get_running_loop()
         self._warm_timers[handle.release] = loop.call_later(
             seconds, lambda: self._spawn(self._cool(handle)))
@@ -350,6 +357,7 @@ class App:
         if self.warm.get(handle.release) is handle:
             del self.warm[handle.release]
             self._warm_timers.pop(handle.release, None)
+            self.switches.update(warm="", warm_until=0.0)
             await self.supervisor.stop(handle, self.config.swap.stop_timeout)
 
     async def _on_crash(self, handle: ServerHandle) -> None:
@@ -387,4 +395,5 @@ class App:
             await self.supervisor.stop(handle, self.config.swap.stop_timeout)
         self.live = None
         self.warm.clear()
+        self.switches.update(warm="", warm_until=0.0)
         self.store.record("stopped", who=who)

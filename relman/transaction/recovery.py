@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
@@ -25,6 +24,7 @@ from relman.supervisor.drain import wait_drained
 from relman.supervisor.health import in_range, probe_socket
 from relman.supervisor.restart import Exit, RestartPolicy, decide, quick_exits
 from relman.transaction.app import JOB_ENV, App, Report
+from relman.transaction.probation import on_probation, warm_left, window_passed
 
 log = structlog.get_logger(__name__)
 
@@ -91,9 +91,10 @@ async def reconcile(app: App, report: Report) -> list[str]:
     for handle in adopted.values():
         if handle is live:
             continue
-        if not interrupted and await _still_warm(app, handle):
-            app.keep_warm(handle, app.config.swap.keep_warm)
-            notes.append(f"keeping {handle.instance} warm for {app.config.swap.keep_warm:g}s")
+        left = warm_left(app.switches.record, handle.release, time.time())
+        if not interrupted and left > 0 and await _still_warm(app, handle):
+            app.keep_warm(handle, left)
+            notes.append(f"keeping {handle.instance} warm for the {left:.0f}s left of its window")
             continue
         notes.append(f"stopping {handle.instance}: not live")
         # It may have been live a moment ago: let nginx's queued connections through first.
@@ -103,8 +104,8 @@ async def reconcile(app: App, report: Report) -> list[str]:
 
 
 async def _still_warm(app: App, handle: ServerHandle) -> bool:
-    """Whether an adopted server that is not live was the warm previous release: keep_warm
-    is on, its release is a built one, and it still answers its health check."""
+    """Whether an adopted server that is not live, recorded as the warm release, may stay
+    warm: keep_warm is on, its release is a built one, and it still answers its health check."""
     if (app.config.swap.keep_warm <= 0 or app.warm.get(handle.release) is not None
             or handle.release == app.store.live_id()):
         return False
@@ -129,18 +130,14 @@ class CrashRecovery:
         self.release = ""
         self.crash_loop = ""  # what status and sd_notify STATUS report while it lasts
         self.live_failures = 0
-        self.watched_switch = 0.0  # app.switched_at of the switch the failures belong to
-        # Switches (app.switched_at) that had their one automatic rollback, or were made by
-        # one: never rolled back automatically (again), so nothing cascades.
-        self.settled: deque[float] = deque(maxlen=32)
+        self.watched_switch = ("", 0.0)  # the switch the live check failures belong to
         app.on_live_crash = self.on_live_crash
 
     def on_probation(self) -> bool:
         """Whether the live release may still be rolled back automatically."""
         app = self.app
-        window = app.config.swap.verify_window
-        return (app.switched_at > 0 and app.switched_at not in self.settled
-                and time.monotonic() - app.switched_at < window)
+        return on_probation(app.switches.record, app.live_release(), time.time(),
+                            app.config.swap.verify_window)
 
     async def watch_live(self) -> None:
         """Within swap.verify_window of a switch, GET health.path every live_check_interval."""
@@ -153,20 +150,23 @@ class CrashRecovery:
 
     def request_rollback(self, release: str, reason: str) -> None:
         """Schedule the one automatic rollback this switch gets, whatever its outcome."""
-        switch = self.app.switched_at
-        self.settled.append(switch)
+        switch = self.app.switches.update(settled=True).switch
         self.schedule("auto-rollback",
                       lambda report: self.auto_rollback(release, switch, reason, report), 0.0)
 
     async def check_live_once(self) -> None:
         app = self.app
         live = app.live
+        record = app.switches.record
+        if live is not None and window_passed(record, live.release, time.time(),
+                                              app.config.swap.verify_window):
+            app.switches.update(settled=True)  # a reload widening the window reopens nothing
         if (live is None or not live.alive or app.journal.entry is not None
                 or not self.on_probation()):
             self.live_failures = 0  # a job in progress, a crash (after_exit's) or no probation
             return
-        if app.switched_at != self.watched_switch:
-            self.watched_switch, self.live_failures = app.switched_at, 0
+        if record.switch != self.watched_switch:
+            self.watched_switch, self.live_failures = record.switch, 0
         probe = await app.check_live()
         if in_range(probe.status, app.config.health.expect) or app.live is not live:
             self.live_failures = 0
@@ -215,12 +215,14 @@ class CrashRecovery:
         elif decision.restart:
             self.schedule(f"restart {release}", self.restart_live, decision.delay)
 
-    async def auto_rollback(self, bad: str, switch: float, reason: str, report: Report) -> Any:
+    async def auto_rollback(self, bad: str, switch: tuple[str, float], reason: str,
+                            report: Report) -> Any:
         """Mark *bad* failed (never a target, never kept warm) and swap to the newest
         known-good release before it, unless a job changed the live release meanwhile."""
         app = self.app
         target = app.store.rollback_target()
-        if app.store.live_id() != bad or app.switched_at != switch or target is None:
+        if (app.store.live_id() != bad or app.switches.record.switch != switch
+                or target is None):
             why = "no known-good release before it" if target is None else \
                 "another job changed the live release first"
             app.store.record("auto_rollback_skipped", release=bad, reason=reason, why=why)
@@ -228,7 +230,8 @@ class CrashRecovery:
         app.store.record("auto_rollback", release=target.id, previous=bad, reason=reason)
         app.no_warm.add(bad)
         try:
-            manifest = await app.rollback(target.id, f"relman (auto: {reason})", report)
+            manifest = await app.rollback(target.id, f"relman (auto: {reason})", report,
+                                          auto=True)
         except RelmanError:
             if app.live is None or not app.live.alive:  # a crash loop, and no way back
                 self.schedule(f"restart {bad}", self.restart_live, 1.0)
@@ -237,7 +240,6 @@ class CrashRecovery:
             app.no_warm.discard(bad)
         # Only now: while it served, its tree must never be rebuilt by a redeploy.
         app.store.mark(app.store.get(bad), ReleaseState.FAILED, error=reason)
-        self.settled.append(app.switched_at)
         return {"release": manifest.id, "previous": bad}
 
     async def restart_live(self, report: Report) -> Any:
