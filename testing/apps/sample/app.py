@@ -1,6 +1,7 @@
 """The sample WSGI app relman deploys in its tests, benchmarks and demo."""
 
 import os
+import sys
 import time
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -25,9 +26,13 @@ def unhealthy() -> bool:
 
 def server(environ, start_response):
     """`/` names the version; `/slow?ms=N` sleeps first; `/health` is the health check;
-    `/headers` echoes the request headers (tests check what nginx forwards)."""
+    `/headers` echoes the request headers (tests check what nginx forwards); `/log?line=X`
+    writes X to the server's output (tests rotate the log under a running server)."""
     path = environ.get("PATH_INFO", "/")
     query = parse_qs(environ.get("QUERY_STRING", ""))
+    if path == "/log":
+        sys.stderr.write(query.get("line", ["-"])[0] + "\n")
+        sys.stderr.flush()
     if path == "/slow":
         time.sleep(int(query.get("ms", ["200"])[0]) / 1000)
     if path == "/headers":
