@@ -29,7 +29,7 @@ from relman.journal import Journal, JournalEntry, Step
 from relman.releases import Manifest, ReleaseState, ReleaseStore
 from relman.supervisor import ServerHandle, ServerSpec, ServerState, Supervisor
 from relman.supervisor.drain import wait_drained
-from relman.supervisor.health import Probe, in_range, probe_socket, probe_url
+from relman.supervisor.health import in_range, probe_socket, probe_url
 from relman.supervisor.kinds import server_argv
 from relman.transaction.probation import SwitchFile
 
@@ -246,7 +246,7 @@ class App:
             await self._verify_live(candidate, report)
         except BaseException:
             if read_link(self.root.app_sock) == candidate.socket.name and old and old.alive:
-                self._switch(old, old.release)
+                self._switch(old, old.release, record=False)
                 self.switches.put(before)  # a switch back is no new switch
                 report("switch", f"switched back to {old.instance}")
             if candidate is not old:
@@ -272,12 +272,17 @@ class App:
                      "server.socket_group and the nginx server block (relman nginx-config)")
         self._step(Step.PREVIEWED, report, f"nginx preview answered {probe.status}")
 
-    def _switch(self, handle: ServerHandle, release: str, *, settled: bool = False) -> None:
-        """Point app.sock, then current, at *handle*: new connections go there at once."""
-        if self.live_release() != release:  # a restart of the same release is no new switch
-            self.switches.update(release=release, at=time.time(), settled=settled)
+    def _switch(self, handle: ServerHandle, release: str, *, settled: bool = False,
+                record: bool = True) -> None:
+        """Point app.sock, then current, at *handle*: new connections go there at once.
+        A switch to a different release starts its probation (unless *settled*)."""
+        new = self.live_release() != release  # a restart of the same release is no new switch
         replace_symlink(self.root.app_sock, handle.socket.name)
         replace_symlink(self.root.current, Path("releases") / release)
+        if new and record:
+            now = time.time()
+            self.switches.update(release=release, at=now, settled=settled,
+                                 until=now + self.config.swap.verify_window)
         if handle.state is not ServerState.LIVE:
             handle.advance(ServerState.LIVE)
         self.live = handle
@@ -294,16 +299,6 @@ class App:
         if not in_range(probe.status, health.expect):
             raise LiveCheckFailed(f"live check failed: {where}: {probe.status or probe.detail}")
         replace_symlink(self.root.next_sock, candidate.socket.name)
-
-    async def check_live(self) -> Probe:
-        """GET health.path from the live server through run/app.sock (not through nginx:
-        this asks whether the release works, not whether nginx does)."""
-        live = self.live
-        if live is None or not live.alive:
-            return Probe(None, "no live server")
-        health = self.config.health
-        return await probe_socket(self.root.app_sock, protocol=live.protocol, path=health.path,
-                                  timeout=10)
 
     async def _retire(self, old: ServerHandle, report: Report) -> None:
         """Drain the old listener, then stop it or keep it warm."""
@@ -337,10 +332,10 @@ class App:
                 self._cancel_warm_timer(release)
                 self._spawn(self.supervisor.stop(other, self.config.swap.stop_timeout))
         self.warm[handle.release] = handle
-        self.switches.update(warm=handle.release, warm_until=time.time() + seconds)
         loop = asyncio.get_running_loop()
         self._warm_timers[handle.release] = loop.call_later(
             seconds, lambda: self._spawn(self._cool(handle)))
+        self.switches.update(warm=handle.release, warm_until=time.time() + seconds)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run *coro* in the background, keeping a reference until it is done."""
@@ -357,8 +352,9 @@ class App:
         if self.warm.get(handle.release) is handle:
             del self.warm[handle.release]
             self._warm_timers.pop(handle.release, None)
-            self.switches.update(warm="", warm_until=0.0)
             await self.supervisor.stop(handle, self.config.swap.stop_timeout)
+            if self.switches.record.warm == handle.release:
+                self.switches.update(warm="", warm_until=0.0)
 
     async def _on_crash(self, handle: ServerHandle) -> None:
         self.warm = {k: v for k, v in self.warm.items() if v is not handle}

@@ -24,8 +24,11 @@ log = structlog.get_logger(__name__)
 class SwitchRecord:
     release: str = ""  # the release the last switch made live
     at: float = 0.0  # when
-    # Its probation is over: it had its one automatic rollback, an automatic rollback made
-    # it live, or it outlived swap.verify_window (so a reload that widens it reopens nothing).
+    # at + swap.verify_window as it was then: a reload may shorten a probation, never
+    # lengthen or reopen one.
+    until: float = 0.0
+    # Its probation is over: its one automatic rollback failed or was skipped, or an
+    # automatic rollback made it live.
     settled: bool = False
     warm: str = ""  # the release kept running for a rollback, if any
     warm_until: float = 0.0  # when its keep_warm window ends
@@ -38,15 +41,10 @@ class SwitchRecord:
 
 def on_probation(record: SwitchRecord, live: str | None, now: float, window: float) -> bool:
     """Whether *live* may still be rolled back automatically: the last switch made it live
-    less than *window* seconds ago and that switch is not settled."""
+    less than *window* seconds ago (and less than the window of its day), and that switch is
+    not settled. A clock that went back counts as the end."""
     return (bool(record.release) and record.release == live and not record.settled
-            and 0 <= now - record.at < window)
-
-
-def window_passed(record: SwitchRecord, live: str | None, now: float, window: float) -> bool:
-    """Whether the probation of *live* ran out without a verdict: time to settle it."""
-    return (bool(record.release) and record.release == live and not record.settled
-            and not 0 <= now - record.at < window)
+            and record.at <= now < min(record.until, record.at + window))
 
 
 def warm_left(record: SwitchRecord, release: str, now: float) -> float:
@@ -78,7 +76,8 @@ class SwitchFile:
         try:
             return SwitchRecord(
                 release=str(data.get("release", "")), at=float(data.get("at", 0.0)),
-                settled=bool(data.get("settled", False)), warm=str(data.get("warm", "")),
+                until=float(data.get("until", 0.0)), settled=bool(data.get("settled", False)),
+                warm=str(data.get("warm", "")),
                 warm_until=float(data.get("warm_until", 0.0)))
         except (TypeError, ValueError) as e:
             log.warning("switch_record.unreadable", path=str(self.path), error=str(e))

@@ -24,7 +24,7 @@ from relman.supervisor.drain import wait_drained
 from relman.supervisor.health import in_range, probe_socket
 from relman.supervisor.restart import Exit, RestartPolicy, decide, quick_exits
 from relman.transaction.app import JOB_ENV, App, Report
-from relman.transaction.probation import on_probation, warm_left, window_passed
+from relman.transaction.probation import on_probation, warm_left
 
 log = structlog.get_logger(__name__)
 
@@ -91,7 +91,8 @@ async def reconcile(app: App, report: Report) -> list[str]:
     for handle in adopted.values():
         if handle is live:
             continue
-        left = warm_left(app.switches.record, handle.release, time.time())
+        left = min(warm_left(app.switches.record, handle.release, time.time()),
+                   app.config.swap.keep_warm)
         if not interrupted and left > 0 and await _still_warm(app, handle):
             app.keep_warm(handle, left)
             notes.append(f"keeping {handle.instance} warm for the {left:.0f}s left of its window")
@@ -131,13 +132,18 @@ class CrashRecovery:
         self.crash_loop = ""  # what status and sd_notify STATUS report while it lasts
         self.live_failures = 0
         self.watched_switch = ("", 0.0)  # the switch the live check failures belong to
+        # The switch whose automatic rollback is scheduled or running. It is settled on disk
+        # only by the rollback's own switch, or when the rollback cannot be done: a daemon
+        # that dies in between still owes the release its rollback.
+        self.requested = ("", 0.0)
         app.on_live_crash = self.on_live_crash
 
     def on_probation(self) -> bool:
         """Whether the live release may still be rolled back automatically."""
         app = self.app
-        return on_probation(app.switches.record, app.live_release(), time.time(),
-                            app.config.swap.verify_window)
+        record = app.switches.record
+        return record.switch != self.requested and on_probation(
+            record, app.live_release(), time.time(), app.config.swap.verify_window)
 
     async def watch_live(self) -> None:
         """Within swap.verify_window of a switch, GET health.path every live_check_interval."""
@@ -150,7 +156,7 @@ class CrashRecovery:
 
     def request_rollback(self, release: str, reason: str) -> None:
         """Schedule the one automatic rollback this switch gets, whatever its outcome."""
-        switch = self.app.switches.update(settled=True).switch
+        switch = self.requested = self.app.switches.record.switch
         self.schedule("auto-rollback",
                       lambda report: self.auto_rollback(release, switch, reason, report), 0.0)
 
@@ -158,16 +164,15 @@ class CrashRecovery:
         app = self.app
         live = app.live
         record = app.switches.record
-        if live is not None and window_passed(record, live.release, time.time(),
-                                              app.config.swap.verify_window):
-            app.switches.update(settled=True)  # a reload widening the window reopens nothing
         if (live is None or not live.alive or app.journal.entry is not None
                 or not self.on_probation()):
             self.live_failures = 0  # a job in progress, a crash (after_exit's) or no probation
             return
         if record.switch != self.watched_switch:
             self.watched_switch, self.live_failures = record.switch, 0
-        probe = await app.check_live()
+        # Through run/app.sock, not nginx: whether the release works, not whether nginx does.
+        probe = await probe_socket(app.root.app_sock, protocol=live.protocol,
+                                   path=app.config.health.path, timeout=10)
         if in_range(probe.status, app.config.health.expect) or app.live is not live:
             self.live_failures = 0
             return
@@ -215,6 +220,12 @@ class CrashRecovery:
         elif decision.restart:
             self.schedule(f"restart {release}", self.restart_live, decision.delay)
 
+    def settle(self, switch: tuple[str, float]) -> None:
+        """*switch* had its one automatic rollback, done or not: none again, even after a
+        daemon restart."""
+        if self.app.switches.record.switch == switch:
+            self.app.switches.update(settled=True)
+
     async def auto_rollback(self, bad: str, switch: tuple[str, float], reason: str,
                             report: Report) -> Any:
         """Mark *bad* failed (never a target, never kept warm) and swap to the newest
@@ -226,6 +237,7 @@ class CrashRecovery:
             why = "no known-good release before it" if target is None else \
                 "another job changed the live release first"
             app.store.record("auto_rollback_skipped", release=bad, reason=reason, why=why)
+            self.settle(switch)
             return {"skipped": why}
         app.store.record("auto_rollback", release=target.id, previous=bad, reason=reason)
         app.no_warm.add(bad)
@@ -233,6 +245,7 @@ class CrashRecovery:
             manifest = await app.rollback(target.id, f"relman (auto: {reason})", report,
                                           auto=True)
         except RelmanError:
+            self.settle(switch)
             if app.live is None or not app.live.alive:  # a crash loop, and no way back
                 self.schedule(f"restart {bad}", self.restart_live, 1.0)
             raise

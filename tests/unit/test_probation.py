@@ -13,11 +13,10 @@ from relman.transaction.probation import (
     SwitchRecord,
     on_probation,
     warm_left,
-    window_passed,
 )
 
 AT = 1_000.0
-V2 = SwitchRecord(release="v2", at=AT)
+V2 = SwitchRecord(release="v2", at=AT, until=AT + 300)
 
 
 @pytest.mark.parametrize(
@@ -29,29 +28,21 @@ V2 = SwitchRecord(release="v2", at=AT)
         (V2, "v2", AT + 301, 300, False),
         (V2, "v1", AT + 10, 300, False),  # another release is live: not its switch
         (V2, None, AT + 10, 300, False),
-        (SwitchRecord(release="v2", at=AT, settled=True), "v2", AT + 10, 300, False),
+        (SwitchRecord(release="v2", at=AT, until=AT + 300, settled=True), "v2", AT + 10, 300,
+         False),
         (SwitchRecord(), None, AT, 300, False),  # nothing switched yet
         (SwitchRecord(), "", AT, 300, False),
         (V2, "v2", AT + 10, 0, False),  # verify_window = 0 turns it off
         (V2, "v2", AT - 5, 300, False),  # the clock went back: no verdict from it
+        (V2, "v2", AT + 100, 60, False),  # a reload shortened the window: it is over
+        (V2, "v2", AT + 30, 60, True),
+        (V2, "v2", AT + 400, 3600, False),  # a reload widened it: what ran out stays out
+        (V2, "v2", AT + 200, 3600, True),  # ... and what did not, keeps its own end
+        (SwitchRecord(release="v2", at=AT), "v2", AT + 1, 300, False),  # no end recorded
     ],
 )
 def test_on_probation(record, live, now, window, expected):
     assert on_probation(record, live, now, window) is expected
-
-
-@pytest.mark.parametrize(
-    ("record", "live", "now", "expected"),
-    [
-        (V2, "v2", AT + 10, False),  # still open
-        (V2, "v2", AT + 300, True),  # ran out: settle it
-        (SwitchRecord(release="v2", at=AT, settled=True), "v2", AT + 400, False),  # done
-        (V2, "v1", AT + 400, False),  # not the live release's switch
-        (SwitchRecord(), "v1", AT, False),
-    ],
-)
-def test_window_passed(record, live, now, expected):
-    assert window_passed(record, live, now, 300) is expected
 
 
 @pytest.mark.parametrize(
@@ -74,10 +65,11 @@ def test_switch_file_round_trip(tmp_path):
     switches = SwitchFile(path)
     assert switches.record == SwitchRecord()
     assert not path.exists()
-    switches.update(release="v2", at=AT)
+    switches.update(release="v2", at=AT, until=AT + 300)
     switches.update(warm="v1", warm_until=AT + 60)
     again = SwitchFile(path)
-    assert again.record == SwitchRecord(release="v2", at=AT, warm="v1", warm_until=AT + 60)
+    assert again.record == SwitchRecord(release="v2", at=AT, until=AT + 300, warm="v1",
+                                        warm_until=AT + 60)
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
