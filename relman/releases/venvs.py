@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -23,20 +24,47 @@ log = structlog.get_logger(__name__)
 COMPLETE_MARKER = ".relman-complete"
 
 
+# An interpreter binary's (path, real path, device, inode, size, mtime, ctime) -> its
+# identity. A binary replaced or upgraded in place gets a new inode or ctime, so the daemon
+# never serves a stale version from here; a script (a pyenv shim, a wrapper) may pick another
+# interpreter each time it runs and is never cached.
+_IDENTITIES: dict[tuple[object, ...], tuple[str, str]] = {}
+
+
+def _binary_key(found: str) -> tuple[object, ...] | None:
+    real = os.path.realpath(found)
+    try:
+        with open(real, "rb") as f:
+            if f.read(4) != b"\x7fELF":
+                return None
+            st = os.fstat(f.fileno())
+    except OSError:
+        return None
+    return (found, real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 async def interpreter_identity(python: str) -> tuple[str, str]:
     """(absolute path, version line) of the build interpreter, or BuildFailed."""
     found = shutil.which(python)
     if found is None:
         raise BuildFailed(f"build.python: interpreter {python!r} not found on PATH")
+    key = _binary_key(found)
+    if key is not None and key in _IDENTITIES:
+        return _IDENTITIES[key]
+    # -I -S: no site, no user paths; the line is what platform.python_version() and
+    # platform.machine() give, without importing platform (half the start-up time).
     proc = await asyncio.create_subprocess_exec(
-        found, "-c", "import sys,platform;print(sys.implementation.name,"
-        " platform.python_version(), platform.machine())",
+        found, "-I", "-S", "-c", "import sys,os;print(sys.implementation.name,"
+        " sys.version.split()[0], os.uname().machine)",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=clean_env(),
     )
     out, err = await proc.communicate()
     if proc.returncode != 0:
         raise BuildFailed(f"build.python: {found} does not run", tail=err.decode(errors="replace"))
-    return found, out.decode().strip()
+    identity = found, out.decode().strip()
+    if key is not None:
+        _IDENTITIES[key] = identity
+    return identity
 
 
 def deps_hash(interpreter: str, release_dir: Path, requirements: Sequence[str]) -> str:

@@ -177,7 +177,7 @@ async def wait_drained(
     path: Path | str,
     *,
     timeout: float,
-    interval: float = 0.05,
+    interval: float = 0.02,
     clock: Callable[[], float] = time.monotonic,
 ) -> DrainResult:
     """Poll *path*'s accept queue until it is empty (or gone) twice in a row, or *timeout*.
