@@ -25,15 +25,19 @@ def unhealthy() -> bool:
 
 
 def server(environ, start_response):
-    """`/` names the version; `/slow?ms=N` sleeps first; `/health` is the health check;
-    `/headers` echoes the request headers (tests check what nginx forwards); `/log?line=X`
-    writes X to the server's output (tests rotate the log under a running server)."""
+    """`/` names the version; `/slow?ms=N` sleeps first (and with `&mark=X` writes X to the
+    server's output before that); `/health` is the health check; `/headers` echoes the
+    request headers (tests check what nginx forwards); `/log?line=X` writes X to the
+    server's output (tests rotate the log under a running server)."""
     path = environ.get("PATH_INFO", "/")
     query = parse_qs(environ.get("QUERY_STRING", ""))
     if path == "/log":
         sys.stderr.write(query.get("line", ["-"])[0] + "\n")
         sys.stderr.flush()
     if path == "/slow":
+        if "mark" in query:  # tests wait for this line: the request is in a worker's hands
+            sys.stderr.write(query["mark"][0] + "\n")
+            sys.stderr.flush()
         time.sleep(int(query.get("ms", ["200"])[0]) / 1000)
     if path == "/headers":
         body = "\n".join(f"{k}={v}" for k, v in sorted(environ.items()) if k.startswith("HTTP_"))
