@@ -141,8 +141,11 @@ class Daemon:
     async def watch_files(self) -> None:
         """Reload a changed config; turn an external flip of `current` into a swap."""
         config_path = self.config.path.resolve()
+        # step: how often watchfiles' thread takes the GIL to look for news. Its default,
+        # 50 ms, was most of the idle daemon's CPU (0.15% of a core); 500 ms costs 0.03%
+        # and half a second more before a config reload or an external flip is seen.
         async for changes in watchfiles.awatch(config_path.parent, self.root.root,
-                                                recursive=False, debounce=200):
+                                                recursive=False, debounce=200, step=500):
             paths = {Path(p) for _change, p in changes}
             if config_path in paths:
                 self.reload_config()

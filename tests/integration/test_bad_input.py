@@ -3,6 +3,7 @@ untouched (issue 2)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -111,6 +112,23 @@ def test_health_check_that_never_passes(make_app, app_repo):
     release_version(app_repo, "v2", extra={"UNHEALTHY": "yes\n"})
     proc = app.relman("deploy", "v2")
     _assert_failed_deploy(app, proc, "not healthy within 3s", "503")
+    assert "Booting worker" in proc.stderr, "the server's last log lines are shown"
+
+
+def test_a_slow_booting_app_needs_only_a_longer_health_timeout(make_app, app_repo):
+    """An app that takes 4 s to import fails a 2 s health.timeout (its log shown, v1
+    serving), and deploys with a longer one: the limit is the user's, not a fixed 30 s."""
+    app = make_app(health={"path": "/health", "timeout": 2})
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2", extra={"BOOT_DELAY": "4\n"})
+    proc = app.relman("deploy", "v2")
+    _assert_failed_deploy(app, proc, "not healthy within 2s")
+    assert "Booting worker" in proc.stderr
+    app.config.write_text(app.config.read_text().replace("timeout = 2\n", "timeout = 30\n"))
+    app.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "config.reloaded" in app.log_tail(200), timeout=10, what="the reload")
+    app.relman("deploy", "v2", check=True)
+    assert get(root_of(app) / "run/app.sock").startswith("sample v2")
 
 
 def test_release_phase_failure(make_app, app_repo):

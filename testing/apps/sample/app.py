@@ -8,7 +8,10 @@ from urllib.parse import parse_qs
 
 HERE = Path(__file__).resolve().parent
 VERSION = (HERE / "VERSION").read_text().strip()
-BOOT_DELAY = float(os.environ.get("SAMPLE_BOOT_DELAY", "0"))
+# Seconds the import takes: a BOOT_DELAY file in the release, or SAMPLE_BOOT_DELAY.
+_delay_file = HERE / "BOOT_DELAY"
+BOOT_DELAY = float(_delay_file.read_text() if _delay_file.exists()
+                   else os.environ.get("SAMPLE_BOOT_DELAY", "0"))
 if os.environ.get("SAMPLE_FAIL_IMPORT") or (HERE / "FAIL_IMPORT").exists():
     raise RuntimeError("sample app: failing at import, as asked")
 time.sleep(BOOT_DELAY)
