@@ -153,11 +153,11 @@ class Daemon:
                 self.current_flipped()
 
     def current_flipped(self) -> None:
-        """`current` now names another release than the live one: swap to it, health-gated
-        (a Capistrano-style tool flipped it). relman's own flips match the live release."""
+        """`current` now names another release than relman pointed it at: swap to it,
+        health-gated (a Capistrano-style tool flipped it). Events of relman's own flips come
+        late (debounced), maybe after the live server crashed: they match app.linked."""
         target = self.app.store.live_id()
-        live = self.app.live
-        if self.job_mutex.locked() or target is None or (live and live.release == target):
+        if self.job_mutex.locked() or target is None or target == self.app.linked:
             return
         log.info("current.flipped_externally", release=target)
         self.schedule_job(f"swap to {target} (current flipped)",

@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +112,28 @@ class RelmanDaemon:
         with contextlib.suppress(FileNotFoundError):
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
         return ""
+
+    @contextlib.contextmanager
+    def follow(self, *args: str) -> Iterator[Callable[[str], str]]:
+        """`relman logs -f ARGS` running; yields wait_for(text): the next line holding
+        *text*, waiting up to 20 s for each line."""
+        proc = subprocess.Popen([*RELMAN, "--config", str(self.config), "logs", "-f", *args],
+                                stdout=subprocess.PIPE, text=True, env=self.env)
+        lines: queue.Queue[str] = queue.Queue()
+        out = proc.stdout
+        assert out is not None
+        threading.Thread(target=lambda: [lines.put(x) for x in out], daemon=True).start()
+
+        def wait_for(text: str) -> str:
+            while text not in (line := lines.get(timeout=20)):
+                pass
+            return line
+
+        try:
+            yield wait_for
+        finally:
+            proc.kill()
+            proc.wait(10)
 
     def __enter__(self) -> RelmanDaemon:
         return self.start()

@@ -57,6 +57,9 @@ class App:
         self.supervisor = Supervisor(self.root.run, on_crash=self._on_crash)
         self.journal = Journal(self.root.journal)
         self.live: ServerHandle | None = None
+        # The release relman itself last pointed `current` at: any other target is an
+        # external flip, whether or not the live server is running right now.
+        self.linked = self.store.live_id()
         self.warm: dict[str, ServerHandle] = {}
         self._warm_timers: dict[str, asyncio.TimerHandle] = {}
         self.on_live_crash: Callable[[ServerHandle], Awaitable[None]] | None = None
@@ -279,6 +282,7 @@ class App:
         new = self.live_release() != release  # a restart of the same release is no new switch
         replace_symlink(self.root.app_sock, handle.socket.name)
         replace_symlink(self.root.current, Path("releases") / release)
+        self.linked = release
         if new and record:
             now = time.time()
             self.switches.update(release=release, at=now, settled=settled,

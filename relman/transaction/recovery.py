@@ -81,6 +81,7 @@ async def reconcile(app: App, report: Report) -> list[str]:
         app.live = live
         if app.store.live_id() != live.release:  # crashed between app.sock and current
             replace_symlink(app.root.current, Path("releases") / live.release)
+            app.linked = live.release
         replace_symlink(app.root.next_sock, live.socket.name)
     if app.live is None and app.store.live_id() is not None:  # serving first, then tidying
         notes.append("the live release's server was not running: starting it")

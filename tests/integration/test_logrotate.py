@@ -5,15 +5,12 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import queue
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
-from testing.daemon import RELMAN
 from tests.integration.test_deploy import get
 from tests.integration.test_supervision import root_of
 
@@ -59,24 +56,13 @@ def test_copytruncate_under_a_running_server(make_app, tmp_path):
     log = root / "log" / f"{v1}.log"
     get(root / "run/app.sock", "/log?line=written-before-rotation")
     history = (root / "log/history.jsonl").read_bytes()
-    follower = subprocess.Popen([*RELMAN, "--config", str(app.config), "logs", "-f", "-n", "1"],
-                                stdout=subprocess.PIPE, text=True, env=app.env)
-    lines: queue.Queue[str] = queue.Queue()
-    assert follower.stdout is not None
-    threading.Thread(target=lambda: [lines.put(x) for x in follower.stdout],  # type: ignore
-                     daemon=True).start()
-    try:
-        assert "written-before-rotation" in lines.get(timeout=20)
+    with app.follow("-n", "1") as wait_for:
+        wait_for("written-before-rotation")
         rotate(root, tmp_path)
         assert "written-before-rotation" in (root / "log" / f"{v1}.log.1").read_text()
         assert "written-before-rotation" not in log.read_text()
         get(root / "run/app.sock", "/log?line=written-after-rotation")
-        seen = ""
-        while "written-after-rotation" not in seen:
-            seen = lines.get(timeout=20)
-    finally:
-        follower.kill()
-        follower.wait(10)
+        wait_for("written-after-rotation")
     data = log.read_bytes()
     assert b"\0" not in data, "the server kept writing at its old offset"
     assert data.startswith(b"written-after-rotation"), data[:200]

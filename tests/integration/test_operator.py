@@ -4,14 +4,10 @@ filters, logs and logs -f."""
 from __future__ import annotations
 
 import json
-import queue
-import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
-from testing.daemon import RELMAN
 from testing.git import release_version
 from testing.unixhttp import http_get
 from testing.waiting import wait_until
@@ -98,22 +94,11 @@ def test_logs_of_a_release_and_follow(make_app, app_repo):
     (v1,) = (r["id"] for r in app.json("releases"))
     log = root_of(app) / "log" / f"{v1}.log"
     assert "Listening at" in app.relman("logs", v1, check=True).stdout
-    follower = subprocess.Popen([*RELMAN, "--config", str(app.config), "logs", "-f", "-n", "1"],
-                                stdout=subprocess.PIPE, text=True, env=app.env)
-    lines: queue.Queue[str] = queue.Queue()
-    assert follower.stdout is not None
-    threading.Thread(target=lambda: [lines.put(x) for x in follower.stdout],  # type: ignore
-                     daemon=True).start()
-    try:
-        lines.get(timeout=20)  # the last existing line
+    with app.follow("-n", "1") as wait_for:
+        wait_for("")  # the last existing line
         with log.open("a") as f:
             f.write("a line written after logs -f started\n")
-        seen = ""
-        while "written after" not in seen:
-            seen = lines.get(timeout=20)
-    finally:
-        follower.kill()
-        follower.wait(10)
+        wait_for("written after")
     unknown = app.relman("logs", "20990101T000000Z-deadbee")
     assert unknown.returncode == 2
     assert "20990101T000000Z-deadbee" in unknown.stderr

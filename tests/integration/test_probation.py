@@ -116,5 +116,5 @@ def test_restarted_daemon_stops_a_warm_server_whose_window_is_over(make_app, app
     assert f"stopping {v1}" in app.log_tail(200)
     assert f"keeping {v1}" not in app.log_tail(200)
     assert len(app.json("status")["servers"]) == 1
-    assert live_pid(app) == v2_pid
+    assert live_pid(app) == v2_pid, app.log_tail(300)
     assert serving(app, "v2")

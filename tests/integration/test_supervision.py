@@ -290,6 +290,24 @@ def test_external_flip_of_current_triggers_a_swap(make_app, app_repo):
     assert app.json("status")["live"] == v1
 
 
+def test_current_rewritten_to_the_same_release_is_no_flip(make_app):
+    """An event for `current` that names the release relman linked (its own switch, seen
+    late) starts nothing, even while the live server is down (restart.policy = "never")."""
+    app = make_app(restart={"policy": "never"})
+    app.relman("deploy", "v1", check=True)
+    v1 = app.json("releases")[0]["id"]
+    os.killpg(live_pid(app), signal.SIGKILL)
+    wait_until(lambda: any(e["event"] == "server_crashed" for e in app.json("history")),
+               timeout=20, what="the crash to be recorded")
+    root = root_of(app)
+    tmp = root / "current.tmp"
+    os.symlink(f"releases/{v1}", tmp)
+    os.replace(tmp, root / "current")
+    time.sleep(2)  # four times the watcher's step and debounce
+    assert live_pid(app) is None
+    assert "current.flipped_externally" not in app.log_tail(200)
+
+
 def test_status_shows_process_figures(make_app):
     """status gives per-process RSS, CPU, uptime and worker count, and the daemon's own."""
     app = make_app(server={"kind": "gunicorn", "app": "app:server", "workers": 3})
