@@ -221,6 +221,19 @@ class Daemon:
 
     async def _deploy(self, ref: str, who: str, report: Callable[[str, str], None]) -> Any:
         manifest = await self.app.deploy(ref, who, report)
+        # Like Capistrano's cleanup, every deploy keeps the disk bounded (Kamal's is not).
+        # The new release is live by now: a prune that fails is a warning, not a failure.
+        try:
+            await self.app.background_done()  # a server still stopping is still running
+            pruned = await self._prune()
+        except OSError as e:
+            log.warning("prune.failed", error=str(e))
+            report("prune", f"prune failed (the deploy stands): {e}")
+        else:
+            if pruned["releases"] or pruned["venvs"]:
+                report("prune", f"pruned {len(pruned['releases'])} release(s) and "
+                       f"{len(pruned['venvs'])} virtualenv(s) beyond keep_releases = "
+                       f"{self.config.app.keep_releases}")
         return {"release": manifest.id, "sha": manifest.sha, "ref": ref,
                 "switch_ms": self.app.switch_ms}
 
@@ -247,7 +260,8 @@ class Daemon:
         result = prune(self.root, store.manifests(), keep=self.config.app.keep_releases,
                        live=store.live_id(), target=target.id if target else None,
                        running=running)
-        store.record("pruned", releases=list(result.releases), venvs=list(result.venvs))
+        if result.releases or result.venvs:
+            store.record("pruned", releases=list(result.releases), venvs=list(result.venvs))
         return {"releases": list(result.releases), "venvs": list(result.venvs)}
 
     async def _ping(self) -> Any:

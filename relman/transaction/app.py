@@ -347,6 +347,10 @@ class App:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def background_done(self) -> None:
+        """Wait for the stops running in the background (a warm server displaced)."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     def _cancel_warm_timer(self, release: str) -> None:
         timer = self._warm_timers.pop(release, None)
         if timer is not None:
@@ -374,19 +378,13 @@ class App:
         release = self.store.live_id()
         if release is None:
             raise NotRunning("nothing is deployed yet: run `relman deploy REF` first")
-        manifest = self.store.get(release)
-        handle = await self._start_plain(manifest, report)
+        spec, health = self.server_spec(self.store.get(release)), self.config.health
+        report("start", f"starting {spec.instance}")
+        handle, _ = await self.supervisor.start_healthy(
+            spec, path=health.path, expect=health.expect, timeout=health.timeout)
         self._switch(handle, release)
         replace_symlink(self.root.next_sock, handle.socket.name)
         self.store.record("started", release=release, instance=handle.instance)
-        return handle
-
-    async def _start_plain(self, manifest: Manifest, report: Report) -> ServerHandle:
-        spec = self.server_spec(manifest)
-        report("start", f"starting {spec.instance}")
-        health = self.config.health
-        handle, _ = await self.supervisor.start_healthy(
-            spec, path=health.path, expect=health.expect, timeout=health.timeout)
         return handle
 
     async def stop(self, who: str) -> None:

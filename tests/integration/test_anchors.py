@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from testing.daemon import RELMAN
-from testing.git import commit, release_version
+from testing.git import release_version
 from testing.waiting import wait_until
 from tests.integration.test_supervision import live_pid, root_of, serving
 
@@ -130,22 +130,23 @@ def test_an_unchanged_dependency_list_is_not_installed_again(make_app, app_repo)
 
 
 def test_rollback_skips_a_failed_release_whatever_its_mtime(make_app, app_repo):
-    """v1 good, v2 failed its health gate, v3 live: `rollback` goes to v1, even with v2's
-    directory the newest on disk (tools that pick by mtime would take v2)."""
+    """v1 good, v2 live, v3 failed its health gate with the newest directory on disk:
+    `rollback` goes to v1 (tools that take the newest other directory would take v3)."""
     app = make_app(health={"path": "/health", "timeout": 3})
     app.relman("deploy", "v1", check=True)
-    release_version(app_repo, "v2", extra={"FAIL_IMPORT": "yes\n"})
-    assert app.relman("deploy", "v2").returncode == 1
-    (app_repo / "FAIL_IMPORT").unlink()
-    (app_repo / "VERSION").write_text("v3\n")
-    commit(app_repo, "v3", tag="v3")
-    app.relman("deploy", "v3", check=True)
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    release_version(app_repo, "v3", extra={"FAIL_IMPORT": "yes\n"})
+    assert app.relman("deploy", "v3").returncode == 1
     v1, v2, v3 = (r["id"] for r in app.json("releases"))
-    assert [r["state"] for r in app.json("releases")] == ["built", "failed", "built"]
-    v2_dir = root_of(app) / "releases" / v2
-    if v2_dir.exists():
-        os.utime(v2_dir)  # the newest directory
+    assert [r["state"] for r in app.json("releases")] == ["built", "built", "failed"]
+    v3_dir = root_of(app) / "releases" / v3
+    v3_dir.mkdir(exist_ok=True)
+    os.utime(v3_dir)  # the newest directory
     app.relman("rollback", check=True)
     assert app.json("status")["live"] == v1
     assert serving(app, "v1")
-    assert v3 != v1
+    refused = app.relman("rollback", v3)
+    assert refused.returncode == 1
+    assert f"release {v3} is failed: not a target" in refused.stderr
+    assert v2 != v1

@@ -37,34 +37,39 @@ def test_stop_then_start(make_app):
 
 
 def test_prune_keeps_live_target_running_and_shared_venvs(make_app, app_repo):
-    """keep_releases = 1 after four deploys: the live release and the rollback target stay
-    (the target also runs, kept warm), older releases and the venv only they used go."""
+    """keep_releases = 1, four deploys: each deploy prunes by itself; the live release and
+    the rollback target stay (the target also runs, kept warm), older releases and the venv
+    only they used go."""
     app = make_app(app={"keep_releases": 1}, swap={"keep_warm": 60, "drain_timeout": 5})
     app.relman("deploy", "v1", check=True)
+    (v1_venv,) = (r["venv"] for r in app.json("releases"))
     requirements = (app_repo / "requirements.txt").read_text()
     release_version(app_repo, "v2", extra={"requirements.txt": requirements + "six\n"})
+    outputs = {}
     for ref in ("v2", "v3", "v4"):
         if ref != "v2":
             release_version(app_repo, ref)
-        app.relman("deploy", ref, check=True)
-    before = {r["ref"]: r for r in app.json("releases")}
-    expected = {before["v4"]["id"]: "live", before["v3"]["id"]: "warm"}
+        outputs[ref] = app.relman("deploy", ref, check=True).stdout
+    v1, v2, v3, v4 = (e["release"] for e in app.json("history", "--event", "deployed"))
+    assert "pruned" not in outputs["v2"]  # v1 is the rollback target
+    assert "pruned 1 release(s) and 1 virtualenv(s) beyond keep_releases = 1" in outputs["v3"]
     wait_until(lambda: {s["release"]: s["state"] for s in app.json("status")["servers"]}
-               == expected, timeout=30, what="only the previous release kept warm")
-    pruned = app.json("prune")
-    assert sorted(pruned["releases"]) == sorted([before["v1"]["id"], before["v2"]["id"]])
-    assert pruned["venvs"] == [Path(before["v1"]["venv"]).name]
-    after = {r["ref"]: r for r in app.json("releases")}
-    assert set(after) == {"v3", "v4"}
-    assert after["v4"]["live"]
-    assert after["v3"]["rollback_target"]
+               == {v4: "live", v3: "warm"}, timeout=30, what="only v3 kept warm")
+    # v2 was still stopping (a running release is never pruned) if v4's deploy came first.
+    assert set(app.json("prune")["releases"]) <= {v2}
+    events = app.json("history", "--event", "pruned")
+    assert sorted(r for e in events for r in e["releases"]) == sorted([v1, v2])
+    assert [v for e in events for v in e["venvs"]] == [Path(v1_venv).name]
+    after = {r["id"]: r for r in app.json("releases")}
+    assert set(after) == {v3, v4}
+    assert after[v4]["live"]
+    assert after[v3]["rollback_target"]
     root = root_of(app)
-    assert not (root / "releases" / before["v1"]["id"]).exists()
-    assert [p.name for p in (root / "venvs").iterdir()] == [Path(after["v4"]["venv"]).name]
+    assert sorted(p.name for p in (root / "releases").iterdir()) == sorted([v3, v4])
+    assert [p.name for p in (root / "venvs").iterdir()] == [Path(after[v4]["venv"]).name]
     assert serving(app, "v4")
     app.relman("rollback", check=True)
     assert serving(app, "v3")
-    assert any(e["event"] == "pruned" for e in app.json("history"))
 
 
 def test_history_filters(make_app, app_repo):
