@@ -21,6 +21,7 @@ class LoadResult:
     statuses: dict[int | str, int] = field(default_factory=dict)
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (start, seconds)
     errors: list[str] = field(default_factory=list)
+    connections: int = 0  # opened; fewer than sent when keep-alive reuses them
 
     def percentile(self, q: float, window: tuple[float, float] | None = None) -> float:
         values = sorted(d for t, d in self.latencies
@@ -52,32 +53,46 @@ class Load:
 
     def __init__(self, url: str, paths: tuple[str, ...] = ("/",), *, concurrency: int = 8,
                  max_requests: int = 100_000, max_seconds: float = 300,
-                 host: str = "") -> None:
+                 host: str = "", keepalive: bool = False) -> None:
         self.unix = url.removeprefix("unix:") if url.startswith("unix:") else None
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.host_header = host
         self.paths, self.concurrency = paths, concurrency
+        self.keepalive = keepalive  # each client reuses its connection while the server lets it
         self.max_requests, self.max_seconds = max_requests, max_seconds
         self.result = LoadResult()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def _one(self, path: str) -> None:
+    def _connect(self) -> http.client.HTTPConnection:
+        with self._lock:
+            self.result.connections += 1
+        return (UnixHTTPConnection(self.unix, 30) if self.unix else
+                http.client.HTTPConnection(self.host, self.port, timeout=30))
+
+    def _one(self, path: str, conn: http.client.HTTPConnection | None = None
+             ) -> http.client.HTTPConnection | None:
+        """One request, on *conn* if given; the connection to reuse next, if any."""
         started = time.monotonic()
         status: int | str
+        kept = None
         try:
-            conn = (UnixHTTPConnection(self.unix, 30) if self.unix else
-                    http.client.HTTPConnection(self.host, self.port, timeout=30))
+            conn = conn or self._connect()
             headers = {"Host": self.host_header} if self.host_header else {}
             conn.request("GET", path, headers=headers)
             response = conn.getresponse()
             response.read()
             status = response.status
-            conn.close()
+            if self.keepalive and not response.will_close:
+                kept = conn
+            else:
+                conn.close()
         except (OSError, http.client.HTTPException) as e:
             status = type(e).__name__
+            if conn is not None:
+                conn.close()
         elapsed = time.monotonic() - started
         with self._lock:
             self.result.sent += 1
@@ -87,16 +102,20 @@ class Load:
                 self.result.failed += 1
                 if len(self.result.errors) < 20:
                     self.result.errors.append(f"{path}: {status}")
+        return kept
 
     def _worker(self, index: int) -> None:
         deadline = time.monotonic() + self.max_seconds
         n = index
+        conn = None
         while not self._stop.is_set() and time.monotonic() < deadline:
             with self._lock:
                 if self.result.sent >= self.max_requests:
-                    return
-            self._one(self.paths[n % len(self.paths)])
+                    break
+            conn = self._one(self.paths[n % len(self.paths)], conn)
             n += 1
+        if conn is not None:
+            conn.close()
 
     def __enter__(self) -> Load:
         for i in range(self.concurrency):

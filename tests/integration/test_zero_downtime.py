@@ -51,6 +51,26 @@ def test_swaps_under_load_fail_no_request(stack, app_repo, kind):
     assert [r["ref"] for r in releases if r["live"]] == ["v3"]
 
 
+def test_swaps_with_keep_alive_clients_fail_no_request(stack, app_repo):
+    """Clients that keep their connection to nginx open across swaps (browsers do) see no
+    error: nginx opens a new upstream connection per request (no upstream keepalive), so a
+    stopping server never has an idle kept connection to drop (Provenance PR #196)."""
+    app, nginx = stack("gunicorn")
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    with Load(nginx.url, ("/slow?ms=50", "/"), concurrency=16, max_seconds=240,
+              keepalive=True) as load:
+        time.sleep(1)
+        for args in (["rollback"], ["deploy", "v2"], ["restart"], ["rollback"]):
+            app.relman(*args, check=True)
+        time.sleep(0.5)
+    result = load.result
+    assert result.failed == 0, (result.statuses, result.errors, nginx.error_log_tail(20))
+    assert result.connections <= 2 * load.concurrency < result.sent, "connections reused"
+    assert "prematurely closed" not in nginx.error_log_tail(200)
+
+
 def test_preview_catches_a_socket_nginx_cannot_reach(stack, app_repo):
     """A socket nginx's workers may not connect to fails the preview: exit 1 naming the
     nginx preview, the live release untouched."""
