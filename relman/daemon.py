@@ -222,20 +222,19 @@ class Daemon:
     async def _deploy(self, ref: str, who: str, report: Callable[[str, str], None]) -> Any:
         manifest = await self.app.deploy(ref, who, report)
         # Like Capistrano's cleanup, every deploy keeps the disk bounded (Kamal's is not).
-        # The new release is live by now: a prune that fails is a warning, not a failure.
+        # A server still stopping counts as running: the next prune takes its release.
+        pruned: dict[str, list[str]] = {"releases": [], "venvs": []}
         try:
-            await self.app.background_done()  # a server still stopping is still running
             pruned = await self._prune()
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - the release is live: a cleanup must not fail it
             log.warning("prune.failed", error=str(e))
             report("prune", f"prune failed (the deploy stands): {e}")
-        else:
-            if pruned["releases"] or pruned["venvs"]:
-                report("prune", f"pruned {len(pruned['releases'])} release(s) and "
-                       f"{len(pruned['venvs'])} virtualenv(s) beyond keep_releases = "
-                       f"{self.config.app.keep_releases}")
+        if pruned["releases"] or pruned["venvs"]:
+            report("prune", f"pruned {len(pruned['releases'])} release(s) and "
+                   f"{len(pruned['venvs'])} virtualenv(s) beyond keep_releases = "
+                   f"{self.config.app.keep_releases}")
         return {"release": manifest.id, "sha": manifest.sha, "ref": ref,
-                "switch_ms": self.app.switch_ms}
+                "switch_ms": self.app.switch_ms, "pruned": pruned}
 
     async def _rollback(self, release: Any, who: str, report: Callable[[str, str], None]) -> Any:
         manifest = await self.app.rollback(str(release) if release else None, who, report)

@@ -53,14 +53,20 @@ def prune(
 ) -> PruneResult:
     """Remove what choose_prunable() picks; the caller holds the deploy lock."""
     doomed = choose_prunable(manifests, keep=keep, live=live, target=target, running=running)
+    removed = []
     for rid in sorted(doomed):
-        # The manifest goes last: a crash mid-removal leaves a release that is listed and
-        # pruned again, never an unlisted directory.
+        # The manifest goes last: a crash or an error mid-removal leaves a release that is
+        # listed and pruned again, never an unlisted directory.
         shutil.rmtree(root.release_dir(rid), ignore_errors=True)
+        if root.release_dir(rid).exists():
+            continue
+        for log_file in root.log.glob(f"{rid}.*"):  # <id>.log, its rotations, <id>.build.log
+            log_file.unlink(missing_ok=True)
         root.manifest(rid).unlink(missing_ok=True)
-    kept = [m for m in manifests if m.id not in doomed]
+        removed.append(rid)
+    kept = [m for m in manifests if m.id not in removed]
     names = [p.name for p in root.venvs.iterdir() if p.is_dir()] if root.venvs.is_dir() else []
     dead_venvs = choose_prunable_venvs(names, kept)
     for name in sorted(dead_venvs):
         shutil.rmtree(root.venvs / name, ignore_errors=True)
-    return PruneResult(tuple(sorted(doomed)), tuple(sorted(dead_venvs)))
+    return PruneResult(tuple(removed), tuple(sorted(dead_venvs)))

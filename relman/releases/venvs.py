@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -26,13 +27,17 @@ COMPLETE_MARKER = ".relman-complete"
 
 # An interpreter binary's (path, real path, device, inode, size, mtime, ctime) -> its
 # identity. A binary replaced or upgraded in place gets a new inode or ctime, so the daemon
-# never serves a stale version from here; a script (a pyenv shim, a wrapper) may pick another
-# interpreter each time it runs and is never cached.
+# never serves a stale version from here. What may pick another interpreter each time it runs
+# is never cached: a script (a pyenv shim, a wrapper) or a binary not named like an
+# interpreter (mise's shims are links to the mise binary, which reads its config).
 _IDENTITIES: dict[tuple[object, ...], tuple[str, str]] = {}
+_INTERPRETER_NAME = re.compile(r"(python|pypy|graalpy)[0-9.]*t?")
 
 
 def _binary_key(found: str) -> tuple[object, ...] | None:
     real = os.path.realpath(found)
+    if not _INTERPRETER_NAME.fullmatch(os.path.basename(real)):
+        return None
     try:
         with open(real, "rb") as f:
             if f.read(4) != b"\x7fELF":

@@ -347,10 +347,6 @@ class App:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def background_done(self) -> None:
-        """Wait for the stops running in the background (a warm server displaced)."""
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
     def _cancel_warm_timer(self, release: str) -> None:
         timer = self._warm_timers.pop(release, None)
         if timer is not None:

@@ -52,11 +52,14 @@ def test_prune_keeps_live_target_running_and_shared_venvs(make_app, app_repo):
         outputs[ref] = app.relman("deploy", ref, check=True).stdout
     v1, v2, v3, v4 = (e["release"] for e in app.json("history", "--event", "deployed"))
     assert "pruned" not in outputs["v2"]  # v1 is the rollback target
-    assert "pruned 1 release(s) and 1 virtualenv(s) beyond keep_releases = 1" in outputs["v3"]
+    # v3's deploy prunes v1, or (if v1's displaced warm server is still stopping, and so
+    # still running) v4's does: either way with v1's own venv.
+    assert "pruned 1 release(s) and 1 virtualenv(s) beyond keep_releases = 1" in \
+        outputs["v3"] + outputs["v4"]
     wait_until(lambda: {s["release"]: s["state"] for s in app.json("status")["servers"]}
                == {v4: "live", v3: "warm"}, timeout=30, what="only v3 kept warm")
-    # v2 was still stopping (a running release is never pruned) if v4's deploy came first.
-    assert set(app.json("prune")["releases"]) <= {v2}
+    # What was still stopping at the last deploy's prune goes now.
+    assert set(app.json("prune")["releases"]) <= {v1, v2}
     events = app.json("history", "--event", "pruned")
     assert sorted(r for e in events for r in e["releases"]) == sorted([v1, v2])
     assert [v for e in events for v in e["venvs"]] == [Path(v1_venv).name]

@@ -39,10 +39,10 @@ def test_a_binary_is_probed_once(tmp_path: Path):
 
 def test_a_replaced_binary_gets_a_new_key(tmp_path: Path):
     """An upgrade writes a new file (new inode, new ctime): never the cached answer."""
-    binary = tmp_path / "true"
+    binary = tmp_path / "python3.99"
     shutil.copy2("/bin/true", binary)
     before = venvs._binary_key(str(binary))
-    fresh = tmp_path / "true.new"
+    fresh = tmp_path / "python3.99.new"
     shutil.copy2("/bin/true", fresh)
     os.replace(fresh, binary)
     after = venvs._binary_key(str(binary))
@@ -75,3 +75,19 @@ def test_an_interpreter_that_does_not_run(tmp_path: Path):
     broken.chmod(0o755)
     with pytest.raises(BuildFailed, match="does not run"):
         identity(str(broken))
+
+
+def test_a_binary_not_named_like_an_interpreter_is_never_cached(tmp_path: Path):
+    """mise's shims are links to the mise binary, which picks a version from its config:
+    an ELF file whose real name is not python*, pypy* or graalpy* is probed every time."""
+    tool = tmp_path / "mise"
+    shutil.copy2("/bin/true", tool)
+    shim = tmp_path / "python"
+    shim.symlink_to(tool)
+    assert venvs._binary_key(str(shim)) is None
+    real = tmp_path / "real"
+    real.mkdir()
+    for name in ("python3.11", "python3", "python", "pypy3.10", "python3.13t", "graalpy"):
+        binary = real / name
+        shutil.copy2("/bin/true", binary)
+        assert venvs._binary_key(str(binary)) is not None, name

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from relman.releases import prune as prune_module
 from relman.releases.ids import make_release_id
 from relman.releases.layout import AppRoot
 from relman.releases.prune import PruneResult, choose_prunable, choose_prunable_venvs, prune
@@ -157,3 +158,33 @@ def test_prune_finishes_a_crashed_removal(root: AppRoot) -> None:
     result = prune(root, load_all(root), keep=1, live=rid(2), target=None, running=ids())
     assert result.releases == (rid(1),)
     assert [m.id for m in load_all(root)] == [rid(2)]
+
+
+def test_prune_removes_the_logs_of_what_it_removes(root: AppRoot) -> None:
+    """A pruned release's server log, its rotations and its build log go too (the disk
+    stays bounded); a kept release's logs and the history stay."""
+    lay_out(root, [manifest(1), manifest(2)], [])
+    root.log.mkdir(exist_ok=True)
+    names = [f"{rid(n)}{suffix}" for n in (1, 2) for suffix in (".log", ".log.1", ".build.log")]
+    for name in [*names, "history.jsonl", "fetch.log"]:
+        (root.log / name).write_text("x\n")
+    result = prune(root, load_all(root), keep=1, live=rid(2), target=None, running=ids())
+    assert result.releases == (rid(1),)
+    assert sorted(p.name for p in root.log.iterdir()) == sorted(
+        [n for n in names if n.startswith(rid(2))] + ["history.jsonl", "fetch.log"])
+
+
+def test_a_directory_that_cannot_be_removed_stays_listed(
+    root: AppRoot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If rmtree cannot remove a release (a busy mount, an immutable file: root's own
+    permissions cannot be used to make one here, so rmtree fails by hand), its manifest and
+    logs stay: the release is listed and pruned again later, never an unlisted directory."""
+    lay_out(root, [manifest(1), manifest(2)], [])
+    root.log.mkdir(exist_ok=True)
+    (root.log / f"{rid(1)}.log").write_text("x\n")
+    monkeypatch.setattr(prune_module.shutil, "rmtree", lambda *_a, **_k: None)
+    result = prune(root, load_all(root), keep=1, live=rid(2), target=None, running=ids())
+    assert result.releases == ()
+    assert [m.id for m in load_all(root)] == sorted(ids(1, 2))
+    assert (root.log / f"{rid(1)}.log").exists()
