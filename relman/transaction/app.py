@@ -71,11 +71,10 @@ class App:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _step(self, step: Step, report: Report, message: str, **changes: str) -> None:
-        self.journal.step(step, **changes)
-        log.info("deploy.step_done", step=str(step), release=self.journal.entry.release
-                 if self.journal.entry else "")
+        entry = self.journal.step(step, **changes)
+        log.info("deploy.step_done", step=str(step), release=entry.release)
         report(str(step), message)
-        if os.environ.get(FAULT_ENV) == str(step):
+        if os.environ.get(FAULT_ENV) in (str(step), f"{entry.job}:{step}"):  # tests only
             os.kill(os.getpid(), signal.SIGKILL)
 
     def server_spec(self, manifest: Manifest) -> ServerSpec:

@@ -18,6 +18,7 @@ import structlog
 
 from relman.atomic import read_link, replace_symlink
 from relman.errors import RelmanError
+from relman.journal import Step, after
 from relman.releases import ReleaseState
 from relman.supervisor import ServerHandle, ServerState
 from relman.supervisor.drain import wait_drained
@@ -31,6 +32,7 @@ log = structlog.get_logger(__name__)
 # Live checks that must fail in a row, within swap.verify_window of a switch, before the
 # daemon rolls the release back (one failed check is a blip, three are a broken release).
 LIVE_CHECK_FAILURES: Final = 3
+AUTO_WHO: Final = "relman (auto: "  # who, in the journal and history, of automatic rollbacks
 
 Schedule = Callable[[str, Callable[[Report], Awaitable[Any]], float], None]
 
@@ -59,11 +61,19 @@ def undo_interrupted_job(app: App, notes: list[str]) -> None:
         notes.append(f"killed {killed} process(es) the interrupted job left running")
     app.store.record("job_interrupted", job=entry.job, release=entry.release,
                      ref=entry.ref, who=entry.who, step=str(entry.step))
+    # An automatic rollback that got past its switch: the release it rolled back from was
+    # about to be marked failed (that waits for the rollback to succeed). Do it now.
+    switched = entry.job == "rollback" and entry.who.startswith(AUTO_WHO) and \
+        not after(Step.SWITCHED, entry.step)
     for manifest in app.store.manifests():
         if manifest.id == entry.release and manifest.state is ReleaseState.UNFINISHED:
             app.store.mark(manifest, ReleaseState.FAILED, error="interrupted")
             shutil.rmtree(app.root.release_dir(manifest.id), ignore_errors=True)
             notes.append(f"half-built release {manifest.id} marked failed and removed")
+        if switched and manifest.id == entry.previous_release and \
+                manifest.state is ReleaseState.BUILT:
+            app.store.mark(manifest, ReleaseState.FAILED, error=entry.who[len(AUTO_WHO):-1])
+            notes.append(f"{manifest.id}, rolled back from automatically, marked failed")
     app.journal.end()
 
 
@@ -243,7 +253,7 @@ class CrashRecovery:
         app.store.record("auto_rollback", release=target.id, previous=bad, reason=reason)
         app.no_warm.add(bad)
         try:
-            manifest = await app.rollback(target.id, f"relman (auto: {reason})", report,
+            manifest = await app.rollback(target.id, f"{AUTO_WHO}{reason})", report,
                                           auto=True)
         except RelmanError:
             self.settle(switch)

@@ -118,3 +118,28 @@ def test_restarted_daemon_stops_a_warm_server_whose_window_is_over(make_app, app
     assert len(app.json("status")["servers"]) == 1
     assert live_pid(app) == v2_pid, app.log_tail(300)
     assert serving(app, "v2")
+
+
+def test_an_auto_rollback_cut_short_by_a_crash_still_fails_the_release(make_app, app_repo):
+    """kill -9 of the daemon after an automatic rollback's switch, before it marked the bad
+    release failed: the next daemon finishes the job (failed, stopped, never a target)."""
+    app = make_app(swap={"live_check_interval": 0.2, "verify_window": 120,
+                         "drain_timeout": 5, "stop_timeout": 5})
+    app.relman("deploy", "v1", check=True)
+    app.kill9()
+    app.start(env={"RELMAN_TEST_CRASH_AT": "rollback:drained"})
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    v1, v2 = (r["id"] for r in app.json("releases"))
+    make_unhealthy(app, v2)
+    app.proc.wait(60)  # the daemon kills itself once the rollback drained v2
+    assert serving(app, "v1")
+    assert app.json("releases")[1]["state"] == "built"  # what the crash left
+    app.start()
+    assert app.json("status")["live"] == v1
+    assert app.json("releases")[1]["state"] == "failed"
+    assert f"{v2}, rolled back from automatically, marked failed" in app.log_tail(200)
+    assert [s["release"] for s in app.json("status")["servers"]] == [v1]
+    refused = app.relman("rollback", v2)
+    assert refused.returncode == 1
+    assert "is failed: not a target" in refused.stderr
