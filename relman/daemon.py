@@ -157,12 +157,16 @@ class Daemon:
         health-gated (a Capistrano-style tool flipped it). Events of relman's own flips come
         late (debounced), maybe after the live server crashed: they match app.linked."""
         target = self.app.store.live_id()
-        if self.job_mutex.locked() or target is None or target == self.app.linked:
-            return
+        if target is None or target == self.app.linked or self.job_mutex.locked():
+            return  # during a job: looked at again when it ends
         log.info("current.flipped_externally", release=target)
-        self.schedule_job(f"swap to {target} (current flipped)",
-                          lambda report: self._rollback(target, "external flip of current",
-                                                        report), 0.0)
+        self.schedule_job(f"swap to {target} (current flipped)", self._follow_flip, 0.0)
+
+    async def _follow_flip(self, report: Report) -> Any:
+        target = self.app.store.live_id()
+        if target is None or target == self.app.linked:  # a job queued first made it moot
+            return {}
+        return await self._rollback(target, "external flip of current", report)
 
     async def handle(self, request: dict[str, Any], send: Send, peer: tuple[int, int]) -> Any:
         """Dispatch one control request."""
@@ -204,15 +208,19 @@ class Daemon:
             send({"type": "progress", "step": step, "message": message})
 
         async def locked() -> Any:
-            async with self.job_mutex:
-                self.deploy_lock.acquire({"job": what, "who": who, "since": _now(),
-                                          "pid": os.getpid()}, blocking=True)
-                self.notify(STATUS=f"{self.config.app.name}: {what}")
-                try:
-                    return await work(report)
-                finally:
-                    self.deploy_lock.release()
-                    self.notify(STATUS=self.status_line())
+            try:
+                async with self.job_mutex:
+                    self.deploy_lock.acquire({"job": what, "who": who, "since": _now(),
+                                              "pid": os.getpid()}, blocking=True)
+                    self.notify(STATUS=f"{self.config.app.name}: {what}")
+                    try:
+                        return await work(report)
+                    finally:
+                        self.deploy_lock.release()
+                        self.notify(STATUS=self.status_line())
+            finally:
+                if not self.stopping.is_set():
+                    self.current_flipped()  # a flip seen during the job was set aside
 
         task = asyncio.create_task(locked(), name=what)
         self.jobs.add(task)

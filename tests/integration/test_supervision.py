@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from testing.daemon import RELMAN
 from testing.git import release_version
 from testing.load import Load
 from testing.waiting import wait_until
@@ -347,3 +349,27 @@ def test_restarted_daemon_adopts_the_warm_previous_release(make_app, app_repo):
     assert "still warm: switching without a restart" in rollback.stdout
     assert live_pid(app) == v1_pid
     assert serving(app, "v1")
+
+
+def test_a_flip_of_current_during_a_job_is_followed_after_it(make_app, app_repo):
+    """An external flip while a deploy runs (and then fails, so relman does not rewrite
+    `current`) is not lost: once the job ends, the daemon swaps to the flipped release."""
+    fail_v3 = ("python -c \"import time; v = open('VERSION').read().strip(); "
+               "time.sleep(3 if v == 'v3' else 0); raise SystemExit(v == 'v3')\"")
+    app = make_app(build={"commands": [fail_v3]})
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    v1 = app.json("releases")[0]["id"]
+    release_version(app_repo, "v3")
+    deploy = subprocess.Popen([*RELMAN, "--config", str(app.config), "deploy", "v3"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=app.env)
+    wait_until(lambda: app.json("status")["job"] is not None, timeout=30,
+               what="the deploy to start")
+    root = root_of(app)
+    tmp = root / "current.tmp"
+    os.symlink(f"releases/{v1}", tmp)
+    os.replace(tmp, root / "current")
+    assert deploy.wait(60) == 1
+    wait_until(lambda: serving(app, "v1"), timeout=30, what="the swap to v1 after the job")
+    assert app.json("status")["live"] == v1
