@@ -19,7 +19,7 @@ from relman import __version__
 from relman.config import Config, load_config
 from relman.control import ControlServer, Send
 from relman.errors import LockHeld, RelmanError, UsageError
-from relman.lock import Busy, FileLock, read_holder
+from relman.lock import Busy, FileLock
 from relman.releases.prune import prune
 from relman.supervisor.figures import ProcessFigures
 from relman.supervisor.health import probe_socket
@@ -45,6 +45,9 @@ class Daemon:
         self.daemon_lock = FileLock(self.root.daemon_lock)
         self.deploy_lock = FileLock(self.root.deploy_lock)
         self.job_mutex = asyncio.Lock()
+        # Every job asked for and not yet ended, running or queued, in order: counted the
+        # moment it is asked for, so two requests in one loop turn cannot both pass.
+        self.pending: list[dict[str, str]] = []
         self.control = ControlServer(self.root.control_sock, self.handle)
         self.jobs: set[asyncio.Task[Any]] = set()
         self.recovery = CrashRecovery(self.app, self.schedule_job)
@@ -157,7 +160,7 @@ class Daemon:
         health-gated (a Capistrano-style tool flipped it). Events of relman's own flips come
         late (debounced), maybe after the live server crashed: they match app.linked."""
         target = self.app.store.live_id()
-        if target is None or target == self.app.linked or self.job_mutex.locked():
+        if target is None or target == self.app.linked or self.pending:
             return  # during a job: looked at again when it ends
         log.info("current.flipped_externally", release=target)
         self.schedule_job(f"swap to {target} (current flipped)", self._follow_flip, 0.0)
@@ -198,11 +201,13 @@ class Daemon:
     async def job(self, what: str, who: str, args: dict[str, Any], send: Send,
                   work: Callable[[Callable[[str, str], None]], Awaitable[Any]]) -> Any:
         """Run *work* under the deploy lock; it goes on if the client disconnects."""
-        if self.job_mutex.locked() and not args.get("wait"):
-            holder = read_holder(self.deploy_lock.path)
-            raise LockHeld(f"another job holds the deploy lock: {holder.get('job', '?')} by "
-                           f"{holder.get('who', '?')} since {holder.get('since', '?')}",
+        if self.pending and not args.get("wait"):
+            holder = self.pending[0]
+            raise LockHeld(f"another job holds the deploy lock: {holder['job']} by "
+                           f"{holder['who']} since {holder['since']}",
                            hint="pass --wait to queue behind it")
+        entry = {"job": what, "who": who, "since": _now()}
+        self.pending.append(entry)
 
         def report(step: str, message: str) -> None:
             send({"type": "progress", "step": step, "message": message})
@@ -210,8 +215,8 @@ class Daemon:
         async def locked() -> Any:
             try:
                 async with self.job_mutex:
-                    self.deploy_lock.acquire({"job": what, "who": who, "since": _now(),
-                                              "pid": os.getpid()}, blocking=True)
+                    entry["since"] = _now()
+                    self.deploy_lock.acquire({**entry, "pid": os.getpid()}, blocking=True)
                     self.notify(STATUS=f"{self.config.app.name}: {what}")
                     try:
                         return await work(report)
@@ -219,6 +224,7 @@ class Daemon:
                         self.deploy_lock.release()
                         self.notify(STATUS=self.status_line())
             finally:
+                self.pending.remove(entry)
                 if not self.stopping.is_set():
                     self.current_flipped()  # a flip seen during the job was set aside
 
