@@ -16,6 +16,7 @@ import structlog
 import watchfiles
 
 from relman import __version__
+from relman.atomic import replace_symlink
 from relman.config import Config, load_config
 from relman.control import ControlServer, Send
 from relman.errors import LockHeld, RelmanError, UsageError
@@ -48,6 +49,7 @@ class Daemon:
         # Every job asked for and not yet ended, running or queued, in order: counted the
         # moment it is asked for, so two requests in one loop turn cannot both pass.
         self.pending: list[dict[str, str]] = []
+        self.flip_set_aside = False  # a flip of current seen while jobs were pending
         self.control = ControlServer(self.root.control_sock, self.handle)
         self.jobs: set[asyncio.Task[Any]] = set()
         self.recovery = CrashRecovery(self.app, self.schedule_job)
@@ -135,6 +137,8 @@ class Daemon:
                 log.warning("job.failed", job=what, error=e.message)
 
         def spawn() -> None:
+            if self.stopping.is_set():  # shutting down: start nothing new
+                return
             task = asyncio.create_task(run(), name=what)
             self.jobs.add(task)
             task.add_done_callback(self.jobs.discard)
@@ -160,16 +164,29 @@ class Daemon:
         health-gated (a Capistrano-style tool flipped it). Events of relman's own flips come
         late (debounced), maybe after the live server crashed: they match app.linked."""
         target = self.app.store.live_id()
-        if target is None or target == self.app.linked or self.pending:
-            return  # during a job: looked at again when it ends
+        if target is None or target == self.app.linked:
+            return
+        if self.pending:
+            self.flip_set_aside = True  # looked at again when the jobs end
+            return
         log.info("current.flipped_externally", release=target)
         self.schedule_job(f"swap to {target} (current flipped)", self._follow_flip, 0.0)
 
     async def _follow_flip(self, report: Report) -> Any:
         target = self.app.store.live_id()
-        if target is None or target == self.app.linked:  # a job queued first made it moot
+        linked = self.app.linked
+        if target is None or target == linked:  # a job queued first made it moot
             return {}
-        return await self._rollback(target, "external flip of current", report)
+        try:
+            return await self._rollback(target, "external flip of current", report)
+        except RelmanError as e:
+            # Refused (no such release, a failed one, unhealthy): `current` goes back to what
+            # serves, or a crash restart would start the refused release. Tried once only.
+            if linked is not None and self.app.store.live_id() == target:
+                replace_symlink(self.root.current, Path("releases") / linked)
+                self.app.store.record("flip_refused", release=target, live=linked,
+                                      error=e.message)
+            raise
 
     async def handle(self, request: dict[str, Any], send: Send, peer: tuple[int, int]) -> Any:
         """Dispatch one control request."""
@@ -224,9 +241,10 @@ class Daemon:
                         self.deploy_lock.release()
                         self.notify(STATUS=self.status_line())
             finally:
-                self.pending.remove(entry)
-                if not self.stopping.is_set():
-                    self.current_flipped()  # a flip seen during the job was set aside
+                self.pending = [e for e in self.pending if e is not entry]
+                if self.flip_set_aside and not self.pending and not self.stopping.is_set():
+                    self.flip_set_aside = False
+                    self.current_flipped()
 
         task = asyncio.create_task(locked(), name=what)
         self.jobs.add(task)
@@ -270,9 +288,10 @@ class Daemon:
         store = self.app.store
         target = store.rollback_target()
         running = frozenset(h.release for h in self.app.supervisor.handles.values() if h.alive)
-        result = prune(self.root, store.manifests(), keep=self.config.app.keep_releases,
-                       live=store.live_id(), target=target.id if target else None,
-                       running=running)
+        # In a thread: removing a large tree or venv must not stall the control socket.
+        result = await asyncio.to_thread(
+            prune, self.root, store.manifests(), keep=self.config.app.keep_releases,
+            live=store.live_id(), target=target.id if target else None, running=running)
         if result.releases or result.venvs:
             store.record("pruned", releases=list(result.releases), venvs=list(result.venvs))
         return {"releases": list(result.releases), "venvs": list(result.venvs)}

@@ -373,3 +373,36 @@ def test_a_flip_of_current_during_a_job_is_followed_after_it(make_app, app_repo)
     assert deploy.wait(60) == 1
     wait_until(lambda: serving(app, "v1"), timeout=30, what="the swap to v1 after the job")
     assert app.json("status")["live"] == v1
+
+
+@pytest.mark.parametrize("target", ["unknown", "failed"])
+def test_a_flip_to_a_release_that_cannot_serve_is_refused_once(make_app, app_repo, target):
+    """`current` flipped to something no swap can reach (no such release, a failed one): one
+    attempt, `current` goes back to the live release (history says why), no retry loop, and
+    deploys go on as usual."""
+    app = make_app(health={"path": "/health", "timeout": 3})
+    app.relman("deploy", "v1", check=True)
+    root = root_of(app)
+    if target == "unknown":
+        bogus = "20990101T000000Z-deadbee"
+        (root / "releases" / bogus).mkdir()
+    else:
+        release_version(app_repo, "v2", extra={"FAIL_IMPORT": "yes\n"})
+        assert app.relman("deploy", "v2").returncode == 1
+        bogus = app.json("releases")[1]["id"]
+        (root / "releases" / bogus).mkdir(exist_ok=True)
+    v1 = app.json("releases")[0]["id"]
+    tmp = root / "current.tmp"
+    os.symlink(f"releases/{bogus}", tmp)
+    os.replace(tmp, root / "current")
+    wait_until(lambda: any(e["event"] == "flip_refused" for e in app.json("history")),
+               timeout=30, what="the flip to be refused")
+    wait_until(lambda: (root / "current").resolve().name == v1, timeout=10,
+               what="current back on the live release")
+    time.sleep(1.5)  # three watcher steps: a loop would have run many jobs by now
+    assert app.log_tail(400).count("current.flipped_externally") == 1
+    assert serving(app, "v1")
+    (app_repo / "FAIL_IMPORT").unlink(missing_ok=True)
+    release_version(app_repo, "v3")
+    app.relman("deploy", "v3", check=True)
+    assert serving(app, "v3")
