@@ -9,8 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
+from testing.needs import skip_or_fail
 from tests.integration.test_deploy import get
 from tests.integration.test_supervision import root_of
 
@@ -20,9 +19,7 @@ CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "logrotate" / "relma
 def logrotate() -> str:
     found = shutil.which("logrotate") or shutil.which("logrotate", path="/usr/sbin:/sbin")
     if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("logrotate is missing: .ci/system-deps installs it")
-        pytest.skip("logrotate is not installed")
+        skip_or_fail("logrotate is not installed", "install it (.ci/system-deps)")
     return found
 
 

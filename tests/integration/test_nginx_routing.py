@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from relman.nginxconf import render_server_block
+from testing.needs import need, need_root
 from testing.nginx import NginxError, PrivateNginx, require_nginx
 from testing.waiting import wait_until
 
@@ -192,9 +193,9 @@ def test_preview_header_from_loopback_reaches_next(nginx: PrivateNginx, value: s
     assert get(nginx, {"X-Relman-Target": value})["server"] == "B"
 
 
-@pytest.mark.skipif(not IPV6, reason="no IPv6 loopback")
 def test_preview_header_from_ipv6_loopback_reaches_next(nginx: PrivateNginx) -> None:
     """The "::1:next" map key matches a request from ::1."""
+    need(IPV6, "no IPv6 loopback (::1)", "run on a host with ::1 on lo")
     assert get(nginx, {"X-Relman-Target": "next"}, host="::1")["server"] == "B"
     assert get(nginx, host="::1")["server"] == "A"
 
@@ -227,9 +228,9 @@ def test_switching_the_symlink_needs_no_reload(nginx: PrivateNginx, site: Site) 
     assert "reconfiguring" not in nginx.error_log_tail(100)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="workers change user only when nginx starts as root")
 def test_workers_run_as_www_data(nginx: PrivateNginx) -> None:
     """As root, the private nginx's workers run as www-data, like a real server's."""
+    need_root("workers change user only when nginx starts as root")
     # A worker drops root in its own start-up, after the fork that _ready() looks for.
     wait_until(lambda: {p.username() for p in psutil.Process(nginx.pid).children()}
                == {"www-data"}, timeout=10, what="nginx's workers to run as www-data")

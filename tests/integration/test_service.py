@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from testing.git import release_version
+from testing.needs import skip_or_fail
 from testing.ports import free_port
 from testing.waiting import wait_until
 
@@ -38,10 +39,8 @@ def require_tool(name: str, package: str, *also: str) -> str:
     found = shutil.which(name) or next((p for p in also if os.access(p, os.X_OK)), None)
     if found:
         return found
-    reason = f"{name} is not installed"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; CI must install it (apt-get install {package}, .ci/system-deps)")
-    pytest.skip(reason)
+    skip_or_fail(f"{name} is not installed",
+                 f"install it (apt-get install {package}, .ci/system-deps)")
 
 
 # --- A. the systemd unit ---------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import time
@@ -13,6 +12,7 @@ import pytest
 
 from testing.git import release_version
 from testing.load import Load
+from testing.needs import need_root
 from testing.waiting import wait_until
 from tests.integration.test_supervision import live_pid
 
@@ -74,10 +74,7 @@ def test_swaps_with_keep_alive_clients_fail_no_request(stack, app_repo):
 def test_preview_catches_a_socket_nginx_cannot_reach(stack, app_repo):
     """A socket nginx's workers may not connect to fails the preview: exit 1 naming the
     nginx preview, the live release untouched."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI runs as root so that nginx workers run as www-data")
-        pytest.skip("needs root: nginx workers as www-data, the socket owned by root")
+    need_root("nginx workers as www-data, the socket owned by root")
     app, nginx = stack("gunicorn")
     app.relman("deploy", "v1", check=True)
     config = app.config.read_text().replace('socket_group = "www-data"',

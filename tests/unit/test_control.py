@@ -19,6 +19,7 @@ import pytest
 from relman.client import request
 from relman.control import ControlServer, Send, peer_allowed
 from relman.errors import DaemonBug, DaemonUnreachable, LockHeld, UnknownRelease
+from testing.needs import need_root
 
 T = TypeVar("T")
 NOBODY = 65534
@@ -230,7 +231,6 @@ def read_answer(path: Path) -> str:
         return sock.makefile("rb").readline().decode()
 
 
-needs_root = pytest.mark.skipif(os.getuid() != 0, reason="switching to another uid needs root")
 
 
 @pytest.fixture
@@ -241,17 +241,17 @@ def open_to_all(daemon: Daemon) -> Daemon:
     return daemon
 
 
-@needs_root
 def test_other_user_cannot_connect(daemon: Daemon) -> None:
     """Another user cannot even connect: the socket's mode keeps them out."""
+    need_root("switching to another uid")
     daemon.path.parent.chmod(0o755)
     assert as_nobody(lambda: read_answer(daemon.path)) == "PermissionError"
     assert daemon.requests == []
 
 
-@needs_root
 def test_other_user_is_refused_by_peer_check(open_to_all: Daemon) -> None:
     """Past a loosened socket mode, the peer-credential check still refuses another user."""
+    need_root("switching to another uid")
     answer = json.loads(as_nobody(lambda: read_answer(open_to_all.path)))
     assert answer["type"] == "error"
     assert answer["error"]["exit_code"] == 2

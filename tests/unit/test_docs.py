@@ -11,7 +11,6 @@ source with a few conventions, stated at the top of each page:
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ import pytest
 from relman.cli import SSH_ALLOWED, cli
 from relman.config import load_config, schema
 from relman.errors import BY_CODE, INTERNAL_ERROR_EXIT
+from testing.needs import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "relman"
@@ -225,9 +225,7 @@ def test_man_page_passes_mandoc_lint(page: Path) -> None:
     """`mandoc -Tlint -W warning` prints nothing for the page."""
     mandoc = shutil.which("mandoc")
     if mandoc is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("mandoc is not installed; CI must lint the man pages")
-        pytest.skip("mandoc is not installed")
+        skip_or_fail("mandoc is not installed", "lint the man pages (.ci/system-deps)")
     proc = subprocess.run([mandoc, "-Tlint", "-W", "warning", str(page)],
                           capture_output=True, text=True, check=False)
     assert proc.stdout + proc.stderr == "", proc.stdout + proc.stderr
@@ -279,9 +277,8 @@ def _build_wheel(out: Path) -> Path:
     else:
         uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
         if uv is None:
-            if os.environ.get("CI") == "true":
-                pytest.fail("neither hatchling nor uv is available to build the wheel")
-            pytest.skip("neither hatchling nor uv is available to build the wheel")
+            skip_or_fail("neither hatchling nor uv is available to build the wheel",
+                         "install uv or hatchling in the test venv")
         argv = [uv, "build", "--wheel", "--quiet", "-o", str(out), str(ROOT)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, f"{argv} failed:\n{proc.stdout}{proc.stderr}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import socket
 import tempfile
@@ -16,6 +15,7 @@ import pytest
 
 from relman.supervisor import drain
 from relman.supervisor.drain import DrainResult, accept_queue_depth, wait_drained
+from testing.needs import need
 
 
 @pytest.fixture
@@ -93,8 +93,7 @@ def test_ss_fallback_gives_the_same_figure(
     sock_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The `ss -xlnH` fallback reports the same depth as sock_diag."""
-    if shutil.which("ss") is None and os.environ.get("CI") != "true":
-        pytest.skip("ss (iproute2) is not installed")
+    need(shutil.which("ss") is not None, "ss (iproute2) is not installed", "install iproute2")
     with listener(sock_path, 3):
         direct = accept_queue_depth(sock_path)
         monkeypatch.setattr(drain, "CAN_USE_SOCK_DIAG", False)
@@ -107,8 +106,7 @@ def test_ss_fallback_refuses_figures_read_from_proc(
     sock_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An ss that reads /proc/net/unix (no queue figures) raises rather than reporting 0."""
-    if shutil.which("ss") is None and os.environ.get("CI") != "true":
-        pytest.skip("ss (iproute2) is not installed")
+    need(shutil.which("ss") is not None, "ss (iproute2) is not installed", "install iproute2")
     monkeypatch.setattr(drain, "CAN_USE_SOCK_DIAG", False)
     monkeypatch.setenv("PROC_NET_UNIX", "/proc/net/unix")  # makes ss skip sock_diag
     with listener(sock_path, 3), pytest.raises(RuntimeError, match="sock_diag"):
