@@ -232,7 +232,7 @@ class App:
         warm = self.warm.pop(manifest.id, None) if reuse_warm else None
         if warm is not None and warm.alive:
             self._cancel_warm_timer(manifest.id)
-            self.switches.update(warm="", warm_until=0.0)
+            self.switches.forget_warm()
             report("start", f"{warm.instance} is still warm: switching without a restart")
             candidate = warm
             self._step(Step.HEALTHY, report, "warm instance", candidate=warm.instance)
@@ -357,7 +357,7 @@ class App:
             self._warm_timers.pop(handle.release, None)
             await self.supervisor.stop(handle, self.config.swap.stop_timeout)
             if self.switches.record.warm == handle.release:
-                self.switches.update(warm="", warm_until=0.0)
+                self.switches.forget_warm()
 
     async def _on_crash(self, handle: ServerHandle) -> None:
         self.warm = {k: v for k, v in self.warm.items() if v is not handle}
@@ -388,5 +388,5 @@ class App:
             await self.supervisor.stop(handle, self.config.swap.stop_timeout)
         self.live = None
         self.warm.clear()
-        self.switches.update(warm="", warm_until=0.0)
+        self.switches.forget_warm()
         self.store.record("stopped", who=who)

@@ -83,6 +83,10 @@ class SwitchFile:
             log.warning("switch_record.unreadable", path=str(self.path), error=str(e))
             return SwitchRecord()
 
+    def forget_warm(self) -> None:
+        """No release is kept warm any more (reused, cooled, or every server stopped)."""
+        self.update(warm="", warm_until=0.0)
+
     def update(self, **changes: Any) -> SwitchRecord:
         return self.put(replace(self.record, **changes))
 

@@ -17,7 +17,7 @@ import psutil
 import structlog
 
 from relman.atomic import read_link, replace_symlink
-from relman.errors import RelmanError
+from relman.errors import RelmanError, UnknownRelease
 from relman.journal import Step, after
 from relman.releases import ReleaseState
 from relman.supervisor import ServerHandle, ServerState
@@ -116,13 +116,15 @@ async def reconcile(app: App, report: Report) -> list[str]:
 
 
 async def _still_warm(app: App, handle: ServerHandle) -> bool:
-    """Whether an adopted server that is not live, recorded as the warm release, may stay
-    warm: keep_warm is on, its release is a built one, and it still answers its health check."""
-    if (app.config.swap.keep_warm <= 0 or app.warm.get(handle.release) is not None
-            or handle.release == app.store.live_id()):
+    """Whether an adopted server that is not live, with time left as the warm release, may
+    stay warm: its release is a built one, and it still answers its health check."""
+    if app.warm.get(handle.release) is not None or handle.release == app.store.live_id():
         return False
-    manifest = next((m for m in app.store.manifests() if m.id == handle.release), None)
-    if manifest is None or manifest.state is not ReleaseState.BUILT:
+    try:
+        manifest = app.store.get(handle.release)
+    except UnknownRelease:
+        return False
+    if manifest.state is not ReleaseState.BUILT:
         return False
     health = app.config.health
     probe = await probe_socket(handle.socket, protocol=handle.protocol, path=health.path,
