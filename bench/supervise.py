@@ -29,10 +29,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from relman.supervisor.identity import find_process, read_pidfile
 from relman.supervisor.restart import MIN_UPTIME
 from testing.daemon import RelmanDaemon, make_base_dir, write_config
 from testing.git import make_app_repo
+from testing.leftovers import kill_leftover_servers as kill_leftovers_under
 from testing.unixhttp import http_get
 from testing.waiting import wait_until
 
@@ -154,11 +154,7 @@ def clean_up(bench: Bench | None, base: Path) -> None:
 
 
 def kill_leftover_servers(bench: Bench) -> None:
-    for pidfile in (bench.base / "sample" / "run").glob("*.pid"):
-        found = read_pidfile(pidfile)
-        if found and find_process(found[0]) is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(found[0].pid, signal.SIGKILL)
+    kill_leftovers_under(bench.base / "sample")
     for pid, created in bench.servers.items():
         with contextlib.suppress(psutil.Error, ProcessLookupError):
             if abs(psutil.Process(pid).create_time() - created) < 0.05:

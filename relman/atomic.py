@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,16 @@ def read_link(link: Path) -> str | None:
         return os.readlink(link)
     except (FileNotFoundError, OSError):
         return None
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unreadable state file to NAME.corrupt-<UTC time>, out of the way but kept
+    for a post-mortem; returns the new path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}.{n}")
+    os.replace(path, aside)
+    return aside

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,23 +14,13 @@ import pytest
 
 from testing.daemon import RelmanDaemon, make_base_dir, write_config
 from testing.git import make_app_repo
+from testing.leftovers import kill_leftover_servers
 from testing.stack import nginx_user_and_group, start_nginx
 
 # One uv cache for every test and run: the sample app's venv is built from it in well under a
 # second, so each test can have its own app root without paying for downloads.
 os.environ.setdefault("UV_CACHE_DIR", str(Path.home() / ".cache" / "relman-tests-uv"))
 os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
-
-
-def kill_leftover_servers(root: Path) -> None:
-    """Kill app servers a failed test left behind: only those whose pidfile identity holds."""
-    from relman.supervisor.identity import find_process, read_pidfile
-
-    for pidfile in (root / "run").glob("*.pid"):
-        found = read_pidfile(pidfile)
-        if found and find_process(found[0]) is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(found[0].pid, signal.SIGKILL)
 
 
 @pytest.fixture

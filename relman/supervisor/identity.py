@@ -1,12 +1,25 @@
-"""Process identity: a pidfile records one, and only a matching live process is ever ours."""
+"""Instance records and process identity: what the daemon started, written down before it
+starts it, and the test that tells one of its processes from any other.
+
+A record (run/<instance>.pid, JSON) is written before the spawn and completed with the
+leader's pid and start time after it, so a daemon killed in between still finds the
+instance. It is a record, never proof: a process is an instance's only when
+- its cgroup is the instance's (where cgroups are used; see cgroups.py), or
+- it runs as the daemon's user, started when the record says, and carries the instance's
+  RELMAN_* tags in its environment (or, once setproctitle has overwritten the environment
+  as gunicorn does with it installed, runs in the instance's release directory).
+
+A process's argv is not identity: gunicorn with setproctitle renames itself.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import psutil
 
@@ -14,76 +27,148 @@ from relman.atomic import write_json_atomic
 
 # psutil's create_time has the resolution of the kernel's boot-relative jiffies (10 ms);
 # allow a little float noise on top.
-CREATE_TIME_SLACK = 0.05
+CREATE_TIME_SLACK: Final = 0.05
+TAG_APP: Final = "RELMAN_APP"
+TAG_ROOT: Final = "RELMAN_ROOT"
+TAG_INSTANCE: Final = "RELMAN_INSTANCE"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+
+
+class CorruptRecord(ValueError):
+    """A record that cannot be parsed or names what it may not (a path outside run/)."""
 
 
 @dataclass(frozen=True, slots=True)
 class ProcessIdentity:
     pid: int
     create_time: float
-    argv: tuple[str, ...]
-    cwd: str
+    uid: int = -1
+    cwd: str = ""
 
-    def matches(self, proc: psutil.Process) -> bool:
-        """True if *proc* is the very process this identity was taken from.
 
-        pid + start time decide (a reused pid has a later start time); argv and cwd are
-        compared too, so a pidfile copied between hosts or edited by hand never matches.
-        """
-        try:
-            if proc.pid != self.pid:
-                return False
-            if abs(proc.create_time() - self.create_time) > CREATE_TIME_SLACK:
-                return False
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return False
-            return proc.cwd() == self.cwd and tuple(proc.cmdline()) == self.argv
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return False
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceRecord:
+    """run/<instance>.pid: one server instance, recorded before it is spawned."""
+
+    instance: str
+    release: str
+    protocol: str = "http"
+    cwd: str = ""  # the release directory it runs in
+    cgroup: str = ""  # its cgroup directory; "" when tracked by environment tags
+    spawned: float = 0.0  # wall-clock time just before the spawn
+    pid: int = 0  # 0 until the spawn returned
+    create_time: float = 0.0
+    uid: int = -1
+
+    @property
+    def identity(self) -> ProcessIdentity | None:
+        if not self.pid:
+            return None
+        return ProcessIdentity(self.pid, self.create_time, self.uid, self.cwd)
+
+    def with_identity(self, identity: ProcessIdentity) -> InstanceRecord:
+        return replace(self, pid=identity.pid, create_time=identity.create_time,
+                       uid=identity.uid)
+
+
+def write_record(path: Path, record: InstanceRecord) -> None:
+    write_json_atomic(path, asdict(record), mode=0o644)
+
+
+def read_record(path: Path) -> InstanceRecord | None:
+    """The record in *path*; None if it is gone. CorruptRecord if it cannot be read as one,
+    or names another instance than its file name (as a plain pid from `uwsgi --pidfile`)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CorruptRecord(f"{path}: {e}") from None
+    try:
+        record = _parse(text)
+        _check(record, path)
+    except (ValueError, TypeError, RecursionError) as e:
+        raise CorruptRecord(f"{path}: {e}") from None
+    return record
+
+
+def _parse(text: str) -> InstanceRecord:
+    data: Any = json.loads(text)
+    if not isinstance(data, dict):
+        raise TypeError("not a JSON object")
+    known = set(InstanceRecord.__dataclass_fields__)
+    return InstanceRecord(**{k: v for k, v in data.items() if k in known})
+
+
+def _check(record: InstanceRecord, path: Path) -> None:
+    if record.instance != path.name.removesuffix(".pid"):
+        raise ValueError(f"names instance {record.instance!r}")
+    if not (isinstance(record.release, str) and _NAME.match(record.release)
+            and record.instance.startswith(record.release + ".")):
+        raise ValueError(f"bad release {record.release!r}")
+    for name, kind in (("pid", int), ("create_time", (int, float)), ("uid", int),
+                       ("spawned", (int, float)), ("cwd", str), ("cgroup", str),
+                       ("protocol", str)):
+        if not isinstance(getattr(record, name), kind):
+            raise TypeError(f"{name} is not a {kind}")
 
 
 def take_identity(pid: int) -> ProcessIdentity:
     """Read the identity of the running process *pid*."""
     proc = psutil.Process(pid)
     with proc.oneshot():
-        return ProcessIdentity(pid, proc.create_time(), tuple(proc.cmdline()), proc.cwd())
+        return ProcessIdentity(pid, proc.create_time(), proc.uids().real, proc.cwd())
 
 
-def find_process(identity: ProcessIdentity) -> psutil.Process | None:
-    """The live process *identity* describes, or None if it is gone or the pid was reused."""
+def tags_of(proc: psutil.Process) -> dict[str, str] | None:
+    """The RELMAN_* tags in *proc*'s environment; None when it cannot be read or holds
+    nothing (setproctitle overwrites the memory /proc/PID/environ reads)."""
+    try:
+        env = proc.environ()
+    except (psutil.Error, OSError):
+        return None
+    if not env:
+        return None
+    return {k: v for k, v in env.items() if k in (TAG_APP, TAG_ROOT, TAG_INSTANCE)}
+
+
+def is_tagged(proc: psutil.Process, root: str, instance: str, cwd: str) -> bool:
+    """Whether *proc* carries *instance*'s tags, or, with its environment overwritten,
+    runs in *cwd* (the instance's release directory)."""
+    tags = tags_of(proc)
+    if tags is None:
+        try:
+            return bool(cwd) and proc.cwd() == cwd
+        except (psutil.Error, OSError):
+            return False
+    return tags.get(TAG_ROOT) == root and tags.get(TAG_INSTANCE) == instance
+
+
+def same_start(proc: psutil.Process, create_time: float) -> bool:
+    try:
+        return abs(proc.create_time() - create_time) <= CREATE_TIME_SLACK
+    except psutil.Error:
+        return False
+
+
+def live_process(identity: ProcessIdentity) -> psutil.Process | None:
+    """The running, non-zombie process with *identity*'s pid, start time and user."""
     try:
         proc = psutil.Process(identity.pid)
-    except psutil.NoSuchProcess:
+        if not same_start(proc, identity.create_time) or \
+                proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if identity.uid >= 0 and proc.uids().real != identity.uid:
+            return None
+    except psutil.Error:
         return None
-    return proc if identity.matches(proc) else None
+    return proc
 
 
-def write_pidfile(path: Path, identity: ProcessIdentity, extra: dict[str, Any]) -> None:
-    write_json_atomic(path, {**asdict(identity), **extra}, mode=0o644)
-
-
-def read_pidfile(path: Path) -> tuple[ProcessIdentity, dict[str, Any]] | None:
-    """The identity and extra fields in *path*, or None if missing or unreadable."""
+def pidfd_for(pid: int) -> int | None:
+    """A pidfd for *pid*, or None if it is gone. Open it, then check identity again: the
+    pidfd pins the process, so the target cannot be swapped between check and signal."""
     try:
-        data = json.loads(path.read_text())
-        ident = ProcessIdentity(int(data.pop("pid")), float(data.pop("create_time")),
-                                tuple(data.pop("argv")), str(data.pop("cwd")))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return ident, data
-
-
-def pidfd_for(identity: ProcessIdentity) -> int | None:
-    """A pidfd for the process, opened *after* its identity checks out, or None.
-
-    Signals then go through the pidfd, so the target cannot be swapped for another
-    process between the check and the signal.
-    """
-    try:
-        fd = os.pidfd_open(identity.pid)
+        return os.pidfd_open(pid)
     except ProcessLookupError:
         return None
-    if find_process(identity) is None:
-        os.close(fd)
-        return None
-    return fd

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import structlog
 
-from relman.supervisor.identity import ProcessIdentity
+from relman.supervisor.identity import InstanceRecord, ProcessIdentity
 from relman.supervisor.states import ServerState, check_transition
 
 log = structlog.get_logger(__name__)
@@ -45,11 +45,12 @@ class ServerHandle:
 
     def __init__(self, *, instance: str, release: str, socket: Path, pidfile: Path, log: Path,
                  protocol: str, identity: ProcessIdentity, pidfd: int,
-                 popen: subprocess.Popen[bytes] | None = None,
+                 record: InstanceRecord, popen: subprocess.Popen[bytes] | None = None,
                  state: ServerState = ServerState.STARTING) -> None:
         self.instance, self.release = instance, release
         self.socket, self.pidfile, self.log, self.protocol = socket, pidfile, log, protocol
         self.identity, self.pidfd, self.popen = identity, pidfd, popen
+        self.record = record  # run/<instance>.pid as written: how its processes are found
         self.state = state
         # Wall and monotonic start times; an adopted server's come from its real start.
         age = max(0.0, time.time() - identity.create_time) if identity.create_time else 0.0

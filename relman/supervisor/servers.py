@@ -12,11 +12,13 @@ import structlog
 
 from relman.errors import Unhealthy
 from relman.logs import tail_file
+from relman.supervisor.adopt import Adoption, adopt_instances
 from relman.supervisor.health import Probe, wait_healthy
 from relman.supervisor.server import ServerHandle, ServerSpec
-from relman.supervisor.spawn import adopt_server, secure_socket, start_server
+from relman.supervisor.spawn import secure_socket, start_server
 from relman.supervisor.states import ServerState
-from relman.supervisor.stop import stop_server
+from relman.supervisor.stop import end_remnants, stop_server
+from relman.supervisor.tracking import Tracker
 
 log = structlog.get_logger(__name__)
 
@@ -26,8 +28,9 @@ OnCrash = Callable[[ServerHandle], Awaitable[None]]
 class Supervisor:
     """Owns ServerHandles by instance name; reports unexpected exits to *on_crash*."""
 
-    def __init__(self, run_dir: Path, on_crash: OnCrash | None = None) -> None:
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, log_dir: Path, tracker: Tracker,
+                 on_crash: OnCrash | None = None) -> None:
+        self.run_dir, self.log_dir, self.tracker = run_dir, log_dir, tracker
         self.on_crash = on_crash
         self.handles: dict[str, ServerHandle] = {}
         self._watchers: set[asyncio.Task[None]] = set()
@@ -62,13 +65,17 @@ class Supervisor:
                     returncode=handle.returncode, state=str(handle.state))
         with contextlib.suppress(Exception):
             handle.advance(ServerState.CRASHED)
+        # Its orphaned workers would go on accepting on its socket: end the whole instance.
+        remnants = await end_remnants(self.tracker, handle.record)
+        if remnants:
+            log.warning("server.remnants_killed", instance=handle.instance, killed=remnants)
         handle.pidfile.unlink(missing_ok=True)
         self.handles.pop(handle.instance, None)
         if self.on_crash is not None:
             await self.on_crash(handle)
 
     def start(self, spec: ServerSpec) -> ServerHandle:
-        return self._register(start_server(spec))
+        return self._register(start_server(spec, self.tracker))
 
     async def start_healthy(self, spec: ServerSpec, *, path: str, expect: tuple[int, int],
                             timeout: float) -> tuple[ServerHandle, Probe]:
@@ -88,20 +95,17 @@ class Supervisor:
 
     async def stop(self, handle: ServerHandle, timeout: float) -> bool:
         try:
-            return await stop_server(handle, timeout)
+            return await stop_server(handle, timeout, self.tracker)
         finally:
             self.handles.pop(handle.instance, None)
 
-    def adopt_all(self) -> list[ServerHandle]:
-        """Adopt every server whose pidfile identity checks out; remove stale pidfiles."""
-        adopted = []
-        for pidfile in sorted(self.run_dir.glob("*.pid")):
-            handle = adopt_server(pidfile, ServerState.HEALTHY)
-            if handle is None:
-                pidfile.unlink(missing_ok=True)
-                continue
-            adopted.append(self._register(handle))
-        return adopted
+    async def adopt_all(self, stray_timeout: float) -> Adoption:
+        """Adopt every recorded instance that still runs, end what is left of the others,
+        and stop the app's processes no record names (adopt.py)."""
+        found = await adopt_instances(self.run_dir, self.log_dir, self.tracker, stray_timeout)
+        for handle in found.handles:
+            self._register(handle)
+        return found
 
     def for_release(self, release: str) -> list[ServerHandle]:
         return [h for h in self.handles.values() if h.release == release and h.alive]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import grp
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -13,16 +15,20 @@ import structlog
 
 from relman.errors import Unhealthy, UsageError
 from relman.supervisor.identity import (
+    InstanceRecord,
     ProcessIdentity,
-    pidfd_for,
-    read_pidfile,
     take_identity,
-    write_pidfile,
+    write_record,
 )
 from relman.supervisor.server import ServerHandle, ServerSpec
 from relman.supervisor.states import ServerState
+from relman.supervisor.tracking import Tracker
 
 log = structlog.get_logger(__name__)
+
+# Tests only (the transaction's RELMAN_TEST_CRASH_AT): "spawned" kills the daemon between
+# the spawn and the record of the pid.
+CRASH_ENV = "RELMAN_TEST_CRASH_AT"
 
 
 # The server writes to its log through a descriptor relman cannot reopen, so the log is
@@ -47,40 +53,51 @@ def rotate_log(path: Path, *, limit: int = ROTATE_BYTES, keep: int = ROTATE_KEEP
     return True
 
 
-def start_server(spec: ServerSpec) -> ServerHandle:
-    """Spawn the server of *spec* in a new session (its own process group).
+def start_server(spec: ServerSpec, tracker: Tracker) -> ServerHandle:
+    """Spawn the server of *spec* in a new session (its own process group), recorded in
+    run/<instance>.pid before it starts and tracked by its cgroup or its tags.
 
     App servers are not children of any task: they must keep serving through a SIGKILL of
-    the daemon (DESIGN section 6), and are found again through their pidfiles.
+    the daemon (DESIGN section 6), and are found again through their records.
     """
     with contextlib.suppress(FileNotFoundError):
         spec.socket.unlink()  # a leftover of a crashed instance would fail the bind
     rotate_log(spec.log)
+    record = InstanceRecord(instance=spec.instance, release=spec.release,
+                            protocol=spec.protocol, cwd=str(spec.cwd),
+                            cgroup=tracker.prepare(spec.instance), spawned=time.time())
+    write_record(spec.pidfile, record)  # first: a daemon killed after the spawn finds it
     with spec.log.open("ab") as out:
         out.write(f"--- relman: starting {spec.instance}: {' '.join(spec.argv)}\n".encode())
         out.flush()
         try:
             popen = subprocess.Popen(
-                spec.argv, cwd=spec.cwd, env=dict(spec.env), stdin=subprocess.DEVNULL,
+                tracker.wrap(spec.argv, record), cwd=spec.cwd,
+                env={**spec.env, **tracker.tags(spec.instance)}, stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
             )
         except OSError as e:
+            spec.pidfile.unlink(missing_ok=True)
             raise Unhealthy(f"cannot start {spec.argv[0]}: {e.strerror}") from None
+    if os.environ.get(CRASH_ENV) == "spawned":  # tests only: die before the pid is recorded
+        os.kill(os.getpid(), signal.SIGKILL)
     pidfd = os.pidfd_open(popen.pid)
     try:
         identity = take_identity(popen.pid)
     except psutil.Error:  # it died before we could look: the pidfd still reports the exit
-        identity = ProcessIdentity(popen.pid, 0.0, tuple(spec.argv), str(spec.cwd))
-    write_pidfile(spec.pidfile, identity, _pidfile_extra(spec))
-    log.info("server.started", instance=spec.instance, pid=popen.pid, socket=str(spec.socket))
+        identity = ProcessIdentity(popen.pid, 0.0, os.getuid(), str(spec.cwd))
+    record = record.with_identity(identity)
+    try:
+        write_record(spec.pidfile, record)
+    except BaseException:
+        tracker.kill_all(record)  # a job that fails stops what it started
+        os.close(pidfd)
+        raise
+    log.info("server.started", instance=spec.instance, pid=popen.pid, socket=str(spec.socket),
+             tracking=tracker.mode)
     return ServerHandle(instance=spec.instance, release=spec.release, socket=spec.socket,
                         pidfile=spec.pidfile, log=spec.log, protocol=spec.protocol,
-                        identity=identity, pidfd=pidfd, popen=popen)
-
-
-def _pidfile_extra(spec: ServerSpec) -> dict[str, object]:
-    return {"instance": spec.instance, "release": spec.release, "socket": str(spec.socket),
-            "log": str(spec.log), "protocol": spec.protocol}
+                        identity=identity, pidfd=pidfd, record=record, popen=popen)
 
 
 def secure_socket(spec: ServerSpec) -> None:
@@ -103,19 +120,15 @@ def secure_socket(spec: ServerSpec) -> None:
     os.chmod(spec.socket, spec.socket_mode)
 
 
-def adopt_server(pidfile: Path, state: ServerState) -> ServerHandle | None:
-    """A handle on the server a pidfile records, if that very process still runs."""
-    found = read_pidfile(pidfile)
-    if found is None:
-        return None
-    identity, extra = found
-    pidfd = pidfd_for(identity)
-    if pidfd is None:
-        log.info("server.stale_pidfile", pidfile=str(pidfile), pid=identity.pid)
-        return None
-    handle = ServerHandle(instance=str(extra["instance"]), release=str(extra["release"]),
-                          socket=Path(str(extra["socket"])), pidfile=pidfile,
-                          log=Path(str(extra["log"])), protocol=str(extra.get("protocol", "http")),
-                          identity=identity, pidfd=pidfd, state=state)
-    log.info("server.adopted", instance=handle.instance, pid=identity.pid)
+def adopt_server(record: InstanceRecord, leader: ProcessIdentity, pidfd: int, *,
+                 run_dir: Path, log_dir: Path) -> ServerHandle:
+    """A handle on *record*'s instance, whose *leader* was found running. Its socket and log
+    paths are derived from the instance and release names, never read from the file."""
+    handle = ServerHandle(instance=record.instance, release=record.release,
+                          socket=run_dir / f"{record.instance}.sock",
+                          pidfile=run_dir / f"{record.instance}.pid",
+                          log=log_dir / f"{record.release}.log", protocol=record.protocol,
+                          identity=leader, pidfd=pidfd, record=record.with_identity(leader),
+                          state=ServerState.HEALTHY)
+    log.info("server.adopted", instance=handle.instance, pid=leader.pid)
     return handle

@@ -1,18 +1,26 @@
-"""stop_server(): graceful SIGTERM, then SIGKILL of the process group after stop_timeout."""
+"""stop_server(): graceful SIGTERM, then SIGKILL of the process group after stop_timeout; then
+whatever is left of the instance (orphaned workers, double-forked helpers) is killed."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
+import time
 
-import psutil
 import structlog
 
+from relman.supervisor.identity import InstanceRecord
 from relman.supervisor.server import ServerHandle
 from relman.supervisor.states import ServerState
+from relman.supervisor.tracking import Tracker
 
 log = structlog.get_logger(__name__)
+
+# How long the rest of an instance may take to leave once SIGKILLed; the kernel needs
+# milliseconds, a process in uninterruptible sleep (NFS) longer.
+REMNANT_WAIT = 10.0
 
 
 def _signal(handle: ServerHandle, sig: int) -> bool:
@@ -26,27 +34,21 @@ def _signal(handle: ServerHandle, sig: int) -> bool:
     return True
 
 
-def _kill_stragglers(handle: ServerHandle) -> int:
-    """SIGKILL what is left of the group after its leader exited: workers it orphaned.
-
-    Only processes whose process group is the leader's pid and that started after it: a pid
-    number alone is never enough to signal.
-    """
-    killed = 0
-    for proc in psutil.process_iter(["pid", "create_time"]):
-        try:
-            if os.getpgid(proc.pid) != handle.pid:
-                continue
-            if proc.info["create_time"] + 0.05 < handle.identity.create_time:
-                continue
-            os.kill(proc.pid, signal.SIGKILL)
-            killed += 1
-        except (ProcessLookupError, PermissionError):
-            continue
+async def end_remnants(tracker: Tracker, record: InstanceRecord) -> int:
+    """SIGKILL every process left of *record*'s instance and wait (bounded) until none is
+    left; its cgroup is removed. How many were killed."""
+    killed = await asyncio.to_thread(tracker.kill_all, record)
+    deadline = time.monotonic() + REMNANT_WAIT
+    while not await asyncio.to_thread(tracker.empty, record):
+        if time.monotonic() > deadline:
+            log.warning("server.remnants_left", instance=record.instance)
+            break
+        await asyncio.sleep(0.02)
+        await asyncio.to_thread(tracker.kill_all, record)
     return killed
 
 
-async def stop_server(handle: ServerHandle, timeout: float) -> bool:
+async def stop_server(handle: ServerHandle, timeout: float, tracker: Tracker) -> bool:
     """Stop *handle* gracefully; True if it exited before the deadline without SIGKILL.
 
     gunicorn stops gracefully on SIGTERM; uWSGI does with the hook kinds.py adds.
@@ -59,15 +61,17 @@ async def stop_server(handle: ServerHandle, timeout: float) -> bool:
         graceful = False
         log.info("server.kill_escalated", instance=handle.instance, pid=handle.pid,
                  after=timeout)
-        with contextlib.suppress(ProcessLookupError):
-            # The leader is alive and verified (its pidfd is open), so its group is ours.
-            os.killpg(handle.pid, signal.SIGKILL)
+        if handle.alive:
+            with contextlib.suppress(ProcessLookupError):
+                # The leader is alive and verified (its pidfd is open), so its group is ours.
+                os.killpg(handle.pid, signal.SIGKILL)
+        await end_remnants(tracker, handle.record)
         await handle.wait_exited(5)
-    stragglers = _kill_stragglers(handle)
+    remnants = await end_remnants(tracker, handle.record)
     handle.advance(ServerState.STOPPED)
     handle.pidfile.unlink(missing_ok=True)
     with contextlib.suppress(FileNotFoundError):
         handle.socket.unlink()
     log.info("server.stopped", instance=handle.instance, pid=handle.pid, graceful=graceful,
-             returncode=handle.returncode, stragglers=stragglers)
+             returncode=handle.returncode, remnants=remnants)
     return graceful

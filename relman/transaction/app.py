@@ -27,7 +27,7 @@ from relman.errors import (
 )
 from relman.journal import Journal, JournalEntry, Step
 from relman.releases import Manifest, ReleaseState, ReleaseStore
-from relman.supervisor import ServerHandle, ServerSpec, ServerState, Supervisor
+from relman.supervisor import ServerHandle, ServerSpec, ServerState, Supervisor, Tracker
 from relman.supervisor.drain import wait_drained
 from relman.supervisor.health import in_range, probe_socket, probe_url
 from relman.supervisor.kinds import server_argv
@@ -54,7 +54,9 @@ class App:
         self.config = config
         self.store = ReleaseStore(config)
         self.root = self.store.root
-        self.supervisor = Supervisor(self.root.run, on_crash=self._on_crash)
+        self.supervisor = Supervisor(self.root.run, self.root.log,
+                                     Tracker.for_app(config.app.name, self.root.root),
+                                     on_crash=self._on_crash)
         self.journal = Journal(self.root.journal)
         self.live: ServerHandle | None = None
         # The release relman itself last pointed `current` at: any other target is an

@@ -81,7 +81,11 @@ async def reconcile(app: App, report: Report) -> list[str]:
     """After a daemon restart: adopt servers whose identity checks out, undo the job a crash
     interrupted, and make sure run/app.sock leads to a running server."""
     notes: list[str] = []
-    adopted = {h.instance: h for h in app.supervisor.adopt_all()}
+    adoption = await app.supervisor.adopt_all(app.config.swap.stop_timeout)
+    adopted = {h.instance: h for h in adoption.handles}
+    for note in adoption.notes:
+        notes.append(note)
+        app.store.record("process_reconciled", detail=note)
     live_name = read_link(app.root.app_sock)
     live = next((h for h in adopted.values() if h.socket.name == live_name), None)
     interrupted = app.journal.unfinished() is not None

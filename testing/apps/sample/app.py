@@ -1,6 +1,7 @@
 """The sample WSGI app relman deploys in its tests, benchmarks and demo."""
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,10 @@ BOOT_DELAY = float(_delay_file.read_text() if _delay_file.exists()
 if os.environ.get("SAMPLE_FAIL_IMPORT") or (HERE / "FAIL_IMPORT").exists():
     raise RuntimeError("sample app: failing at import, as asked")
 time.sleep(BOOT_DELAY)
+if (HERE / "HELPER").exists():  # a helper that double-forks into a session of its own
+    subprocess.run(["setsid", "-f", sys.executable, "-c", "import time; time.sleep(3600)",
+                    "relman-test-helper"], stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 BOOTED = time.monotonic()
 
 
