@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from relman.cli import main
 from relman.config import load_config
 from relman.config_search import lenient_root
 from relman.errors import ConfigError
+from relman.releases import AppRoot
+from relman.releases import history as audit
 
 GOOD = '[app]\nname = "shop"\nrepo = "/r"\nroot = "{root}"\n'
 
@@ -75,3 +78,79 @@ def test_no_root_from_a_file_that_cannot_be_read(tmp_path: Path) -> None:
     assert lenient_root(tmp_path / "absent.toml") is None
     assert lenient_root(tmp_path) is None
 
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """relman ARGS in this process: (exit status, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def broken(tmp_path: Path) -> Path:
+    """An app root with one history entry, and a config naming it with an unknown key."""
+    root = AppRoot(tmp_path / "shop")
+    root.create()
+    audit.record(root.history, "deployed", app="shop", release="r1", ref="v1")
+    path = tmp_path / "relman.toml"
+    path.write_text(GOOD.format(root=root.root) + "bogus = 1\n")
+    return path
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["history"], "deployed"), (["releases"], "no releases yet"), (["--json", "releases"], "[]")])
+def test_commands_that_read_the_root_warn_and_work(
+        capsys: pytest.CaptureFixture[str], broken: Path, args: list[str], needle: str) -> None:
+    """releases and history read the root the invalid file names: exit 0, one warning line
+    naming file, key and reason on stderr, stdout as usual."""
+    code, out, err = run(capsys, "--config", str(broken), *args)
+    assert code == 0, err
+    assert needle in out
+    assert err.splitlines() == [err.strip()]
+    assert err.startswith(f"relman: warning: {broken}: app.bogus: unknown key")
+    assert "would not be loaded" in err
+
+
+def test_ssh_command_warns_and_works(capsys: pytest.CaptureFixture[str], broken: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forced command's history works too."""
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "relman history")
+    code, out, err = run(capsys, "--config", str(broken), "ssh-command")
+    assert (code, "deployed" in out, err.startswith("relman: warning:")) == (0, True, True)
+
+
+def test_daemon_commands_reach_the_root_it_names(capsys: pytest.CaptureFixture[str],
+                                                 broken: Path) -> None:
+    """status goes to the control socket under that root: with no daemon there, exit 3,
+    after the warning."""
+    code, _out, err = run(capsys, "--config", str(broken), "status")
+    assert code == 3
+    assert err.startswith(f"relman: warning: {broken}: app.bogus")
+    assert f"{broken.parent}/shop/run/relman.ctl" in err
+
+
+@pytest.mark.parametrize("args", [["check"], ["init"], ["nginx-config"], ["daemon"],
+                                  ["--json", "check"]])
+def test_commands_that_need_the_config_exit_2(capsys: pytest.CaptureFixture[str],
+                                              broken: Path, args: list[str]) -> None:
+    """check, init, nginx-config and daemon need the config itself: exit 2 with the error
+    (file, key, reason), no warning."""
+    code, out, err = run(capsys, "--config", str(broken), *args)
+    assert code == 2
+    assert "warning" not in err
+    assert f"{broken}: app.bogus: unknown key" in out + err
+
+
+def test_no_root_found_is_the_config_error(capsys: pytest.CaptureFixture[str],
+                                           tmp_path: Path) -> None:
+    """When the root cannot be found, a root-only command exits 2 with the config error."""
+    path = tmp_path / "relman.toml"
+    path.write_text('[app]\nname = "shop"\nrepo = "/r"\nroot = "shop"\n')
+    code, _out, err = run(capsys, "--config", str(path), "history")
+    assert code == 2
+    assert err.startswith(f"relman: error: {path}: app.root: must be an absolute path")
+    assert "warning" not in err
