@@ -19,8 +19,8 @@ import click
 
 from relman import __version__, client
 from relman.config import Config, load_config
-from relman.config_search import find_config
-from relman.errors import INTERNAL_ERROR_EXIT, RelmanError, UsageError
+from relman.config_search import find_config, lenient_root
+from relman.errors import INTERNAL_ERROR_EXIT, ConfigError, RelmanError, UsageError
 from relman.releases.layout import AppRoot
 
 # Every command starts with these imports, over SSH too: what only some commands need (the
@@ -32,18 +32,45 @@ SSH_ALLOWED = frozenset({"deploy", "rollback", "releases", "status", "history", 
 class Context:
     def __init__(self, config_path: str | None, app: str | None, as_json: bool) -> None:
         self.config_path, self.app, self.json = config_path, app, as_json
+        self._path: Path | None = None
         self._config: Config | None = None
+        self._root_only: AppRoot | None = None
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            self._path = find_config(self.config_path, os.environ, self.app, Path.cwd())
+        return self._path
 
     @property
     def config(self) -> Config:
         if self._config is None:
-            path = find_config(self.config_path, os.environ, self.app, Path.cwd())
-            self._config = load_config(path)
+            self._config = load_config(self.path)
         return self._config
 
     @property
     def root(self) -> AppRoot:
         return AppRoot(self.config.app.root)
+
+    @property
+    def root_only(self) -> AppRoot:
+        """The app root, for commands that need nothing else from the config (the daemon's
+        socket, the release store): found in an invalid config too, with a warning."""
+        if self._root_only is None:
+            path = self.path
+            try:
+                self._root_only = self.root
+            except ConfigError as e:
+                # The daemon keeps its last good config on a failed reload: the commands it
+                # serves, and those that only read the root, must work in that emergency.
+                found = lenient_root(path)
+                if found is None:
+                    raise
+                click.echo(f"relman: warning: {e.message}: this file would not be loaded, a "
+                           f"running daemon keeps its last good config (app root {found})",
+                           err=True)
+                self._root_only = AppRoot(found)
+        return self._root_only
 
     def emit(self, data: Any, human: Callable[[], str] | str) -> None:
         if self.json:
@@ -62,7 +89,7 @@ class Context:
                 click.echo(f"[{event.get('step', '')}] {event.get('message', '')}")
             sys.stdout.flush()
 
-        return client.request(self.root.control_sock, command, args, client_info(), progress)
+        return client.request(self.root_only.control_sock, command, args, client_info(), progress)
 
 
 def client_info() -> dict[str, Any]:
@@ -135,15 +162,9 @@ def rollback(ctx: Context, release: str | None, wait: bool) -> None:
 @pass_ctx
 def releases(ctx: Context) -> None:
     """List releases: id, ref, sha, age, state, live and rollback-target markers."""
-    from relman.releases import ReleaseStore
-    from relman.views import render_releases
+    from relman.views import release_rows, render_releases
 
-    store = ReleaseStore(ctx.config)
-    manifests = store.manifests()
-    live, target = store.live_id(), store.rollback_target()
-    rows = [m.to_json() | {"live": m.id == live, "rollback_target": bool(target and
-                                                                        m.id == target.id)}
-            for m in manifests]
+    rows = release_rows(ctx.root_only)
     ctx.emit(rows, lambda: render_releases(rows))
 
 
@@ -192,14 +213,9 @@ def restart(ctx: Context, wait: bool) -> None:
 @pass_ctx
 def logs(ctx: Context, release: str | None, follow_: bool, lines: int) -> None:
     """The app server's output (of the live release, or RELEASE)."""
-    from relman.releases import ReleaseStore
-    from relman.views import follow
+    from relman.views import follow, server_log
 
-    store = ReleaseStore(ctx.config)
-    rid = store.get(release).id if release else store.live_id()
-    if rid is None:
-        raise UsageError("nothing is deployed yet: name a release")
-    path = ctx.root.server_log(rid)
+    path = server_log(ctx.root_only, release)
     for line in follow(path, lines=lines, keep_going=follow_):
         click.echo(line)
 
@@ -218,7 +234,7 @@ def history(ctx: Context, release: str | None, event: str | None, since: float |
     from relman.views import time_ago
 
     since_ts = time.time() - since * 3600 if since else None
-    entries = list(audit.read(ctx.root.history, event=event, release=release, since=since_ts))
+    entries = list(audit.read(ctx.root_only.history, event=event, release=release, since=since_ts))
     entries = entries[-limit:]
     ctx.emit(entries, lambda: "\n".join(
         f"{time_ago(e['time']):>8}  {e['event']:<16} {e.get('release') or e.get('ref') or '':<26}"

@@ -1,10 +1,13 @@
 """Which relman.toml a command means: --config, $RELMAN_CONFIG, --app, ./relman.toml, or the
-only file in /etc/relman."""
+only file in /etc/relman; and the app root an invalid one still names."""
 
 from __future__ import annotations
 
+import re
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
 from relman.config import NAME_RE
 from relman.errors import ConfigError
@@ -37,3 +40,41 @@ def find_config(cli_path: str | None, env: Mapping[str, str], app_name: str | No
         f", which holds {len(found)}: {', '.join(p.name for p in found)}" if found else "")
     raise ConfigError("relman.toml", "", "no config found: pass --config PATH or --app NAME, "
                       f"or set RELMAN_CONFIG ({tried})")
+
+
+# A table header, and a root line: a basic string without escapes, or a literal string.
+_HEADER: Final = re.compile(r"\s*\[(.*)\]\s*(?:#.*)?")
+_ROOT_LINE: Final = re.compile(
+    r"""\s*(app\s*\.\s*)?root\s*=\s*(?:"([^"\\]*)"|'([^']*)')\s*(?:#.*)?""")
+
+
+def _root_lines(text: str) -> set[str]:
+    """Every `root = "..."` under [app] (or `app.root = "..."` before any table) in *text*,
+    read line by line: the file is not even valid TOML."""
+    found, table = set(), ""
+    for line in text.splitlines():
+        if header := _HEADER.fullmatch(line):
+            table = header.group(1).strip()
+        elif (m := _ROOT_LINE.fullmatch(line)) and (table, bool(m.group(1))) in (
+                ("app", False), ("", True)):
+            found.add(m.group(2) if m.group(2) is not None else m.group(3))
+    return found
+
+
+def lenient_root(path: Path) -> Path | None:
+    """app.root of a config file that load_config() refuses, read as leniently as possible:
+    from the parsed TOML whatever else is wrong in it, else from a `root = "..."` line under
+    [app]. None unless that names one absolute path, an existing directory."""
+    try:
+        text = path.read_bytes().decode(errors="replace")
+    except OSError:
+        return None
+    try:
+        app = tomllib.loads(text).get("app")
+        roots: list[object] = [app.get("root")] if isinstance(app, dict) else []
+    except tomllib.TOMLDecodeError:
+        roots = list(_root_lines(text))
+    if len(roots) != 1 or not isinstance(roots[0], str) or not roots[0].startswith("/"):
+        return None
+    root = Path(roots[0])
+    return root if root.is_dir() else None

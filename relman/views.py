@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from relman.releases import AppRoot
+from relman.errors import UnknownRelease, UsageError
+from relman.releases import AppRoot, registry
+from relman.releases.ids import is_release_id
 
 if TYPE_CHECKING:
     from relman.config import Config
@@ -26,6 +28,36 @@ def time_ago(ts: float, now: float | None = None) -> str:
         if delta >= size:
             return f"{delta // size}{unit}"
     return f"{delta}s"
+
+
+def live_release(root: AppRoot) -> str | None:
+    """The release `current` points at (as ReleaseStore.live_id() reads it), or None."""
+    try:
+        return Path(os.readlink(root.current)).name
+    except OSError:
+        return None
+
+
+def release_rows(root: AppRoot) -> list[dict[str, Any]]:
+    """Every manifest, oldest first, marked live and rollback target: `relman releases`."""
+    manifests = registry.load_all(root)
+    live = live_release(root)
+    target = registry.rollback_target(manifests, live)
+    return [m.to_json() | {"live": m.id == live,
+                           "rollback_target": bool(target and m.id == target.id)}
+            for m in manifests]
+
+
+def server_log(root: AppRoot, release: str | None) -> Path:
+    """The server log `relman logs` shows: of *release*, else of the live release."""
+    if release:
+        if not is_release_id(release) or registry.load(root, release) is None:
+            raise UnknownRelease(f"release {release!r}: no such release")
+        return root.server_log(release)
+    live = live_release(root)
+    if live is None:
+        raise UsageError("nothing is deployed yet: name a release")
+    return root.server_log(live)
 
 
 def render_releases(rows: list[dict[str, Any]]) -> str:
