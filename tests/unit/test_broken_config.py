@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from relman import logs
 from relman.cli import main
 from relman.config import load_config
 from relman.config_search import lenient_root
@@ -80,9 +81,13 @@ def test_no_root_from_a_file_that_cannot_be_read(tmp_path: Path) -> None:
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """relman ARGS in this process: (exit status, stdout, stderr)."""
+    """relman ARGS in this process: (exit status, stdout, stderr). Logging is left as it
+    was: pointed at capsys's stream, which is closed after the test, structlog's cached
+    loggers would fail every later test that logs."""
     try:
-        main(list(args))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(logs, "configure", lambda **_kw: None)
+            main(list(args))
         code = 0
     except SystemExit as e:
         code = int(e.code or 0)
