@@ -105,6 +105,17 @@ def test_systemd_unit_verifies(tmp_path):
         assert (REPO / "man" / f"{name}.{section}").is_file(), (name, section)
 
 
+def test_systemd_unit_delegates_its_cgroup():
+    """The unit hands its cgroup to the deploy user (Delegate=yes), keeps the servers alive
+    through a daemon crash (KillMode=process), and does not make /sys/fs/cgroup read-only
+    (ProtectControlGroups= would, delegated subtree included, on systemd 252)."""
+    keys = dict(line.split("=", 1) for line in UNIT.read_text().splitlines()
+                if "=" in line and not line.startswith("#"))
+    assert keys["Delegate"] == "yes"
+    assert keys["KillMode"] == "process"
+    assert keys.get("ProtectControlGroups", "no") == "no"
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [
