@@ -1,8 +1,11 @@
 """Supervision: time from a SIGKILL of the live app server to serving again, a SIGKILL of
-the daemon itself (the app must keep serving; the restarted daemon adopts it), and the
-daemon's idle cost next to a gunicorn master's.
+the daemon itself (the app must keep serving; the restarted daemon adopts it), the
+daemon's idle cost next to a gunicorn master's, and the processes lost (goal: none) after
+random SIGKILLs of the daemon during restarts and deploys of an app whose gunicorn renames
+itself (setproctitle) and forks a helper into its own session.
 
     .venv/bin/python bench/supervise.py [--kills 5] [--idle-seconds 60] [--daemon-gap 1]
+                                        [--random-kills 20] [--seed N]
 
 Everything runs on loopback in a temp dir: the sample app (gunicorn, 2 workers) in a local
 git repo and a real relman daemon; requests go straight to run/app.sock. Only the pids that
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -31,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from relman.supervisor.restart import MIN_UPTIME
 from testing.daemon import RelmanDaemon, make_base_dir, write_config
-from testing.git import make_app_repo
+from testing.git import make_app_repo, release_version
 from testing.leftovers import kill_leftover_servers as kill_leftovers_under
+from testing.tracked import TRACKED, app_procs, orphans
 from testing.unixhttp import http_get
 from testing.waiting import wait_until
 
@@ -320,12 +325,67 @@ def print_idle(idle: dict[str, Idle], seconds: float) -> None:
 
 # --- main ---------------------------------------------------------------------------------
 
+# --- 4. orphans after random daemon kills, setproctitle app ------------------------------
+
+def orphan_run(kills: int, seed: int) -> tuple[int, int, str]:
+    """*kills* SIGKILLs of the daemon at random moments of restarts and deploys of the
+    setproctitle app (with a double-forked helper): (orphans, left after stop, tracking)."""
+    rng = random.Random(seed)
+    base = make_base_dir("relman-bench-orphans-")
+    bench: Bench | None = None
+    try:
+        bench = make_bench(base)
+        deploy(bench)
+        repo, root = base / "repo", base / "sample"
+        for version in ("v2", "v3"):
+            release_version(repo, version, extra={**TRACKED, "VERSION": f"{version}\n"})
+        bench.app.relman("deploy", "v2", check=True)
+        for n in range(kills):
+            job = ["restart"] if n % 2 == 0 else ["deploy", rng.choice(["v2", "v3"])]
+            runner = threading.Thread(target=bench.app.relman, args=job, daemon=True)
+            runner.start()
+            time.sleep(rng.uniform(0.05, 0.9))
+            bench.app.kill9()
+            runner.join(60)
+            bench.app.start()
+        wait_until(lambda: (s := bench.status())["job"] is None and s["live"], timeout=60,
+                   what="the live release, no job")
+        time.sleep(1.0)  # a server being stopped by reconcile finishes leaving
+        lost = orphans(root, bench.status()["servers"])
+        bench.app.relman("stop", check=True)
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: not app_procs(root), timeout=30, what="nothing left")
+        return len(lost), len(app_procs(root)), tracking_mode(bench)
+    finally:
+        clean_up(bench, base)
+
+
+def tracking_mode(bench: Bench) -> str:
+    """How the daemon tracked its processes, as it logged it (tracking.chosen)."""
+    log = bench.app.log.read_text(errors="replace")
+    return "cgroup" if "mode='cgroup'" in log else "tags"
+
+
+def print_orphans(kills: int, seed: int) -> int:
+    lost, left, mode = orphan_run(kills, seed)
+    print(f"4. {kills} SIGKILLs of the daemon at random moments of restarts and deploys "
+          f"(seed {seed}), gunicorn renamed by setproctitle, a setsid helper per worker, "
+          f"tracking by {mode}")
+    print(f"   processes in the app root belonging to no instance status lists: {lost} "
+          "(goal: 0)")
+    print(f"   processes left after `relman stop`: {left} (goal: 0)")
+    return 1 if lost or left else 0
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--kills", type=int, default=5, help="SIGKILLs of each kind")
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--daemon-gap", type=float, default=1.0,
                         help="seconds the app runs without a daemon after its SIGKILL")
+    parser.add_argument("--random-kills", type=int, default=20,
+                        help="daemon SIGKILLs during restarts and deploys (orphan count)")
+    parser.add_argument("--seed", type=int, default=time.time_ns() % 10**6)
     return parser.parse_args()
 
 
@@ -340,7 +400,8 @@ def run(bench: Bench, args: argparse.Namespace) -> int:
     time.sleep(max(0.0, bench.deployed_at + VERIFY_WINDOW + 1 - time.time()))
     idle = sample_idle(idle_groups(bench), args.idle_seconds)
     print_idle(idle, args.idle_seconds)
-    return 1 if any(k.failed or not k.same_pid for k in kills) else 0
+    lost = print_orphans(args.random_kills, args.seed)
+    return 1 if lost or any(k.failed or not k.same_pid for k in kills) else 0
 
 
 def main() -> None:

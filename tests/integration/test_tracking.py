@@ -22,14 +22,10 @@ import pytest
 from relman.supervisor.cgroups import CgroupTree
 from testing.git import release_version
 from testing.needs import need, need_root
+from testing.tracked import TRACKED, app_procs, helpers, masters
 from testing.waiting import wait_until
 from tests.integration.test_supervision import root_of, serving
 
-# The sample app with setproctitle (gunicorn then renames its processes, and overwrites
-# their environment) and a helper that double-forks into a session of its own.
-TRACKED = {"requirements.txt": "gunicorn==27.0.1\npyuwsgi==2.0.30.post1\n"
-                               "setproctitle==1.3.8\n",
-           "HELPER": ""}
 MODES = ["cgroup", "tags"]
 
 
@@ -40,25 +36,6 @@ def mode_env(mode: str) -> dict[str, str]:
              "no writable cgroup v2 hierarchy", "run on a host with cgroup v2")
         return {}
     return {"RELMAN_CGROUPS": "off"}
-
-
-def app_procs(root: Path) -> list[psutil.Process]:
-    """Every process running in the app root (servers, workers, helpers)."""
-    found = []
-    for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if proc.cwd().startswith(str(root) + "/") and \
-                    proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-    return found
-
-
-def masters(root: Path) -> list[psutil.Process]:
-    return [p for p in app_procs(root) if "gunicorn: master" in " ".join(p.cmdline())]
-
-
-def helpers(root: Path) -> list[psutil.Process]:
-    return [p for p in app_procs(root) if "relman-test-helper" in p.cmdline()]
 
 
 def settled(app) -> dict:
