@@ -92,6 +92,8 @@ class Daemon:
         for task in list(self.jobs):
             task.cancel()
         await self.app.stop("daemon shutdown")
+        if self.app.supervisor.tracker.cgroups is not None:
+            self.app.supervisor.tracker.cgroups.remove_base()
         self.daemon_lock.release()
         log.info("daemon.stopped")
 

@@ -154,3 +154,8 @@ class CgroupTree:
                 return False
             raise
         return True
+
+    def remove_base(self) -> None:
+        """Remove the app's (empty) directory, at a clean shutdown."""
+        with contextlib.suppress(OSError):  # EBUSY/ENOTEMPTY: an instance is still in it
+            self.base.rmdir()
