@@ -1,7 +1,10 @@
 # relman: `make demo` shows a deploy, a swap under traffic and a rollback; `make test` runs
 # every check. Both install what they need (a venv here; nginx and mandoc via apt-get as root).
 SHELL := /bin/bash
-PYTHON ?= python3
+# The distro's interpreter when there is one: it is what a deploy user and systemd get
+# (Debian 12: 3.11.2, the oldest relman supports), while `python3` on an admin's PATH may be
+# a newer pyenv build. `make smoke-newest` covers the newest interpreter on the machine.
+PYTHON ?= $(or $(wildcard /usr/bin/python3),python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # One uv/pip cache for every run, so the sample app's venvs build from disk.
@@ -9,15 +12,20 @@ export UV_CACHE_DIR ?= $(HOME)/.cache/relman-tests-uv
 export UV_PYTHON_DOWNLOADS ?= never
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint unit integration system-deps bench clean
+.PHONY: demo test lint unit integration system-deps smoke-newest bench clean FORCE
 
-$(VENV)/.stamp: pyproject.toml | system-deps
-	$(PYTHON) -m venv $(VENV)
+# A venv made from another interpreter than $(PYTHON) (say, before PYTHON defaulted to the
+# distro's) is made again: its pyvenv.cfg names the interpreter it came from.
+PYTHON_REAL := $(shell $(PYTHON) -c 'import os, sys; print(os.path.realpath(sys.executable))')
+VENV_FROM := $(shell sed -n 's/^executable = //p' $(VENV)/pyvenv.cfg 2>/dev/null)
+
+$(VENV)/.stamp: pyproject.toml $(if $(filter-out $(PYTHON_REAL),$(VENV_FROM)),FORCE) | system-deps
+	$(PYTHON) -m venv --clear $(VENV)
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
 system-deps:
-	@bash .ci/system-deps
+	@PYTHON=$(PYTHON) bash .ci/system-deps
 
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check relman tests testing bench
@@ -32,6 +40,13 @@ integration: $(VENV)/.stamp
 
 test: lint
 	$(PY) -m pytest -p no:cacheprovider
+	$(MAKE) --no-print-directory smoke-newest
+
+# A deploy, swaps and a rollback (and the tar unpacking, whose tarfile filter 3.11.2 lacks)
+# with relman on the newest Python the machine has, in its own venv; .ci/smoke-newest says
+# which one, or why there is none.
+smoke-newest: system-deps
+	@bash .ci/smoke-newest $(PYTHON) .venv-newest
 
 demo: $(VENV)/.stamp
 	$(PY) -m testing.demo
@@ -45,4 +60,4 @@ bench: $(VENV)/.stamp
 	-$(PY) bench/supervise.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-newest .pytest_cache .mypy_cache .ruff_cache

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from testing.daemon import RELMAN, RelmanDaemon, make_base_dir, write_config
+from testing.daemon import RELMAN, RelmanDaemon, make_base_dir, service_path, write_config
 from testing.git import make_app_repo, release_version
 from testing.unixhttp import http_get
 from testing.waiting import wait_until
@@ -121,6 +121,7 @@ def manual_way(base: Path, repo: Path, tag: str) -> Measured:
     out: list[str] = []
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     env.pop("VIRTUAL_ENV", None)
+    env["PATH"] = service_path()  # the `python3` relman's daemon gets (testing/daemon.py)
     phases = {
         "clone": timed(["git", "-c", "advice.detachedHead=false", "clone", "--quiet",
                         "--branch", tag, str(repo), str(app_dir)], out, env=env),

@@ -19,6 +19,19 @@ from testing.waiting import wait_until
 
 RELMAN = [sys.executable, "-m", "relman"]
 
+# The PATH systemd gives a service (systemd.exec(5), merged /usr) comes first, so that the
+# daemon finds `python3` (build.python's default) where a deploy user's daemon does: the
+# distro's interpreter (Debian 12: /usr/bin/python3, 3.11.2), not a pyenv build first on
+# an admin's PATH (and under /root, where a deploy user may not even run it). The rest of
+# the caller's PATH follows, for tools installed elsewhere.
+SERVICE_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin")
+
+
+def service_path(path: str | None = None) -> str:
+    """SERVICE_PATH, then the directories of *path* (default: $PATH) not in it."""
+    rest = (path if path is not None else os.environ.get("PATH", "")).split(os.pathsep)
+    return os.pathsep.join([*SERVICE_PATH, *(d for d in rest if d and d not in SERVICE_PATH)])
+
 
 def make_base_dir(prefix: str = "relman-") -> Path:
     """A temp dir nginx's unprivileged workers can traverse (pytest's tmp dirs are 0700)."""
@@ -52,7 +65,7 @@ class RelmanDaemon:
 
     def __init__(self, config: Path, *, env: dict[str, str] | None = None) -> None:
         self.config = config
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, "PATH": service_path(), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = config.with_suffix(".daemon.log")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from relman.errors import BadRef, FetchFailed
 from relman.releases.commands import OnLine, clean_env, run_logged
 from relman.releases.refs import validate_ref
+from relman.releases.untar import UnsafeMember, unpack
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +76,12 @@ def _export(mirror: Path, sha: str, dest: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(),
     ) as proc:
         assert proc.stdout is not None
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            tar.extractall(dest, filter="data")
+        try:
+            unpack(proc.stdout, dest)
+        except UnsafeMember as e:
+            raise FetchFailed(f"git archive {sha[:7]}: {e}: refused", hint="a release holds "
+                              "only its own files; build.shared links those that live "
+                              "outside it") from None
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0:
         raise FetchFailed(f"git archive {sha[:7]} failed", tail=err)
