@@ -12,6 +12,7 @@ from pathlib import Path
 
 from relman.errors import BadRef, FetchFailed
 from relman.releases.commands import OnLine, clean_env, run_logged
+from relman.releases.ids import parse_commit_time
 from relman.releases.refs import validate_ref
 
 
@@ -66,8 +67,12 @@ def resolve_ref(mirror: Path, ref: str) -> Commit:
     shown = subprocess.run(
         _git(mirror, "show", "-s", "--format=%ct", sha),
         capture_output=True, text=True, env=clean_env(), check=True,
-    )
-    return Commit(sha=sha, time=int(shown.stdout.strip()))
+    ).stdout.strip()
+    time = parse_commit_time(shown)
+    if time is None:  # year 10000, or a date git cannot read: "" (git fsck: badDate...)
+        raise BadRef(ref, f"commit {sha[:12]} has committer date {shown or '(unreadable)'!r}, "
+                     "outside the years 1970 to 9999 that a release id can hold")
+    return Commit(sha=sha, time=time)
 
 
 def _export(mirror: Path, sha: str, dest: Path) -> None:

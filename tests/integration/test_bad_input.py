@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from testing.daemon import RELMAN, write_config
-from testing.git import release_version
+from testing.git import commit_dated, release_version
 from testing.waiting import wait_until
 from tests.integration.test_deploy import get
 
@@ -77,6 +77,24 @@ def test_bad_ref_is_refused(live_app, ref, reason):
     assert get(root_of(live_app) / "run/app.sock").startswith("sample v1")
     assert len(live_app.json("releases")) == 1
     assert not Path("/tmp/pwned").exists()
+
+
+@pytest.mark.parametrize(
+    ("date", "shown"),
+    [("253402300800 +0000", "'253402300800'"), ("-5 +0000", "'(unreadable)'")],
+    ids=["year-10000", "before-1970"],
+)
+def test_commit_date_no_release_id_can_hold(live_app, app_repo, date, shown):
+    """A commit dated in year 10000 (or before 1970, which git cannot print) makes no
+    release id: exit 2 naming the ref and the date, nothing built, v1 still serves."""
+    (app_repo / "VERSION").write_text("odd\n")
+    commit_dated(app_repo, "an odd date", date, tag="odd-date")
+    proc = live_app.relman("deploy", "odd-date")
+    assert_clean_error(proc, 2, "ref 'odd-date'", shown, "years 1970 to 9999")
+    assert get(root_of(live_app) / "run/app.sock").startswith("sample v1")
+    assert [r["state"] for r in live_app.json("releases")] == ["built"]
+    assert live_app.json("status")["health"]["healthy"]
+    assert "Traceback" not in live_app.log_tail(200)
 
 
 def _assert_failed_deploy(app, proc, *needles: str) -> None:
