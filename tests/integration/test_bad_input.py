@@ -3,7 +3,9 @@ untouched (issue 2)."""
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from relman.client import request
+from relman.errors import UsageError
 from testing.daemon import RELMAN, write_config
 from testing.git import commit_dated, release_version
 from testing.waiting import wait_until
@@ -94,6 +98,36 @@ def test_commit_date_no_release_id_can_hold(live_app, app_repo, date, shown):
     assert get(root_of(live_app) / "run/app.sock").startswith("sample v1")
     assert [r["state"] for r in live_app.json("releases")] == ["built"]
     assert live_app.json("status")["health"]["healthy"]
+    assert "Traceback" not in live_app.log_tail(200)
+
+
+def _raw_request(path: Path, line: bytes) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(path))
+        sock.sendall(line + b"\n")
+        return json.loads(sock.makefile("rb").readline())
+
+
+def test_malformed_control_requests_are_usage_errors(live_app):
+    """Requests whose args or client is not an object, or JSON nested 200,000 deep, get a
+    usage error (exit 2 on the client), never an internal error; the daemon keeps answering
+    and v1 keeps serving."""
+    ctl = root_of(live_app) / "run/relman.ctl"
+    for command, args, client in [("deploy", [1], {}), ("status", [1], {}),
+                                  ("rollback", {}, "x"), ("deploy", "v1", {"user": "ci"})]:
+        with pytest.raises(UsageError) as info:
+            request(ctl, command, args, client)
+        assert info.value.exit_code == 2, info.value.message
+        assert "must be an object" in info.value.message
+    for depth in (200_000, 5_000):
+        answer = _raw_request(ctl, b'{"command": "status", "args": ' + b"[" * depth
+                              + b"]" * depth + b"}")
+        assert answer["type"] == "error"
+        assert (answer["error"]["exit_code"], answer["error"]["code"]) == (2, "usage")
+    assert live_app.json("status")["health"]["healthy"]
+    assert get(root_of(live_app) / "run/app.sock").startswith("sample v1")
+    assert live_app.proc.poll() is None
     assert "Traceback" not in live_app.log_tail(200)
 
 
