@@ -81,8 +81,12 @@ def _export(mirror: Path, sha: str, dest: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(),
     ) as proc:
         assert proc.stdout is not None
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            tar.extractall(dest, filter="data")
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                tar.extractall(dest, filter="data")
+        except tarfile.FilterError as e:  # a committed link out of the release, say
+            raise FetchFailed(f"git archive {sha[:7]}: {e}, which the export refuses")\
+                from None
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0:
         raise FetchFailed(f"git archive {sha[:7]} failed", tail=err)

@@ -141,6 +141,16 @@ def _assert_failed_deploy(app, proc, *needles: str) -> None:
     assert app.json("history")[-1]["event"] == "deploy_failed"
 
 
+@pytest.mark.parametrize("target", ["/etc/passwd", "../../../outside"], ids=["absolute", "up"])
+def test_tree_with_a_link_out_of_the_release(live_app, app_repo, target):
+    """A committed symlink that leads out of the release (tar's data filter refuses it) fails
+    the deploy with exit 1 naming the link; v1 serves."""
+    (app_repo / "escape").symlink_to(target)
+    release_version(app_repo, "v2")
+    proc = live_app.relman("deploy", "v2")
+    _assert_failed_deploy(live_app, proc, "'escape'", "git archive")
+
+
 def test_requirements_that_fail_to_install(live_app, app_repo):
     """Uninstallable requirements: exit 1 with the installer's last lines; v1 serves."""
     release_version(app_repo, "v2", extra={"requirements.txt":
