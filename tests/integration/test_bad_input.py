@@ -54,8 +54,15 @@ def root_of(app) -> Path:
         ('[app]\nname = "x"\nrepo = "/r"\nroot = "relative/path"\n', "app.root"),
         ('[app]\nname = "x"\nrepo = "/r"\nroot = "/srv/x"\n[server]\nsocket_mode = "0777"\n',
          "server.socket_mode"),
+        ('[app]\nname = "x"\nrepo = "/r"\nroot = "/srv/x"\n[health]\n'
+         'nginx_url = "http://127.0.0.1:99999/"\n', "health.nginx_url"),
+        ('[app]\nname = "x"\nrepo = "/r"\nroot = "/srv/x"\n[health]\n'
+         'nginx_url = "http://[::1"\n', "health.nginx_url"),
+        ('[app]\nname = "x"\nrepo = "/r"\nroot = "/srv/x"\n[build]\nshared = ["."]\n',
+         "build.shared"),
     ],
-    ids=["unknown-key", "wrong-type", "missing-required", "bad-path", "socket-0777"],
+    ids=["unknown-key", "wrong-type", "missing-required", "bad-path", "socket-0777",
+         "url-port", "url-ipv6", "shared-dot"],
 )
 def test_bad_config_is_one_line_exit_2(tmp_path, text, key):
     """A bad config names the file and the key, exits 2, and shows no traceback."""
