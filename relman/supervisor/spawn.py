@@ -19,6 +19,7 @@ from relman.supervisor.identity import (
     take_identity,
     write_pidfile,
 )
+from relman.supervisor.kinds import socket_umask
 from relman.supervisor.server import ServerHandle, ServerSpec
 from relman.supervisor.states import ServerState
 
@@ -63,6 +64,7 @@ def start_server(spec: ServerSpec) -> ServerHandle:
             popen = subprocess.Popen(
                 spec.argv, cwd=spec.cwd, env=dict(spec.env), stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                umask=socket_umask(spec.socket_mode),  # no 0777 socket before secure_socket()
             )
         except OSError as e:
             raise Unhealthy(f"cannot start {spec.argv[0]}: {e.strerror}") from None
