@@ -75,6 +75,29 @@ def test_bad_config_is_one_line_exit_2(tmp_path, text, key):
 
 
 @pytest.mark.parametrize(
+    ("table", "line", "key"),
+    [("health", 'nginx_url = "http://127.0.0.1:99999/"', "health.nginx_url"),
+     ("health", 'nginx_url = "http://[::1"', "health.nginx_url"),
+     ("build", 'shared = ["."]', "build.shared")],
+    ids=["url-port", "url-ipv6", "shared-dot"],
+)
+def test_bad_config_under_a_live_app(live_app, app_repo, table, line, key):
+    """A config whose value would only fail mid-deploy is refused at load: the daemon's
+    reload (SIGHUP) keeps the old config, a deploy exits 2 naming the key, v1 serves."""
+    text = live_app.config.read_text()
+    live_app.config.write_text(text.replace(f"[{table}]\n", f"[{table}]\n{line}\n")
+                               if f"[{table}]\n" in text else f"{text}\n[{table}]\n{line}\n")
+    live_app.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "config.re" in live_app.log_tail(5), timeout=10, what="the reload")
+    assert "config.reload_failed" in live_app.log_tail(5)
+    release_version(app_repo, "v2")
+    proc = live_app.relman("deploy", "v2")
+    assert_clean_error(proc, 2, str(live_app.config), key)
+    assert get(root_of(live_app) / "run/app.sock").startswith("sample v1")
+    assert live_app.proc.poll() is None
+
+
+@pytest.mark.parametrize(
     ("ref", "reason"),
     [("no-such-tag", "no such branch, tag or commit"),
      ("--upload-pack=touch /tmp/pwned", "must not start with '-'"),
