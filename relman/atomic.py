@@ -82,3 +82,12 @@ def set_aside(path: Path) -> Path:
         aside = path.with_name(f"{path.name}.corrupt-{stamp}.{n}")
     os.replace(path, aside)
     return aside
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask() would, for every thread)."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022  # a kernel before 4.7: the usual default

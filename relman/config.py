@@ -17,6 +17,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path, PurePath, PurePosixPath
 from string import Formatter
 from typing import Any, Final, final, get_type_hints
+from urllib.parse import urlsplit
 
 from relman.errors import ConfigError
 
@@ -217,9 +218,24 @@ def _one_of(*choices: str) -> Check:
 
 
 def _relative(path: str) -> str | None:
-    if not path or path.startswith("/") or ".." in PurePosixPath(path).parts:
+    parts = PurePosixPath(path).parts
+    if not path or path.startswith("/") or ".." in parts:
         return f"{path!r} must be a relative path without '..'"
-    return None
+    if not parts:  # ".", "./": the release (or shared/) itself, which a link would replace
+        return f"{path!r} names the directory itself, not a path inside it"
+    return "must not contain a NUL character" if "\0" in path else None
+
+
+def _url(url: str) -> str | None:
+    """Why health.nginx_url cannot be requested, if it cannot (urllib raises late)."""
+    if not url.startswith(("http://", "https://")):
+        return "must start with http:// or https://"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as e:  # "Invalid IPv6 URL", "Port out of range 0-65535"
+        return f"{url!r} is not a valid URL: {e}"
+    return None if parts.hostname else f"{url!r} has no host"
 
 
 def _placeholders(argv: tuple[str, ...]) -> str | None:
@@ -267,8 +283,7 @@ _CHECKS: Final[dict[str, Check]] = {
     "health.expect": lambda v: None if len(v) == 2 and 100 <= v[0] <= v[1] <= 599
     else "must be [low, high] with 100 <= low <= high <= 599",
     "health.timeout": _POSITIVE,
-    "health.nginx_url": lambda v: None if not v or v.startswith(("http://", "https://"))
-    else "must start with http:// or https://",
+    "health.nginx_url": lambda v: _url(v) if v else None,
     "swap.drain_timeout": _POSITIVE,
     "swap.stop_timeout": _POSITIVE,
     "swap.keep_warm": _AT_LEAST_0,

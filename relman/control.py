@@ -43,6 +43,31 @@ def peer_allowed(uid: int, own_uid: int) -> bool:
     return uid in (own_uid, 0)
 
 
+class BadRequest(ValueError):
+    """A request line that is not a request: the client gets a usage error (exit 2)."""
+
+
+def parse_request(line: bytes) -> dict[str, Any]:
+    """The request on *line*, whose shape handlers may trust; else BadRequest saying why."""
+    try:
+        request = json.loads(line)
+    except RecursionError:  # JSON nested thousands deep: not a ValueError, yet bad input
+        raise BadRequest("JSON nested too deeply") from None
+    if not isinstance(request, dict):
+        raise BadRequest(f"expected an object, got {_json_kind(request)}")
+    for key, kind in (("command", str), ("args", dict), ("client", dict)):
+        if not isinstance(request.get(key, kind()), kind):
+            raise BadRequest(f"{key!r} must be {_json_kind(kind())}, not "
+                             f"{_json_kind(request[key])}")
+    return request
+
+
+def _json_kind(value: object) -> str:
+    kinds = ((bool, "a boolean"), (int | float, "a number"), (str, "a string"),
+             (list, "an array"), (dict, "an object"))
+    return next((name for cls, name in kinds if isinstance(value, cls)), "null")
+
+
 class ControlServer:
     """Accepts requests on run/relman.ctl and hands each to *handler*."""
 
@@ -93,10 +118,7 @@ class ControlServer:
                 return
             if not line:
                 return  # the client went away before asking anything
-            request = json.loads(line)
-            if not isinstance(request, dict):
-                request = {"command": ""}
-            await self._answer(request, send, (uid, gid))
+            await self._answer(parse_request(line), send, (uid, gid))
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
         except ValueError as e:

@@ -12,6 +12,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from relman.redact import redact_url
+
 SECRET_KEY = re.compile(r"(pass|secret|token|key|auth|cookie|credential)", re.IGNORECASE)
 REDACTED = "<redacted>"
 
@@ -19,10 +21,13 @@ REDACTED = "<redacted>"
 def redact_secrets(
     _logger: Any, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """A belt, not the braces: callers log env_keys, never an environment."""
-    for key in list(event):
+    """A belt, not the braces: callers log env_keys, never an environment, and messages
+    with app.repo already redacted; a URL's credentials are hidden in any text value."""
+    for key, value in list(event.items()):
         if key not in ("event", "env_keys") and SECRET_KEY.search(key):
             event[key] = REDACTED
+        elif isinstance(value, str):
+            event[key] = redact_url(value)
     return event
 
 
@@ -40,8 +45,8 @@ def configure(
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_secrets,
             structlog.processors.format_exc_info,
+            redact_secrets,  # after format_exc_info: a traceback's messages are text too
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -19,12 +19,13 @@ GIT_ENV = {
 }
 
 
-def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+def git(repo: Path, *args: str, env: dict[str, str] | None = None,
+        stdin: str | None = None) -> str:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     full_env.update(GIT_ENV)
     full_env.update(env or {})
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True, env=full_env).stdout.strip()
+                          text=True, env=full_env, input=stdin).stdout.strip()
 
 
 def commit(repo: Path, message: str, *, tag: str | None = None) -> str:
@@ -38,6 +39,23 @@ def commit(repo: Path, message: str, *, tag: str | None = None) -> str:
     if tag:
         git(repo, "tag", tag)
     return git(repo, "rev-parse", "HEAD")
+
+
+def commit_dated(repo: Path, message: str, date: str, *, tag: str | None = None) -> str:
+    """Commit everything in *repo* with a raw git date ("253402300800 +0000"); return the sha.
+
+    The commit object is written by hand: `git commit` refuses dates past year 9999 and
+    before 1970, which are exactly the ones a test of odd dates needs.
+    """
+    git(repo, "add", "-A")
+    who = f"{GIT_ENV['GIT_COMMITTER_NAME']} <{GIT_ENV['GIT_COMMITTER_EMAIL']}>"
+    text = (f"tree {git(repo, 'write-tree')}\nparent {git(repo, 'rev-parse', 'HEAD')}\n"
+            f"author {who} {date}\ncommitter {who} {date}\n\n{message}\n")
+    sha = git(repo, "hash-object", "-t", "commit", "-w", "--literally", "--stdin", stdin=text)
+    git(repo, "update-ref", "HEAD", sha)
+    if tag:
+        git(repo, "update-ref", f"refs/tags/{tag}", sha)  # `git tag` parses the date
+    return sha
 
 
 def make_app_repo(path: Path) -> Path:

@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from relman.redact import redact_bytes, redact_url
+
 OnLine = Callable[[str], None]
 
 # Variables that would point git at another repository or identity than the mirror's
@@ -45,15 +47,18 @@ async def run_logged(
     log_path: Path,
     on_line: OnLine | None = None,
     timeout: float | None = None,
+    umask: int = -1,
 ) -> CommandResult:
     """Run *argv*, appending its output to *log_path*; cancelling the caller kills it.
 
     The command runs in its own process group, so a cancelled deploy also stops whatever it
-    spawned (pip's build backends, a migration's workers).
+    spawned (pip's build backends, a migration's workers). Credentials in URLs (app.repo,
+    an index URL) are hidden in the log, the lines and the tail; *umask* is the child's
+    (-1: the daemon's).
     """
     recent: list[str] = []
     with log_path.open("ab") as log:
-        log.write(f"$ {' '.join(argv)}\n".encode())
+        log.write(redact_url(f"$ {' '.join(argv)}\n").encode())
         log.flush()
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -63,11 +68,13 @@ async def run_logged(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            umask=umask,
         )
         try:
             async with asyncio.timeout(timeout):
                 assert proc.stdout is not None
                 async for raw in proc.stdout:
+                    raw = redact_bytes(raw)
                     log.write(raw)
                     # git and pip redraw progress with \r: keep the last state of the line
                     line = raw.decode(errors="replace").rstrip().rsplit("\r", 1)[-1]

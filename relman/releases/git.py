@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from relman.atomic import current_umask
 from relman.errors import BadRef, FetchFailed
+from relman.redact import redact_url
 from relman.releases.commands import OnLine, clean_env, run_logged
+from relman.releases.ids import parse_commit_time
 from relman.releases.refs import validate_ref
 from relman.releases.untar import UnsafeMember, unpack
+
+# Bits git must not give to what it writes in the mirror: group write, everything for others.
+PRIVATE_UMASK = 0o027
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +35,13 @@ def _git(mirror: Path, *args: str) -> list[str]:
 
 async def fetch_mirror(repo: str, mirror: Path, log_path: Path, on_line: OnLine | None,
                        extra_env: Mapping[str, str] | None = None) -> None:
-    """Bring the bare mirror up to date with *repo*: clone once, then incremental fetches."""
+    """Bring the bare mirror up to date with *repo*: clone once, then incremental fetches.
+
+    The mirror holds the whole history and, in its config, app.repo with any token in it:
+    git runs under a umask that keeps what it writes from other users (DESIGN section 4:
+    repo/ 0750), where `git clone` alone made repo/ 0755 under the usual umask 022.
+    """
+    umask = current_umask() | PRIVATE_UMASK
     env = {**clean_env(), **(extra_env or {})}
     env["GIT_TERMINAL_PROMPT"] = "0"  # never hang on a password prompt inside the daemon
     if (mirror / "HEAD").exists():
@@ -44,13 +58,15 @@ async def fetch_mirror(repo: str, mirror: Path, log_path: Path, on_line: OnLine 
         steps = [["git", "clone", "--mirror", "--progress", "--", repo, str(partial)]]
     for argv in steps:
         result = await run_logged(
-            argv, cwd=mirror.parent, env=env, log_path=log_path, on_line=on_line
+            argv, cwd=mirror.parent, env=env, log_path=log_path, on_line=on_line, umask=umask
         )
         if result.returncode != 0:
-            raise FetchFailed(f"fetching {repo} failed (git exit {result.returncode})",
-                              tail=result.tail)
+            raise FetchFailed(f"fetching {redact_url(repo)} failed (git exit "
+                              f"{result.returncode})", tail=result.tail)
     if not (mirror / "HEAD").exists():
         mirror.with_name(mirror.name + ".partial").rename(mirror)
+    # A mirror cloned by an older relman is 0755: closing its top directory closes it all.
+    os.chmod(mirror, stat.S_IMODE(mirror.stat().st_mode) & ~PRIVATE_UMASK)
 
 
 def resolve_ref(mirror: Path, ref: str) -> Commit:
@@ -66,8 +82,12 @@ def resolve_ref(mirror: Path, ref: str) -> Commit:
     shown = subprocess.run(
         _git(mirror, "show", "-s", "--format=%ct", sha),
         capture_output=True, text=True, env=clean_env(), check=True,
-    )
-    return Commit(sha=sha, time=int(shown.stdout.strip()))
+    ).stdout.strip()
+    time = parse_commit_time(shown)
+    if time is None:  # year 10000, or a date git cannot read: "" (git fsck: badDate...)
+        raise BadRef(ref, f"commit {sha[:12]} has committer date {shown or '(unreadable)'!r}, "
+                     "outside the years 1970 to 9999 that a release id can hold")
+    return Commit(sha=sha, time=time)
 
 
 def _export(mirror: Path, sha: str, dest: Path) -> None:
@@ -84,7 +104,7 @@ def _export(mirror: Path, sha: str, dest: Path) -> None:
                               "outside it") from None
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0:
-        raise FetchFailed(f"git archive {sha[:7]} failed", tail=err)
+        raise FetchFailed(f"git archive {sha[:7]} failed", tail=redact_url(err))
 
 
 async def export_tree(mirror: Path, sha: str, dest: Path) -> None:

@@ -9,11 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from relman.redact import redact_url
+
 
 def record(path: Path, event: str, **fields: Any) -> dict[str, Any]:
     """Append one entry (with time) and fsync it; returns the entry."""
     entry = {"time": round(time.time(), 3), "event": event, **fields}
-    line = (json.dumps(entry, sort_keys=True) + "\n").encode()
+    # A belt: messages that name app.repo are redacted where they are made.
+    line = (redact_url(json.dumps(entry, sort_keys=True)) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     try:
         os.write(fd, line)  # one write of one line: O_APPEND keeps concurrent lines whole

@@ -5,11 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final, Protocol
 
+from relman.atomic import current_umask
 from relman.config import ServerConfig
 
 # uWSGI's SIGTERM (and --die-on-term) kills workers mid-request (measured, ANCHORS.md);
 # this hook makes SIGTERM a graceful stop that lets in-flight requests finish.
 UWSGI_GRACEFUL_TERM: Final = "unix_signal:15 gracefully_kill_them_all"
+
+
+def socket_umask(mode: int, inherited: int | None = None) -> int:
+    """The umask an app server starts with, so that its socket is never wider than *mode*
+    between its bind and relman's chmod (which waits for the health check).
+
+    connect(2) on a unix socket needs write permission only. A class of users (group,
+    others) that *mode* gives nothing gets nothing; one it gives some access loses only the
+    read and write bits *mode* denies, so directories the app makes stay traversable. The
+    rest is the daemon's own umask (*inherited*, read from the process when None).
+    """
+    mask = current_umask() if inherited is None else inherited
+    for shift in (3, 0):  # group, others; the owner always has rw (config checks it)
+        granted = (mode >> shift) & 0o7
+        mask |= (0o7 if not granted else 0o6 & ~granted) << shift
+    return mask & 0o777
 
 
 class ServerKind(Protocol):
@@ -26,6 +43,8 @@ class Gunicorn:
             "--workers", str(server.workers),
             "--chdir", str(release_dir),
             "--graceful-timeout", str(int(stop_timeout)),
+            # gunicorn binds under its own umask (default 0: a 0777 socket), not the process's
+            "--umask", f"{0o777 & ~server.socket_mode:#o}",
             *server.args,
             server.app,
         ]

@@ -20,6 +20,7 @@ from relman.supervisor.identity import (
     take_identity,
     write_record,
 )
+from relman.supervisor.kinds import socket_umask
 from relman.supervisor.server import ServerHandle, ServerSpec
 from relman.supervisor.states import ServerState
 from relman.supervisor.tracking import Tracker
@@ -75,6 +76,7 @@ def start_server(spec: ServerSpec, tracker: Tracker) -> ServerHandle:
                 tracker.wrap(spec.argv, record), cwd=spec.cwd,
                 env={**spec.env, **tracker.tags(spec.instance)}, stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                umask=socket_umask(spec.socket_mode),  # no 0777 socket before secure_socket()
             )
         except OSError as e:
             spec.pidfile.unlink(missing_ok=True)

@@ -3,7 +3,9 @@ untouched (issue 2)."""
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -11,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from relman.client import request
+from relman.errors import UsageError
 from testing.daemon import RELMAN, write_config
-from testing.git import release_version
+from testing.git import commit_dated, release_version
 from testing.waiting import wait_until
 from tests.integration.test_deploy import get
 
@@ -50,8 +54,15 @@ def root_of(app) -> Path:
         ('[app]\nname = "x"\nrepo = "/r"\nroot = "relative/path"\n', "app.root"),
         ('[app]\nname = "x"\nrepo = "/r"\nroot = "/srv/x"\n[server]\nsocket_mode = "0777"\n',
          "server.socket_mode"),
+        ('[app]\nname = "x"\nrepo = "/r"\nroot = "/srv/x"\n[health]\n'
+         'nginx_url = "http://127.0.0.1:99999/"\n', "health.nginx_url"),
+        ('[app]\nname = "x"\nrepo = "/r"\nroot = "/srv/x"\n[health]\n'
+         'nginx_url = "http://[::1"\n', "health.nginx_url"),
+        ('[app]\nname = "x"\nrepo = "/r"\nroot = "/srv/x"\n[build]\nshared = ["."]\n',
+         "build.shared"),
     ],
-    ids=["unknown-key", "wrong-type", "missing-required", "bad-path", "socket-0777"],
+    ids=["unknown-key", "wrong-type", "missing-required", "bad-path", "socket-0777",
+         "url-port", "url-ipv6", "shared-dot"],
 )
 def test_bad_config_is_one_line_exit_2(tmp_path, text, key):
     """A bad config names the file and the key, exits 2, and shows no traceback."""
@@ -61,6 +72,29 @@ def test_bad_config_is_one_line_exit_2(tmp_path, text, key):
                           capture_output=True, text=True, check=False)
     assert_clean_error(proc, 2, str(config), key)
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("table", "line", "key"),
+    [("health", 'nginx_url = "http://127.0.0.1:99999/"', "health.nginx_url"),
+     ("health", 'nginx_url = "http://[::1"', "health.nginx_url"),
+     ("build", 'shared = ["."]', "build.shared")],
+    ids=["url-port", "url-ipv6", "shared-dot"],
+)
+def test_bad_config_under_a_live_app(live_app, app_repo, table, line, key):
+    """A config whose value would only fail mid-deploy is refused at load: the daemon's
+    reload (SIGHUP) keeps the old config, a deploy exits 2 naming the key, v1 serves."""
+    text = live_app.config.read_text()
+    live_app.config.write_text(text.replace(f"[{table}]\n", f"[{table}]\n{line}\n")
+                               if f"[{table}]\n" in text else f"{text}\n[{table}]\n{line}\n")
+    live_app.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "config.re" in live_app.log_tail(5), timeout=10, what="the reload")
+    assert "config.reload_failed" in live_app.log_tail(5)
+    release_version(app_repo, "v2")
+    proc = live_app.relman("deploy", "v2")
+    assert_clean_error(proc, 2, str(live_app.config), key)
+    assert get(root_of(live_app) / "run/app.sock").startswith("sample v1")
+    assert live_app.proc.poll() is None
 
 
 @pytest.mark.parametrize(
@@ -79,6 +113,54 @@ def test_bad_ref_is_refused(live_app, ref, reason):
     assert not Path("/tmp/pwned").exists()
 
 
+@pytest.mark.parametrize(
+    ("date", "shown"),
+    [("253402300800 +0000", "'253402300800'"), ("-5 +0000", "'(unreadable)'")],
+    ids=["year-10000", "before-1970"],
+)
+def test_commit_date_no_release_id_can_hold(live_app, app_repo, date, shown):
+    """A commit dated in year 10000 (or before 1970, which git cannot print) makes no
+    release id: exit 2 naming the ref and the date, nothing built, v1 still serves."""
+    (app_repo / "VERSION").write_text("odd\n")
+    commit_dated(app_repo, "an odd date", date, tag="odd-date")
+    proc = live_app.relman("deploy", "odd-date")
+    assert_clean_error(proc, 2, "ref 'odd-date'", shown, "years 1970 to 9999")
+    assert get(root_of(live_app) / "run/app.sock").startswith("sample v1")
+    assert [r["state"] for r in live_app.json("releases")] == ["built"]
+    assert live_app.json("status")["health"]["healthy"]
+    assert "Traceback" not in live_app.log_tail(200)
+
+
+def _raw_request(path: Path, line: bytes) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(path))
+        sock.sendall(line + b"\n")
+        return json.loads(sock.makefile("rb").readline())
+
+
+def test_malformed_control_requests_are_usage_errors(live_app):
+    """Requests whose args or client is not an object, or JSON nested 200,000 deep, get a
+    usage error (exit 2 on the client), never an internal error; the daemon keeps answering
+    and v1 keeps serving."""
+    ctl = root_of(live_app) / "run/relman.ctl"
+    for command, args, client in [("deploy", [1], {}), ("status", [1], {}),
+                                  ("rollback", {}, "x"), ("deploy", "v1", {"user": "ci"})]:
+        with pytest.raises(UsageError) as info:
+            request(ctl, command, args, client)
+        assert info.value.exit_code == 2, info.value.message
+        assert "must be an object" in info.value.message
+    for depth in (200_000, 5_000):
+        answer = _raw_request(ctl, b'{"command": "status", "args": ' + b"[" * depth
+                              + b"]" * depth + b"}")
+        assert answer["type"] == "error"
+        assert (answer["error"]["exit_code"], answer["error"]["code"]) == (2, "usage")
+    assert live_app.json("status")["health"]["healthy"]
+    assert get(root_of(live_app) / "run/app.sock").startswith("sample v1")
+    assert live_app.proc.poll() is None
+    assert "Traceback" not in live_app.log_tail(200)
+
+
 def _assert_failed_deploy(app, proc, *needles: str) -> None:
     assert_clean_error(proc, 1, *needles)
     assert get(root_of(app) / "run/app.sock").startswith("sample v1"), "v1 still serves"
@@ -87,6 +169,16 @@ def _assert_failed_deploy(app, proc, *needles: str) -> None:
     assert releases[0]["live"]
     assert app.json("status")["health"]["healthy"]
     assert app.json("history")[-1]["event"] == "deploy_failed"
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "../../../outside"], ids=["absolute", "up"])
+def test_tree_with_a_link_out_of_the_release(live_app, app_repo, target):
+    """A committed symlink that leads out of the release (tar's data filter refuses it) fails
+    the deploy with exit 1 naming the link; v1 serves."""
+    (app_repo / "escape").symlink_to(target)
+    release_version(app_repo, "v2")
+    proc = live_app.relman("deploy", "v2")
+    _assert_failed_deploy(live_app, proc, "'escape'", "git archive")
 
 
 def test_requirements_that_fail_to_install(live_app, app_repo):

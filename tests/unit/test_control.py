@@ -185,6 +185,44 @@ def test_bad_request_line_is_a_usage_error(daemon: Daemon) -> None:
     assert daemon.requests == []
 
 
+def send_line(path: Path, line: bytes) -> dict[str, Any]:
+    """Send one raw request line and return the first answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(line + b"\n")
+        return json.loads(sock.makefile("rb").readline())
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        pytest.param(b'{"command": "status", "args": [1]}', "'args' must be an object, not an "
+                     "array", id="args-array"),
+        pytest.param(b'{"command": "deploy", "args": "v1"}', "'args' must be an object",
+                     id="args-string"),
+        pytest.param(b'{"command": "status", "args": null}', "not null", id="args-null"),
+        pytest.param(b'{"command": "status", "client": "x"}', "'client' must be an object, not "
+                     "a string", id="client-string"),
+        pytest.param(b'{"command": ["status"]}', "'command' must be a string", id="command-array"),
+        pytest.param(b"[1, 2]", "expected an object, got an array", id="not-an-object"),
+        pytest.param(b"[" * 200_000 + b"]" * 200_000, "nested too deeply", id="nested-200000"),
+        pytest.param(b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "nested too deeply",
+                     id="objects-nested-100000"),
+    ],
+)
+def test_malformed_request_is_a_usage_error(daemon: Daemon, line: bytes, reason: str) -> None:
+    """A request of the wrong shape gets a usage error (exit 2) naming what is wrong, never
+    reaches the handler, and the server goes on answering."""
+    answer = send_line(daemon.path, line)
+    assert answer["type"] == "error"
+    assert answer["error"]["exit_code"] == 2
+    assert answer["error"]["message"].startswith("bad control request: ")
+    assert reason in answer["error"]["message"]
+    assert daemon.requests == []
+    assert request(daemon.path, "status", {}, {})["command"] == "status"
+
+
 @pytest.mark.parametrize(
     ("uid", "own_uid", "allowed"),
     [

@@ -15,7 +15,7 @@ import pytest
 
 from relman.config import ServerConfig, load_config
 from relman.supervisor.health import Probe, in_range, probe_socket, uwsgi_packet
-from relman.supervisor.kinds import UWSGI_GRACEFUL_TERM, server_argv
+from relman.supervisor.kinds import UWSGI_GRACEFUL_TERM, server_argv, socket_umask
 
 VENV = Path("/srv/shop/venvs/0123abcd")
 RELEASE = Path("/srv/shop/releases/20261123T031500Z-1a2b3c4")
@@ -53,6 +53,39 @@ def test_gunicorn_argv(tmp_path: Path) -> None:
     assert value_of(argv, "--graceful-timeout") == "25"
     assert value_of(argv, "--timeout") == "60"
     assert argv[-1] == "shop.wsgi:application"
+
+
+@pytest.mark.parametrize(("mode", "umask"), [("0660", "0o117"), ("0600", "0o177")])
+def test_gunicorn_binds_with_the_socket_mode(tmp_path: Path, mode: str, umask: str) -> None:
+    """gunicorn binds under its own --umask (default 0: a 0777 socket): relman passes the one
+    that creates the socket with server.socket_mode."""
+    argv = argv_for(tmp_path, f'app = "shop.wsgi:application"\nsocket_mode = "{mode}"')
+    assert value_of(argv, "--umask") == umask
+    assert int(umask, 0) == 0o777 & ~int(mode, 8)
+
+
+@pytest.mark.parametrize(
+    ("mode", "inherited", "umask"),
+    [
+        pytest.param(0o660, 0o022, 0o027, id="0660-group-keeps-x"),
+        pytest.param(0o660, 0o000, 0o007, id="0660-daemon-umask-0"),
+        pytest.param(0o600, 0o022, 0o077, id="0600-owner-only"),
+        pytest.param(0o640, 0o022, 0o027, id="0640-group-read"),
+        pytest.param(0o640, 0o000, 0o027, id="0640-no-group-write"),
+        pytest.param(0o666, 0o000, 0o000, id="0666-nothing-denied"),
+        pytest.param(0o666, 0o022, 0o022, id="0666-keeps-daemon-umask"),
+        pytest.param(0o660, 0o077, 0o077, id="stricter-daemon-umask-kept"),
+    ],
+)
+def test_socket_umask(mode: int, inherited: int, umask: int) -> None:
+    """A socket bound under socket_umask(mode) lets nobody write (connect) whom *mode* does
+    not let; the owner's bits and the daemon's own umask are kept."""
+    got = socket_umask(mode, inherited)
+    assert got == umask
+    bound = 0o777 & ~got
+    assert bound & 0o222 & ~mode == 0, "no write (connect) beyond the mode"
+    assert bound & 0o700 == 0o700 & ~inherited
+    assert got & inherited == inherited
 
 
 @pytest.mark.parametrize(

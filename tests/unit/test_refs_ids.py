@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from relman.errors import BadRef
-from relman.releases.ids import is_release_id, make_release_id
+from relman.releases.ids import is_release_id, make_release_id, parse_commit_time
 from relman.releases.refs import MAX_REF_LENGTH, validate_ref
 
 SHA = "1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b"
@@ -170,3 +170,24 @@ def test_is_release_id_rejects_other_text(text: str) -> None:
 def test_is_release_id_rejects_trailing_newline() -> None:
     """An id followed by a newline is not a release id (it names a different file)."""
     assert not is_release_id("20261123T031500Z-1a2b3c4\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("0", 0, id="epoch"),
+        pytest.param(str(STAMP), STAMP, id="today"),
+        pytest.param("253402300799", 253402300799, id="last-second-of-9999"),
+        pytest.param("253402300800", None, id="year-10000"),
+        pytest.param("99999999999999999999", None, id="overflow"),
+        pytest.param("9" * 5000, None, id="more-digits-than-int-reads"),
+        pytest.param("", None, id="unreadable-date"),  # git's %ct for a negative date
+        pytest.param("-5", None, id="negative"),
+        pytest.param("\u0663", None, id="non-ascii-digit"),
+    ],
+)
+def test_parse_commit_time_keeps_what_an_id_can_hold(text: str, expected: int | None) -> None:
+    """A commit time from 1970 to the end of 9999 makes an id; anything else is None."""
+    assert parse_commit_time(text) == expected
+    if expected is not None:
+        assert is_release_id(make_release_id(expected, SHA))
