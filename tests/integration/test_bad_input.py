@@ -83,17 +83,22 @@ def test_bad_config_is_one_line_exit_2(tmp_path, text, key):
 )
 def test_bad_config_under_a_live_app(live_app, app_repo, table, line, key):
     """A config whose value would only fail mid-deploy is refused at load: the daemon's
-    reload (SIGHUP) keeps the old config, a deploy exits 2 naming the key, v1 serves."""
+    reload (SIGHUP) keeps the old config, and `check` exits 2 naming the key; a deploy
+    warns in one line naming it and runs on the daemon's last good config (issue 12,
+    point 6: emergencies with a broken config)."""
     text = live_app.config.read_text()
     live_app.config.write_text(text.replace(f"[{table}]\n", f"[{table}]\n{line}\n")
                                if f"[{table}]\n" in text else f"{text}\n[{table}]\n{line}\n")
     live_app.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: "config.re" in live_app.log_tail(5), timeout=10, what="the reload")
     assert "config.reload_failed" in live_app.log_tail(5)
+    assert get(root_of(live_app) / "run/app.sock").startswith("sample v1")
+    assert_clean_error(live_app.relman("check"), 2, str(live_app.config), key)
     release_version(app_repo, "v2")
     proc = live_app.relman("deploy", "v2")
-    assert_clean_error(proc, 2, str(live_app.config), key)
-    assert get(root_of(live_app) / "run/app.sock").startswith("sample v1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"relman: warning: {live_app.config}: {key}" in proc.stderr
+    assert get(root_of(live_app) / "run/app.sock").startswith("sample v2")
     assert live_app.proc.poll() is None
 
 
@@ -178,7 +183,7 @@ def test_tree_with_a_link_out_of_the_release(live_app, app_repo, target):
     (app_repo / "escape").symlink_to(target)
     release_version(app_repo, "v2")
     proc = live_app.relman("deploy", "v2")
-    _assert_failed_deploy(live_app, proc, "'escape'", "git archive")
+    _assert_failed_deploy(live_app, proc, "escape: a link", "git archive")
 
 
 def test_requirements_that_fail_to_install(live_app, app_repo):
@@ -285,8 +290,8 @@ def test_internal_error_is_exit_70_without_traceback(tmp_path):
     """A bug prints one line pointing at the crash log and exits 70."""
     config = write_config(tmp_path / "relman.toml", name="x", repo=tmp_path,
                           root=tmp_path / "root", server={"app": "app:server"})
-    code = ("import sys; from relman import cli; from relman.releases import ReleaseStore; "
-            "ReleaseStore.manifests = lambda self: 1/0; "
+    code = ("import sys; from relman import cli, views; "
+            "views.release_rows = lambda root: 1/0; "
             f"sys.argv=['relman','--config','{config}','releases']; cli.main()")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={"XDG_STATE_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
