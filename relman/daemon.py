@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -133,10 +134,8 @@ class Daemon:
                      delay: float) -> None:
         """Run *work* as a job after *delay* seconds, queued behind any running job."""
         async def run() -> None:
-            try:
+            with contextlib.suppress(RelmanError):  # job() has logged it
                 await self.job(what, "relman", {"wait": True}, _drop, work)
-            except RelmanError as e:
-                log.warning("job.failed", job=what, error=e.message)
 
         def spawn() -> None:
             if self.stopping.is_set():  # shutting down: start nothing new
@@ -239,6 +238,9 @@ class Daemon:
                     self.notify(STATUS=f"{self.config.app.name}: {what}")
                     try:
                         return await work(report)
+                    except RelmanError as e:  # the journal says why, not only the history
+                        log.warning("job.failed", job=what, who=who, error=e.message)
+                        raise
                     finally:
                         self.deploy_lock.release()
                         self.notify(STATUS=self.status_line())
