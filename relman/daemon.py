@@ -208,7 +208,8 @@ class Daemon:
                                                                     rep)),
             "restart": lambda: self.job("restart", who, args, send,
                                         lambda rep: self._restart(who, rep)),
-            "start": lambda: self.job("start", who, args, send, self._start),
+            "start": lambda: self.job("start", who, args, send,
+                                      lambda rep: self._start(who, rep)),
             "stop": lambda: self.job("stop", who, args, send, lambda _rep: self._stop(who)),
             "prune": lambda: self.job("prune", who, args, send, lambda _rep: self._prune()),
         }
@@ -280,8 +281,8 @@ class Daemon:
         manifest = await self.app.restart(who, report)
         return {"release": manifest.id, "switch_ms": self.app.switch_ms}
 
-    async def _start(self, report: Callable[[str, str], None]) -> Any:
-        handle = await self.app.start(report)
+    async def _start(self, who: str, report: Callable[[str, str], None]) -> Any:
+        handle = await self.app.start(report, who=who)
         return {"release": handle.release, "pid": handle.pid}
 
     async def _stop(self, who: str) -> Any:
