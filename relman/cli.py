@@ -244,7 +244,7 @@ def history(ctx: Context, release: str | None, event: str | None, since: float |
 @cli.command()
 @pass_ctx
 def check(ctx: Context) -> None:
-    """Config, layout, permissions, `nginx -t`, socket reachability."""
+    """Config, layout, permissions, shared files, `nginx -t`, socket reachability."""
     from relman.views import check_all
 
     results = check_all(ctx.config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -133,10 +134,8 @@ class Daemon:
                      delay: float) -> None:
         """Run *work* as a job after *delay* seconds, queued behind any running job."""
         async def run() -> None:
-            try:
+            with contextlib.suppress(RelmanError):  # job() has logged it
                 await self.job(what, "relman", {"wait": True}, _drop, work)
-            except RelmanError as e:
-                log.warning("job.failed", job=what, error=e.message)
 
         def spawn() -> None:
             if self.stopping.is_set():  # shutting down: start nothing new
@@ -209,7 +208,8 @@ class Daemon:
                                                                     rep)),
             "restart": lambda: self.job("restart", who, args, send,
                                         lambda rep: self._restart(who, rep)),
-            "start": lambda: self.job("start", who, args, send, self._start),
+            "start": lambda: self.job("start", who, args, send,
+                                      lambda rep: self._start(who, rep)),
             "stop": lambda: self.job("stop", who, args, send, lambda _rep: self._stop(who)),
             "prune": lambda: self.job("prune", who, args, send, lambda _rep: self._prune()),
         }
@@ -239,6 +239,9 @@ class Daemon:
                     self.notify(STATUS=f"{self.config.app.name}: {what}")
                     try:
                         return await work(report)
+                    except RelmanError as e:  # the journal says why, not only the history
+                        log.warning("job.failed", job=what, who=who, error=e.message)
+                        raise
                     finally:
                         self.deploy_lock.release()
                         self.notify(STATUS=self.status_line())
@@ -278,8 +281,8 @@ class Daemon:
         manifest = await self.app.restart(who, report)
         return {"release": manifest.id, "switch_ms": self.app.switch_ms}
 
-    async def _start(self, report: Callable[[str, str], None]) -> Any:
-        handle = await self.app.start(report)
+    async def _start(self, who: str, report: Callable[[str, str], None]) -> Any:
+        handle = await self.app.start(report, who=who)
         return {"release": handle.release, "pid": handle.pid}
 
     async def _stop(self, who: str) -> Any:

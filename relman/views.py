@@ -7,6 +7,7 @@ over SSH. Following logs and the checks import what they need (watchfiles, async
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -137,6 +138,43 @@ def _check(name: str, ok: bool, detail: str) -> dict[str, Any]:
     return {"check": name, "ok": ok, "detail": detail}
 
 
+def _shared_check(config: Config, root: AppRoot) -> dict[str, Any]:
+    """The files build.shared and server.env_file need in shared/ before a deploy (init
+    creates none of them; a shared directory is created by the deploy)."""
+    from relman.envfile import read_env_file
+    from relman.errors import ConfigError
+
+    env_file = config.server.env_file
+    problems = [f"build.shared: {root.shared / entry} does not exist; create it first"
+                for entry in config.build.shared
+                if not entry.endswith("/") and entry != env_file
+                and not (root.shared / entry).exists()]
+    if env_file:
+        try:
+            read_env_file(root.shared / env_file)  # its values are never shown
+        except ConfigError as e:
+            problems.append(e.message)
+    return _check("shared", not problems, "; ".join(problems) or f"{root.shared}: complete")
+
+
+def _nginx_check(returncode: int, stderr: str, *, root_user: bool) -> dict[str, Any]:
+    """`nginx -t` as whoever runs `check`. The deploy user may read the whole config but not
+    open what nginx -t opens after parsing it (Debian's /run/nginx.pid, its logs): once
+    the syntax is ok, errors that are all "Permission denied" pass, and say so."""
+    # "2026/11/29 14:26:46 [emerg] 2001#2001: open() ..." -> "nginx: [emerg] open() ..."
+    lines = [re.sub(r"^[\d/]+ [\d:]+ (\[\w+\]) \d+#\d+: ", r"nginx: \1 ", line)
+             for line in stderr.strip().splitlines()]
+    errors = [line for line in lines if any(f"[{level}]" in line
+                                            for level in ("emerg", "alert", "crit"))]
+    if returncode == 0:
+        return _check("nginx -t", True, "syntax is ok, test is successful")
+    if (not root_user and any("syntax is ok" in line for line in lines) and errors
+            and all("(13: Permission denied)" in line for line in errors)):
+        return _check("nginx -t", True, "syntax is ok (the rest of the test needs root: "
+                      "sudo nginx -t)")
+    return _check("nginx -t", False, (errors or lines or ["failed"])[0])
+
+
 def check_all(config: Config) -> list[dict[str, Any]]:
     """Each check of `relman check`, passed or not, with what it saw."""
     import asyncio
@@ -155,19 +193,23 @@ def check_all(config: Config) -> list[dict[str, Any]]:
                   if p.is_dir() and not os.access(p, os.W_OK)]
     results.append(_check("permissions", not unwritable,
                           f"not writable: {', '.join(unwritable)}" if unwritable else "writable"))
+    if config.build.shared or config.server.env_file:
+        results.append(_shared_check(config, root))
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
                                       else None)
     if nginx:
-        proc = subprocess.run([nginx, "-t", "-q"], capture_output=True, text=True, check=False)
-        results.append(_check("nginx -t", proc.returncode == 0,
-                              (proc.stderr.strip().splitlines() or ["ok"])[-1]))
+        proc = subprocess.run([nginx, "-t"], capture_output=True, text=True, check=False)
+        results.append(_nginx_check(proc.returncode, proc.stderr, root_user=os.geteuid() == 0))
     if root.app_sock.exists():
         probe = asyncio.run(probe_socket(root.app_sock, protocol=config.server.protocol,
                                          path=config.health.path, timeout=5))
         lo, hi = config.health.expect
         ok = probe.status is not None and lo <= probe.status <= hi
         results.append(_check("live socket", ok, f"GET {config.health.path}: {probe.detail}"))
+    elif not root.current.is_symlink() and not root.app_sock.is_symlink():
+        # A fresh root: `check` belongs before the first deploy too, and passes there.
+        results.append(_check("live socket", True, "nothing deployed yet (relman deploy REF)"))
     else:
         results.append(_check("live socket", False, f"{root.app_sock} does not lead to a "
-                              "running server (not deployed, or stopped)"))
+                              "running server (stopped, or its server died)"))
     return results

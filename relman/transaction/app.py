@@ -368,8 +368,9 @@ class App:
             if self.on_live_crash is not None:
                 await self.on_live_crash(handle)
 
-    async def start(self, report: Report = _quiet) -> ServerHandle:
-        """Start the release `current` points at, if its server is not running."""
+    async def start(self, report: Report = _quiet, who: str = "") -> ServerHandle:
+        """Start the release `current` points at, if its server is not running; *who* is
+        empty when the daemon starts it by itself (after a crash or a restart)."""
         if self.live is not None and self.live.alive:
             return self.live
         release = self.store.live_id()
@@ -381,7 +382,8 @@ class App:
             spec, path=health.path, expect=health.expect, timeout=health.timeout)
         self._switch(handle, release)
         replace_symlink(self.root.next_sock, handle.socket.name)
-        self.store.record("started", release=release, instance=handle.instance)
+        self.store.record("started", release=release, instance=handle.instance,
+                          **({"who": who} if who else {}))
         return handle
 
     async def stop(self, who: str) -> None:

@@ -28,9 +28,9 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "contrib" / "systemd" / "relman@.service"
-# Where `sudo pip install /path/to/relman` (README, step 1) puts the console script on Debian.
+# Where README step 1 puts the console script (a symlink into the /opt/relman venv).
 INSTALLED_RELMAN = "/usr/local/bin/relman"
-# The console script of the relman under test: the same kind of file pip writes there.
+# The console script of the relman under test: what that symlink leads to.
 VENV_RELMAN = Path(sys.executable).with_name("relman")
 
 
@@ -69,7 +69,7 @@ def verify_unit(analyze: str, text: str, directory: Path) -> tuple[int, list[str
 def test_systemd_unit_verifies(tmp_path):
     """The unit has no unknown section, key or value, and its commands exist and parse.
 
-    ExecStart names /usr/local/bin/relman, where a root `pip install` puts it; this machine
+    ExecStart names /usr/local/bin/relman, where README step 1 links it; this machine
     need not have relman installed there, and a test must not write into /usr/local. So the
     copy runs the venv's `relman` console script instead: a real executable of the relman
     under test, with the unit's own arguments, which are then also run through the CLI.

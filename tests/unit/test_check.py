@@ -1,0 +1,82 @@
+"""`relman check` as the deploy user on a fresh host: what nginx -t says without root, the
+files shared/ must hold before the first deploy, and a root nothing was deployed to yet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from relman.config import load_config
+from relman.releases import AppRoot
+from relman.views import _nginx_check, _shared_check, check_all
+
+# Debian 12's nginx -t run by a user who is not root: the config parses, the pid file does not
+# open. The stock config cannot pass any other way for the deploy user.
+NONROOT = """\
+2026/11/29 14:26:46 [warn] 2001#2001: the "user" directive makes sense only if the master \
+process runs with super-user privileges, ignored in /etc/nginx/nginx.conf:1
+nginx: the configuration file /etc/nginx/nginx.conf syntax is ok
+2026/11/29 14:26:46 [emerg] 2001#2001: open() "/run/nginx.pid" failed (13: Permission denied)
+nginx: configuration file /etc/nginx/nginx.conf test failed
+"""
+BAD_DIRECTIVE = """\
+2026/11/29 14:29:30 [emerg] 13523#13523: unknown directive "bogus" in /etc/nginx/conf.d/x.conf:1
+nginx: configuration file /etc/nginx/nginx.conf test failed
+"""
+
+
+def test_nginx_t_as_a_user_passes_on_syntax_and_says_what_it_could_not_test() -> None:
+    result = _nginx_check(1, NONROOT, root_user=False)
+    assert result["ok"]
+    assert "sudo nginx -t" in result["detail"]
+    # As root the same failure is real.
+    assert _nginx_check(1, NONROOT, root_user=True) == {
+        "check": "nginx -t", "ok": False,
+        "detail": 'nginx: [emerg] open() "/run/nginx.pid" failed (13: Permission denied)'}
+
+
+def test_nginx_t_names_the_error_not_the_last_line() -> None:
+    result = _nginx_check(1, BAD_DIRECTIVE, root_user=False)
+    assert not result["ok"]
+    assert result["detail"] == ('nginx: [emerg] unknown directive "bogus" in '
+                                "/etc/nginx/conf.d/x.conf:1")
+    assert _nginx_check(0, "", root_user=False)["ok"]
+
+
+def config_file(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "relman.toml"
+    path.write_text(f'[app]\nname = "shop"\nrepo = "/srv/git/shop"\nroot = "{tmp_path}/root"\n'
+                    f'[server]\napp = "app:application"\n{extra}')
+    return path
+
+
+def test_shared_files_and_env_file_must_exist_before_the_first_deploy(tmp_path: Path) -> None:
+    config = load_config(config_file(
+        tmp_path, 'env_file = ".env"\n[build]\nshared = [".env", "media/", "local.py"]\n'))
+    root = AppRoot(config.app.root)
+    (root.shared).mkdir(parents=True)
+    result = _shared_check(config, root)
+    assert not result["ok"]
+    # .env is named once (as the env_file), local.py as a shared file; media/ is the deploy's.
+    assert result["detail"] == (f"build.shared: {root.shared}/local.py does not exist; create "
+                                f"it first; {root.shared}/.env: server.env_file: file not found")
+    (root.shared / "local.py").touch()
+    (root.shared / ".env").write_text("SECRET=hunter2\nnot a variable\n")
+    result = _shared_check(config, root)
+    assert result["detail"] == f"{root.shared}/.env: line 2: expected KEY=VALUE"
+    assert "hunter2" not in str(result)
+    (root.shared / ".env").write_text("SECRET=hunter2\n")
+    assert _shared_check(config, root)["ok"]
+
+
+def test_a_fresh_root_passes_the_live_socket_check(tmp_path: Path) -> None:
+    config = load_config(config_file(tmp_path))
+    root = AppRoot(config.app.root)
+    for path in (root.repo, root.releases, root.venvs, root.shared, root.run, root.state,
+                 root.log):
+        path.mkdir(parents=True)
+    checks = {c["check"]: c for c in check_all(config)}
+    assert "shared" not in checks  # nothing to check
+    assert checks["live socket"]["ok"]
+    assert checks["live socket"]["detail"] == "nothing deployed yet (relman deploy REF)"
+    (root.run / "app.sock").symlink_to("gone.1.sock")  # deployed once, then stopped
+    assert not {c["check"]: c for c in check_all(config)}["live socket"]["ok"]
