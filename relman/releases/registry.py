@@ -4,9 +4,10 @@ target choice."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Final
 
 from relman.atomic import write_json_atomic
@@ -73,31 +74,67 @@ def save(root: AppRoot, manifest: Manifest) -> None:
     write_json_atomic(root.manifest(manifest.id), manifest.to_json())
 
 
-def load(root: AppRoot, release_id: str) -> Manifest | None:
+class Unreadable(Exception):
+    """A release manifest that exists but cannot be read as one (cut short by a crash, not
+    JSON, another release's, a directory): set aside by the caller, never a reason to stop."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _read(path: Path, release_id: str) -> Manifest:
+    """The manifest at *path*; FileNotFoundError, Unreadable, or another OSError."""
     try:
-        return Manifest.from_json(json.loads(root.manifest(release_id).read_text()))
+        manifest = Manifest.from_json(json.loads(path.read_text()))
+    except IsADirectoryError:
+        raise Unreadable(path, "a directory") from None
+    except (ValueError, TypeError) as e:  # UnicodeDecodeError and JSONDecodeError included
+        raise Unreadable(path, str(e) or type(e).__name__) from None
+    # Trust the file name, not the id inside: an id of "" would make release_dir() the
+    # releases/ directory itself, and prune would remove every release.
+    if manifest.id != release_id:
+        raise Unreadable(path, f"it is the manifest of {manifest.id!r}")
+    return manifest
+
+
+def load(root: AppRoot, release_id: str) -> Manifest | None:
+    """The manifest of *release_id*, None if there is none; Unreadable if it cannot be read."""
+    try:
+        return _read(root.manifest(release_id), release_id)
     except FileNotFoundError:
         return None
 
 
+def _manifest_files(root: AppRoot) -> Iterator[Path]:
+    return (p for p in root.manifests.glob("*.json") if is_release_id(p.stem))
+
+
 def load_all(root: AppRoot) -> list[Manifest]:
-    """Every manifest, oldest release first; files that are not release manifests are ignored.
+    """Every readable manifest, oldest release first; other files are ignored.
 
     One odd name must not stop the listing (it disabled all of Capistrano's cleanup, #1883).
     """
     found = []
-    for path in root.manifests.glob("*.json"):
-        if not is_release_id(path.stem):
-            continue
+    for path in _manifest_files(root):
         try:
-            manifest = Manifest.from_json(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
+            found.append(_read(path, path.stem))
+        except (OSError, Unreadable):
             continue
-        # Trust the file name, not the id inside: an id of "" would make release_dir() the
-        # releases/ directory itself, and prune would remove every release.
-        if manifest.id == path.stem:
-            found.append(manifest)
     return sorted(found, key=release_order)
+
+
+def find_unreadable(root: AppRoot) -> list[Unreadable]:
+    """The release manifests load_all() skips because they cannot be read."""
+    found = []
+    for path in _manifest_files(root):
+        try:
+            _read(path, path.stem)
+        except Unreadable as e:
+            found.append(e)
+        except OSError:
+            continue
+    return found
 
 
 def release_order(manifest: Manifest) -> tuple[str, float]:

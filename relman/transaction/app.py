@@ -20,7 +20,6 @@ from relman.config import Config
 from relman.errors import (
     LiveCheckFailed,
     NoRollbackTarget,
-    NotRunning,
     PreviewFailed,
     RelmanError,
     Unhealthy,
@@ -166,11 +165,8 @@ class App:
 
     async def restart(self, who: str, report: Report = _quiet) -> Manifest:
         """Fresh processes for the live release, through the same swap: no failed request."""
-        live = self.store.live_id()
-        if live is None:
-            raise NotRunning("nothing is deployed yet: run `relman deploy REF` first")
-        manifest = self.store.get(live)
-        self._begin(JournalEntry(job="restart", release=live, who=who))
+        manifest = self.store.live_manifest()  # rebuilt if it was lost: NotRunning if not
+        self._begin(JournalEntry(job="restart", release=manifest.id, who=who))
         try:
             await self._swap(manifest, report, reuse_warm=False)
         except BaseException as e:
@@ -370,10 +366,8 @@ class App:
         """Start the release `current` points at, if its server is not running."""
         if self.live is not None and self.live.alive:
             return self.live
-        release = self.store.live_id()
-        if release is None:
-            raise NotRunning("nothing is deployed yet: run `relman deploy REF` first")
-        spec, health = self.server_spec(self.store.get(release)), self.config.health
+        manifest = self.store.live_manifest()
+        release, spec, health = manifest.id, self.server_spec(manifest), self.config.health
         report("start", f"starting {spec.instance}")
         handle, _ = await self.supervisor.start_healthy(
             spec, path=health.path, expect=health.expect, timeout=health.timeout)

@@ -26,6 +26,7 @@ from relman.supervisor.health import in_range, probe_socket
 from relman.supervisor.restart import Exit, RestartPolicy, decide, quick_exits
 from relman.transaction.app import JOB_ENV, App, Report
 from relman.transaction.probation import on_probation, warm_left
+from relman.transaction.repair import relink_current, set_aside_unreadable_state
 
 log = structlog.get_logger(__name__)
 
@@ -79,8 +80,9 @@ def undo_interrupted_job(app: App, notes: list[str]) -> None:
 
 async def reconcile(app: App, report: Report) -> list[str]:
     """After a daemon restart: adopt servers whose identity checks out, undo the job a crash
-    interrupted, and make sure run/app.sock leads to a running server."""
-    notes: list[str] = []
+    interrupted, and make sure run/app.sock leads to a running server. Unreadable state is
+    set aside first: it never stops the daemon."""
+    current_set_aside, notes = set_aside_unreadable_state(app)
     adopted = {h.instance: h for h in app.supervisor.adopt_all()}
     live_name = read_link(app.root.app_sock)
     live = next((h for h in adopted.values() if h.socket.name == live_name), None)
@@ -93,6 +95,12 @@ async def reconcile(app: App, report: Report) -> list[str]:
             replace_symlink(app.root.current, Path("releases") / live.release)
             app.linked = live.release
         replace_symlink(app.root.next_sock, live.socket.name)
+        try:
+            app.store.live_manifest()  # one that was set aside is rebuilt now
+        except RelmanError as e:
+            notes.append(e.message)
+    elif current_set_aside:
+        notes.append(relink_current(app))
     if app.live is None and app.store.live_id() is not None:  # serving first, then tidying
         notes.append("the live release's server was not running: starting it")
         try:

@@ -14,7 +14,9 @@ from relman.releases.registry import (
     IllegalTransition,
     Manifest,
     ReleaseState,
+    Unreadable,
     advance,
+    find_unreadable,
     load,
     load_all,
     release_order,
@@ -203,3 +205,35 @@ def test_load_all_skips_manifest_whose_id_is_not_its_name(root: AppRoot) -> None
     save(root, manifest(1))
     root.manifest(rid(2)).write_text(json.dumps(manifest(2, release_id="").to_json()))
     assert [m.id for m in load_all(root)] == [rid(1)]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        pytest.param('{"id": "2026', "Unterminated string", id="truncated"),
+        pytest.param("", "Expecting value", id="empty"),
+        pytest.param("[]", "a manifest is a JSON object", id="not-an-object"),
+        pytest.param('{"id": "x"}', "missing", id="missing-fields"),
+        pytest.param(json.dumps(manifest(2).to_json()), "the manifest of", id="another-id"),
+    ],
+)
+def test_load_of_an_unreadable_manifest_raises_unreadable(root: AppRoot, text: str,
+                                                          reason: str) -> None:
+    """load() tells an unreadable manifest (Unreadable, with the reason) from a missing one
+    (None); load_all() skips it and find_unreadable() lists it."""
+    save(root, manifest(1))
+    root.manifest(rid(3)).write_text(text)
+    with pytest.raises(Unreadable, match=reason) as caught:
+        load(root, rid(3))
+    assert caught.value.path == root.manifest(rid(3))
+    assert [m.id for m in load_all(root)] == [rid(1)]
+    assert [u.path for u in find_unreadable(root)] == [root.manifest(rid(3))]
+
+
+def test_find_unreadable_ignores_files_that_are_not_manifests(root: AppRoot) -> None:
+    """Only files named like a release's manifest are relman's to set aside."""
+    save(root, manifest(1))
+    (root.manifests / "notes.json").write_text("{not json")
+    (root.manifests / f"{rid(2)}.json.corrupt-20261129T141500Z").write_text("{")
+    (root.manifests / f"{rid(3)}.json").mkdir()
+    assert [u.path.name for u in find_unreadable(root)] == [f"{rid(3)}.json"]
