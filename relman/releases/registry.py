@@ -4,7 +4,7 @@ target choice."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -45,6 +45,8 @@ class Manifest:
     venv: str = ""
     timings: Mapping[str, float] = field(default_factory=dict)
     error: str = ""
+    # When it last went live (wall clock): every verified switch to it sets it, deploys,
+    # rollbacks and automatic rollbacks alike. The rollback target follows this order.
     last_live: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -144,12 +146,12 @@ def release_order(manifest: Manifest) -> tuple[str, float]:
 
 
 def rollback_target(manifests: Iterable[Manifest], live: str | None) -> Manifest | None:
-    """The newest known-good, built release older than *live*; never a failed or unfinished
-    one, never "the previous directory by mtime" (Capistrano, shipit-deploy #22)."""
-    ordered: Sequence[Manifest] = sorted(manifests, key=release_order)
-    ids = [m.id for m in ordered]
-    end = ids.index(live) if live in ids else len(ordered)
-    for manifest in reversed(ordered[:end]):
-        if manifest.state is ReleaseState.BUILT and manifest.known_good:
-            return manifest
-    return None
+    """The release that was live before *live*: of the known-good built releases other than
+    *live*, the one that last went live (last_live), whatever its id or mtime; so a second
+    rollback rolls forward again, as Heroku's does. Never a failed or unfinished release,
+    nor one that never went live (known_good is set when it does), nor "the previous
+    directory by mtime" (Capistrano, shipit-deploy #22). A manifest that never recorded
+    last_live (0) ranks below those that did, in release order."""
+    candidates = [m for m in manifests
+                  if m.id != live and m.state is ReleaseState.BUILT and m.known_good]
+    return max(candidates, key=lambda m: (m.last_live, release_order(m)), default=None)

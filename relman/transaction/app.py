@@ -141,7 +141,7 @@ class App:
 
     async def rollback(self, target: str | None, who: str, report: Report = _quiet, *,
                        auto: bool = False) -> Manifest:
-        """Swap to *target*, or to the newest known-good release before the live one.
+        """Swap to *target*, or to the known-good release that was live before the live one.
         An *auto* rollback's switch is settled at once: it is never rolled back by itself."""
         if target:
             manifest = self.store.get(target)
@@ -150,7 +150,7 @@ class App:
         else:
             found = self.store.rollback_target()
             if found is None:
-                raise NoRollbackTarget("no known-good release older than the live one")
+                raise NoRollbackTarget("no known-good release was live before the live one")
             manifest = found
         live = self.store.live_id()
         self._begin(JournalEntry(job="rollback", release=manifest.id, who=who,

@@ -249,8 +249,8 @@ class CrashRecovery:
 
     async def auto_rollback(self, bad: str, switch: tuple[str, float], reason: str,
                             report: Report) -> Any:
-        """Mark *bad* failed (never a target, never kept warm) and swap to the newest
-        known-good release before it, unless a job changed the live release meanwhile."""
+        """Mark *bad* failed (never a target, never kept warm) and swap to the
+        known-good release live before it, unless a job changed the live release meanwhile."""
         app = self.app
         target = app.store.rollback_target()
         if (app.store.live_id() != bad or app.switches.record.switch != switch
