@@ -20,15 +20,23 @@ log = structlog.get_logger(__name__)
 WENT_LIVE: Final = frozenset({"deployed", "rolled_back", "restarted", "started"})
 
 
-def set_aside_unreadable_state(app: App) -> tuple[bool, list[str]]:
-    """Set aside `current` if it is not a symlink (a directory another tool made), and
-    every manifest that cannot be read; whether `current` was set aside, and notes."""
-    notes = [f"the manifest of {rid} could not be read: set aside"
-             for rid in app.store.set_aside_unreadable()]
+def set_aside_current(app: App) -> bool:
+    """Set aside `current` if it is there but not a symlink (a directory another tool
+    made); whether it was."""
     current = app.root.current
     if not os.path.lexists(current) or current.is_symlink():
-        return False, notes
+        return False
     app.store.set_aside(current, "not a symlink")
+    return True
+
+
+def set_aside_unreadable_state(app: App) -> tuple[bool, list[str]]:
+    """Set aside `current` if it is not a symlink, and every manifest that cannot be read;
+    whether `current` was set aside, and notes."""
+    notes = [f"the manifest of {rid} could not be read: set aside"
+             for rid in app.store.set_aside_unreadable()]
+    if not set_aside_current(app):
+        return False, notes
     notes.append("current was not a symlink: set aside")
     return True, notes
 

@@ -135,6 +135,23 @@ def test_current_as_a_directory_never_stops_the_daemon(make_app, how):
     assert app.json("status")["live"] == release["id"]
 
 
+def test_current_made_a_directory_under_a_running_daemon_is_set_aside(make_app):
+    """`current` replaced by a directory while the daemon runs is set aside and linked
+    again to the live release, so a crash of its server is still followed by a restart."""
+    app, release = deployed_v1(make_app)
+    root = root_of(app)
+    current = root / "current"
+    current.unlink()
+    current.mkdir()
+    wait_until(lambda: current.is_symlink(), timeout=20, what="current to be a link again")
+    assert os.readlink(current) == f"releases/{release['id']}"
+    assert len(list(root.glob("current.corrupt-*"))) == 1
+    old = live_pid(app)
+    os.killpg(old, signal.SIGKILL)
+    wait_until(lambda: live_pid(app) not in (None, old), timeout=30, what="a new live pid")
+    assert serving(app, "v1")
+
+
 def test_a_torn_history_line_loses_no_later_entry(make_app):
     """A crash mid-append left a torn last line in the history: `relman history` skips it
     and the next entry starts on a line of its own."""
