@@ -59,7 +59,10 @@ class ReleaseStore:
 
     def set_aside(self, path: Path, reason: str) -> None:
         """Set *path* aside as unreadable (atomic.set_aside), and say so in the history."""
-        moved = set_aside(path, reason=reason)
+        try:
+            moved = set_aside(path, reason=reason)
+        except FileNotFoundError:  # another reader (`relman logs ID`) was first
+            return
         self.record("state_set_aside", file=str(path.relative_to(self.root.root)),
                     to=moved.name, reason=reason)
 

@@ -1,5 +1,6 @@
-"""State the daemon finds unreadable or foreign when it starts: set aside, never a reason to
-stop (DESIGN section 6), and `current` linked again to the release that served last."""
+"""State the daemon finds unreadable or foreign (at start, or `current` while it runs): set
+aside, never a reason to stop (DESIGN section 6), and `current` linked again to the release
+that served last."""
 
 from __future__ import annotations
 
