@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,11 @@ def replace_symlink(link: Path, target: Path | str) -> None:
         tmp.unlink()
     os.symlink(target, tmp)
     try:
-        os.replace(tmp, link)
+        try:
+            os.replace(tmp, link)
+        except IsADirectoryError:  # another tool made a directory of it: never a wedge
+            set_aside(link, reason="a directory where a symlink belongs")
+            os.replace(tmp, link)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -71,17 +75,25 @@ def read_link(link: Path) -> str | None:
         return None
 
 
-def set_aside(path: Path) -> Path:
-    """Rename an unreadable state file to NAME.corrupt-<UTC time>, out of the way but kept
-    for a post-mortem; returns the new path."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+def set_aside(path: Path, *, reason: str = "") -> Path:
+    """Rename state that cannot be read (a file, or a directory where a link belongs) to
+    `NAME.corrupt-<UTC time>` beside it, with a warning event; returns the new path.
+
+    Nothing unreadable may stop the daemon (DESIGN section 6), and nothing is deleted:
+    the file stays for a post-mortem.
+    """
+    import structlog  # here: `relman history` and `releases` import this module, not structlog
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    dest = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
-    while aside.exists():
-        n += 1
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}.{n}")
-    os.replace(path, aside)
-    return aside
+    while os.path.lexists(dest):  # two in one second: never replace the first
+        dest, n = path.with_name(f"{path.name}.corrupt-{stamp}.{n}"), n + 1
+    os.rename(path, dest)
+    fsync_dir(path.parent)
+    structlog.get_logger(__name__).warning("state.set_aside", path=str(path), to=dest.name,
+                                           reason=reason)
+    return dest
 
 
 def current_umask() -> int:

@@ -26,6 +26,7 @@ from relman.releases.prune import prune
 from relman.supervisor.figures import ProcessFigures
 from relman.supervisor.health import probe_socket
 from relman.transaction import App, CrashRecovery, Report, reconcile
+from relman.transaction.repair import set_aside_current
 
 log = structlog.get_logger(__name__)
 
@@ -165,6 +166,11 @@ class Daemon:
         health-gated (a Capistrano-style tool flipped it). Events of relman's own flips come
         late (debounced), maybe after the live server crashed: they match app.linked."""
         target = self.app.store.live_id()
+        if target is None and self.app.linked and set_aside_current(self.app):
+            # Another tool made a directory of it: back to what serves, or a crash restart
+            # would find nothing to start.
+            replace_symlink(self.root.current, Path("releases") / self.app.linked)
+            return
         if target is None or target == self.app.linked:
             return
         if self.pending:

@@ -64,13 +64,14 @@ def server_log(root: AppRoot, release: str | None) -> Path:
 def render_releases(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no releases yet: relman deploy REF"
-    lines = [f"   {'RELEASE':<26} {'REF':<16} {'SHA':<9} {'AGE':>5}  STATE"]
+    lines = [f"   {'RELEASE':<26} {'REF':<16} {'SHA':<9} {'AGE':>5} {'LAST LIVE':>9}  STATE"]
     for row in reversed(rows):
         mark = "*" if row["live"] else ("<" if row["rollback_target"] else " ")
         state = row["state"] + (" known-good" if row["known_good"] else "")
+        last_live = time_ago(row["last_live"]) if row.get("last_live") else "-"
         lines.append(f" {mark} {row['id']:<26} {row['ref'][:16]:<16} {row['sha'][:8]:<9} "
-                     f"{time_ago(row['created']):>5}  {state}")
-    lines.append("(* live, < rollback target)")
+                     f"{time_ago(row['created']):>5} {last_live:>9}  {state}")
+    lines.append("(* live, < rollback target: the release live before the live one)")
     return "\n".join(lines)
 
 

@@ -28,11 +28,12 @@ def git(repo: Path, *args: str, env: dict[str, str] | None = None,
                           text=True, env=full_env, input=stdin).stdout.strip()
 
 
-def commit(repo: Path, message: str, *, tag: str | None = None) -> str:
-    """Commit everything in *repo*; return the sha."""
+def commit(repo: Path, message: str, *, tag: str | None = None, when: int | None = None
+           ) -> str:
+    """Commit everything in *repo* (dated *when*, unix seconds, if given); return the sha."""
     count = int(git(repo, "rev-list", "--all", "--count") or 0) if (repo / ".git" / "refs"
                                                                      ).exists() else 0
-    stamp = f"@{BASE_TIME + 60 * count} +0000"
+    stamp = f"@{BASE_TIME + 60 * count if when is None else when} +0000"
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", message,
         env={"GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp})
@@ -66,9 +67,11 @@ def make_app_repo(path: Path) -> Path:
     return path
 
 
-def release_version(repo: Path, version: str, *, extra: dict[str, str] | None = None) -> str:
-    """Commit VERSION=*version* (and any *extra* files) and tag it *version*."""
+def release_version(repo: Path, version: str, *, extra: dict[str, str] | None = None,
+                    when: int | None = None) -> str:
+    """Commit VERSION=*version* (and any *extra* files, dated *when* if given) and tag it
+    *version*."""
     (repo / "VERSION").write_text(version + "\n")
     for name, text in (extra or {}).items():
         (repo / name).write_text(text)
-    return commit(repo, version, tag=version)
+    return commit(repo, version, tag=version, when=when)

@@ -17,8 +17,13 @@ def record(path: Path, event: str, **fields: Any) -> dict[str, Any]:
     entry = {"time": round(time.time(), 3), "event": event, **fields}
     # A belt: messages that name app.repo are redacted where they are made.
     line = (redact_url(json.dumps(entry, sort_keys=True)) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            # A crash mid-append left a torn last line: end it, or this entry would be
+            # glued to it and lost with it. Readers skip the torn line.
+            line = b"\n" + line
         os.write(fd, line)  # one write of one line: O_APPEND keeps concurrent lines whole
         os.fsync(fd)
     finally:
@@ -38,6 +43,8 @@ def read(path: Path, *, event: str | None = None, release: str | None = None,
             try:
                 entry = json.loads(line)
             except ValueError:
+                continue
+            if not isinstance(entry, dict):
                 continue
             if event and entry.get("event") != event:
                 continue

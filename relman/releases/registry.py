@@ -4,9 +4,10 @@ target choice."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Final
 
 from relman.atomic import write_json_atomic
@@ -44,6 +45,8 @@ class Manifest:
     venv: str = ""
     timings: Mapping[str, float] = field(default_factory=dict)
     error: str = ""
+    # When it last went live (wall clock): every verified switch to it sets it, deploys,
+    # rollbacks and automatic rollbacks alike. The rollback target follows this order.
     last_live: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -73,31 +76,67 @@ def save(root: AppRoot, manifest: Manifest) -> None:
     write_json_atomic(root.manifest(manifest.id), manifest.to_json())
 
 
-def load(root: AppRoot, release_id: str) -> Manifest | None:
+class Unreadable(Exception):
+    """A release manifest that exists but cannot be read as one (cut short by a crash, not
+    JSON, another release's, a directory): set aside by the caller, never a reason to stop."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _read(path: Path, release_id: str) -> Manifest:
+    """The manifest at *path*; FileNotFoundError, Unreadable, or another OSError."""
     try:
-        return Manifest.from_json(json.loads(root.manifest(release_id).read_text()))
+        manifest = Manifest.from_json(json.loads(path.read_text()))
+    except IsADirectoryError:
+        raise Unreadable(path, "a directory") from None
+    except (ValueError, TypeError) as e:  # UnicodeDecodeError and JSONDecodeError included
+        raise Unreadable(path, str(e) or type(e).__name__) from None
+    # Trust the file name, not the id inside: an id of "" would make release_dir() the
+    # releases/ directory itself, and prune would remove every release.
+    if manifest.id != release_id:
+        raise Unreadable(path, f"it is the manifest of {manifest.id!r}")
+    return manifest
+
+
+def load(root: AppRoot, release_id: str) -> Manifest | None:
+    """The manifest of *release_id*, None if there is none; Unreadable if it cannot be read."""
+    try:
+        return _read(root.manifest(release_id), release_id)
     except FileNotFoundError:
         return None
 
 
+def _manifest_files(root: AppRoot) -> Iterator[Path]:
+    return (p for p in root.manifests.glob("*.json") if is_release_id(p.stem))
+
+
 def load_all(root: AppRoot) -> list[Manifest]:
-    """Every manifest, oldest release first; files that are not release manifests are ignored.
+    """Every readable manifest, oldest release first; other files are ignored.
 
     One odd name must not stop the listing (it disabled all of Capistrano's cleanup, #1883).
     """
     found = []
-    for path in root.manifests.glob("*.json"):
-        if not is_release_id(path.stem):
-            continue
+    for path in _manifest_files(root):
         try:
-            manifest = Manifest.from_json(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
+            found.append(_read(path, path.stem))
+        except (OSError, Unreadable):
             continue
-        # Trust the file name, not the id inside: an id of "" would make release_dir() the
-        # releases/ directory itself, and prune would remove every release.
-        if manifest.id == path.stem:
-            found.append(manifest)
     return sorted(found, key=release_order)
+
+
+def find_unreadable(root: AppRoot) -> list[Unreadable]:
+    """The release manifests load_all() skips because they cannot be read."""
+    found = []
+    for path in _manifest_files(root):
+        try:
+            _read(path, path.stem)
+        except Unreadable as e:
+            found.append(e)
+        except OSError:
+            continue
+    return found
 
 
 def release_order(manifest: Manifest) -> tuple[str, float]:
@@ -107,12 +146,12 @@ def release_order(manifest: Manifest) -> tuple[str, float]:
 
 
 def rollback_target(manifests: Iterable[Manifest], live: str | None) -> Manifest | None:
-    """The newest known-good, built release older than *live*; never a failed or unfinished
-    one, never "the previous directory by mtime" (Capistrano, shipit-deploy #22)."""
-    ordered: Sequence[Manifest] = sorted(manifests, key=release_order)
-    ids = [m.id for m in ordered]
-    end = ids.index(live) if live in ids else len(ordered)
-    for manifest in reversed(ordered[:end]):
-        if manifest.state is ReleaseState.BUILT and manifest.known_good:
-            return manifest
-    return None
+    """The release that was live before *live*: of the known-good built releases other than
+    *live*, the one that last went live (last_live), whatever its id or mtime; so a second
+    rollback rolls forward again, as Heroku's does. Never a failed or unfinished release,
+    nor one that never went live (known_good is set when it does), nor "the previous
+    directory by mtime" (Capistrano, shipit-deploy #22). A manifest that never recorded
+    last_live (0) ranks below those that did, in release order."""
+    candidates = [m for m in manifests
+                  if m.id != live and m.state is ReleaseState.BUILT and m.known_good]
+    return max(candidates, key=lambda m: (m.last_live, release_order(m)), default=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from dataclasses import replace
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import structlog
 
+from relman.atomic import read_link, set_aside
 from relman.config import Config
 from relman.envfile import read_env_file
-from relman.errors import DeployFailed, UnknownRelease
+from relman.errors import BadRef, DeployFailed, NotRunning, UnknownRelease
 from relman.releases import build, git, history, registry, venvs
 from relman.releases.commands import OnLine, clean_env
 from relman.releases.ids import is_release_id, make_release_id
@@ -39,10 +41,70 @@ class ReleaseStore:
 
     def get(self, release_id: str) -> Manifest:
         """The manifest of *release_id*, or UnknownRelease."""
-        found = registry.load(self.root, release_id) if is_release_id(release_id) else None
+        found = self._load(release_id) if is_release_id(release_id) else None
+        if found is None and is_release_id(release_id) and \
+                self.root.release_dir(release_id).is_dir():
+            raise UnknownRelease(f"release {release_id}: its manifest is missing or unreadable")
         if found is None:
             raise UnknownRelease(f"release {release_id!r}: no such release")
         return found
+
+    def _load(self, release_id: str) -> Manifest | None:
+        """registry.load(), an unreadable manifest set aside and counted as missing."""
+        try:
+            return registry.load(self.root, release_id)
+        except registry.Unreadable as e:
+            self.set_aside(e.path, e.reason)
+            return None
+
+    def set_aside(self, path: Path, reason: str) -> None:
+        """Set *path* aside as unreadable (atomic.set_aside), and say so in the history."""
+        try:
+            moved = set_aside(path, reason=reason)
+        except FileNotFoundError:  # another reader (`relman logs ID`) was first
+            return
+        self.record("state_set_aside", file=str(path.relative_to(self.root.root)),
+                    to=moved.name, reason=reason)
+
+    def set_aside_unreadable(self) -> list[str]:
+        """Set aside every release manifest that cannot be read; their release ids."""
+        found = registry.find_unreadable(self.root)
+        for unreadable in found:
+            self.set_aside(unreadable.path, unreadable.reason)
+        return [unreadable.path.stem for unreadable in found]
+
+    def live_manifest(self) -> Manifest:
+        """The manifest of the release `current` points at. One that is missing or
+        unreadable is rebuilt from the release tree: that release serves, or must."""
+        live = self.live_id()
+        if live is None:
+            raise NotRunning("nothing is deployed yet: run `relman deploy REF` first")
+        found = self._load(live) if is_release_id(live) else None
+        return found if found is not None else self._rebuild(live)
+
+    def _rebuild(self, release_id: str) -> Manifest:
+        """A minimal manifest for the live release from its tree and its .venv link. It
+        counts as known-good: `current` only ever names a release that passed its gate."""
+        rdir = self.root.release_dir(release_id)
+        venv = read_link(rdir / ".venv")
+        why = (f"there is no release tree releases/{release_id}"
+               if not is_release_id(release_id) or not rdir.is_dir()
+               else "it has no .venv link" if venv is None
+               else venvs.health_check(rdir / venv))
+        if venv is None or why is not None:
+            raise NotRunning(f"release {release_id}: its manifest is missing or unreadable "
+                             f"and cannot be rebuilt: {why}",
+                             hint="deploy a ref, or roll back to a named release")
+        sha = release_id.split("-", 1)[1]
+        with contextlib.suppress(BadRef):  # the full sha, if the mirror has the commit
+            sha = git.resolve_ref(self.root.repo, sha).sha
+        manifest = self.save(Manifest(
+            id=release_id, ref="", sha=sha, who="relman (manifest rebuilt)",
+            created=rdir.stat().st_mtime, state=ReleaseState.BUILT, known_good=True,
+            venv=str(rdir / venv), last_live=time.time()))
+        log.warning("manifest.rebuilt", release=release_id, venv=manifest.venv)
+        self.record("manifest_rebuilt", release=release_id, venv=manifest.venv)
+        return manifest
 
     def live_id(self) -> str | None:
         """The release `current` points at, or None before the first deploy."""
@@ -101,7 +163,8 @@ class ReleaseStore:
     def begin(self, commit: git.Commit, ref: str, who: str) -> Manifest:
         """The manifest for *commit*: an existing built release is reused as it is."""
         rid = make_release_id(commit.time, commit.sha)
-        existing = registry.load(self.root, rid)
+        # A live release whose manifest was lost is rebuilt, never exported again under it.
+        existing = self.live_manifest() if rid == self.live_id() else self._load(rid)
         if existing and existing.state is ReleaseState.BUILT and existing.venv and \
                 venvs.health_check(Path(existing.venv)) is None:
             return existing
@@ -162,11 +225,11 @@ class ReleaseStore:
         )
 
     def mark(self, manifest: Manifest, state: ReleaseState, **changes: object) -> Manifest:
-        current = registry.load(self.root, manifest.id) or manifest
+        current = self._load(manifest.id) or manifest
         return self.save(registry.advance(current, state, **changes))
 
     def mark_live(self, release_id: str, *, known_good: bool) -> None:
-        current = registry.load(self.root, release_id)
+        current = self._load(release_id)
         if current is not None:
             self.save(replace(current, known_good=current.known_good or known_good,
                               last_live=time.time()))

@@ -47,8 +47,7 @@ async def adopt_instances(run_dir: Path, log_dir: Path, tracker: Tracker,
         try:
             record = read_record(pidfile)
         except CorruptRecord as e:
-            aside = set_aside(pidfile)
-            log.warning("record.set_aside", path=str(pidfile), aside=str(aside), error=str(e))
+            aside = set_aside(pidfile, reason=str(e))
             found.notes.append(f"unreadable {pidfile.name} set aside as {aside.name}")
             continue
         if record is None:

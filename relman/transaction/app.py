@@ -20,7 +20,6 @@ from relman.config import Config
 from relman.errors import (
     LiveCheckFailed,
     NoRollbackTarget,
-    NotRunning,
     PreviewFailed,
     RelmanError,
     Unhealthy,
@@ -144,7 +143,7 @@ class App:
 
     async def rollback(self, target: str | None, who: str, report: Report = _quiet, *,
                        auto: bool = False) -> Manifest:
-        """Swap to *target*, or to the newest known-good release before the live one.
+        """Swap to *target*, or to the known-good release that was live before the live one.
         An *auto* rollback's switch is settled at once: it is never rolled back by itself."""
         if target:
             manifest = self.store.get(target)
@@ -153,7 +152,7 @@ class App:
         else:
             found = self.store.rollback_target()
             if found is None:
-                raise NoRollbackTarget("no known-good release older than the live one")
+                raise NoRollbackTarget("no known-good release was live before the live one")
             manifest = found
         live = self.store.live_id()
         self._begin(JournalEntry(job="rollback", release=manifest.id, who=who,
@@ -168,11 +167,8 @@ class App:
 
     async def restart(self, who: str, report: Report = _quiet) -> Manifest:
         """Fresh processes for the live release, through the same swap: no failed request."""
-        live = self.store.live_id()
-        if live is None:
-            raise NotRunning("nothing is deployed yet: run `relman deploy REF` first")
-        manifest = self.store.get(live)
-        self._begin(JournalEntry(job="restart", release=live, who=who))
+        manifest = self.store.live_manifest()  # rebuilt if it was lost: NotRunning if not
+        self._begin(JournalEntry(job="restart", release=manifest.id, who=who))
         try:
             await self._swap(manifest, report, reuse_warm=False)
         except BaseException as e:
@@ -373,10 +369,8 @@ class App:
         empty when the daemon starts it by itself (after a crash or a restart)."""
         if self.live is not None and self.live.alive:
             return self.live
-        release = self.store.live_id()
-        if release is None:
-            raise NotRunning("nothing is deployed yet: run `relman deploy REF` first")
-        spec, health = self.server_spec(self.store.get(release)), self.config.health
+        manifest = self.store.live_manifest()
+        release, spec, health = manifest.id, self.server_spec(manifest), self.config.health
         report("start", f"starting {spec.instance}")
         handle, _ = await self.supervisor.start_healthy(
             spec, path=health.path, expect=health.expect, timeout=health.timeout)

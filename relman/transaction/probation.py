@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from relman.atomic import write_json_atomic
+from relman.atomic import set_aside, write_json_atomic
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +55,16 @@ def warm_left(record: SwitchRecord, release: str, now: float) -> float:
     return max(0.0, record.warm_until - now)
 
 
+def _parse(data: Any) -> SwitchRecord:
+    """The record in switch.json's JSON; TypeError or ValueError if it is not one."""
+    if not isinstance(data, dict):
+        raise TypeError("not a JSON object")
+    return SwitchRecord(
+        release=str(data.get("release", "")), at=float(data.get("at", 0.0)),
+        until=float(data.get("until", 0.0)), settled=bool(data.get("settled", False)),
+        warm=str(data.get("warm", "")), warm_until=float(data.get("warm_until", 0.0)))
+
+
 class SwitchFile:
     """state/switch.json: the current SwitchRecord, replaced atomically on every change."""
 
@@ -64,22 +74,13 @@ class SwitchFile:
 
     def _load(self) -> SwitchRecord:
         try:
-            data: Any = json.loads(self.path.read_text())
+            return _parse(json.loads(self.path.read_text()))
         except FileNotFoundError:
             return SwitchRecord()
-        except (OSError, ValueError) as e:
-            log.warning("switch_record.unreadable", path=str(self.path), error=str(e))
+        except (IsADirectoryError, ValueError, TypeError) as e:
+            set_aside(self.path, reason=str(e) or type(e).__name__)  # kept for a post-mortem
             return SwitchRecord()
-        if not isinstance(data, dict):
-            log.warning("switch_record.unreadable", path=str(self.path), error="not an object")
-            return SwitchRecord()
-        try:
-            return SwitchRecord(
-                release=str(data.get("release", "")), at=float(data.get("at", 0.0)),
-                until=float(data.get("until", 0.0)), settled=bool(data.get("settled", False)),
-                warm=str(data.get("warm", "")),
-                warm_until=float(data.get("warm_until", 0.0)))
-        except (TypeError, ValueError) as e:
+        except OSError as e:
             log.warning("switch_record.unreadable", path=str(self.path), error=str(e))
             return SwitchRecord()
 

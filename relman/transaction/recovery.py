@@ -26,6 +26,7 @@ from relman.supervisor.health import in_range, probe_socket
 from relman.supervisor.restart import Exit, RestartPolicy, decide, quick_exits
 from relman.transaction.app import JOB_ENV, App, Report
 from relman.transaction.probation import on_probation, warm_left
+from relman.transaction.repair import relink_current, set_aside_unreadable_state
 
 log = structlog.get_logger(__name__)
 
@@ -79,13 +80,10 @@ def undo_interrupted_job(app: App, notes: list[str]) -> None:
 
 async def reconcile(app: App, report: Report) -> list[str]:
     """After a daemon restart: adopt servers whose identity checks out, undo the job a crash
-    interrupted, and make sure run/app.sock leads to a running server."""
-    notes: list[str] = []
-    adoption = await app.supervisor.adopt_all(app.config.swap.stop_timeout)
-    adopted = {h.instance: h for h in adoption.handles}
-    for note in adoption.notes:
-        notes.append(note)
-        app.store.record("process_reconciled", detail=note)
+    interrupted, and make sure run/app.sock leads to a running server. Unreadable state is
+    set aside first: it never stops the daemon."""
+    current_set_aside, notes = set_aside_unreadable_state(app)
+    adopted = await _adopt(app, notes)
     live_name = read_link(app.root.app_sock)
     live = next((h for h in adopted.values() if h.socket.name == live_name), None)
     interrupted = app.journal.unfinished() is not None
@@ -97,6 +95,12 @@ async def reconcile(app: App, report: Report) -> list[str]:
             replace_symlink(app.root.current, Path("releases") / live.release)
             app.linked = live.release
         replace_symlink(app.root.next_sock, live.socket.name)
+        try:
+            app.store.live_manifest()  # one that was set aside is rebuilt now
+        except RelmanError as e:
+            notes.append(e.message)
+    elif current_set_aside:
+        notes.append(relink_current(app))
     if app.live is None and app.store.live_id() is not None:  # serving first, then tidying
         notes.append("the live release's server was not running: starting it")
         try:
@@ -117,6 +121,15 @@ async def reconcile(app: App, report: Report) -> list[str]:
         await wait_drained(handle.socket, timeout=app.config.swap.drain_timeout)
         await app.supervisor.stop(handle, app.config.swap.stop_timeout)
     return notes
+
+
+async def _adopt(app: App, notes: list[str]) -> dict[str, ServerHandle]:
+    """Adopt the recorded instances that run; what else was ended goes into the history."""
+    adoption = await app.supervisor.adopt_all(app.config.swap.stop_timeout)
+    for note in adoption.notes:
+        notes.append(note)
+        app.store.record("process_reconciled", detail=note)
+    return {h.instance: h for h in adoption.handles}
 
 
 async def _still_warm(app: App, handle: ServerHandle) -> bool:
@@ -245,8 +258,8 @@ class CrashRecovery:
 
     async def auto_rollback(self, bad: str, switch: tuple[str, float], reason: str,
                             report: Report) -> Any:
-        """Mark *bad* failed (never a target, never kept warm) and swap to the newest
-        known-good release before it, unless a job changed the live release meanwhile."""
+        """Mark *bad* failed (never a target, never kept warm) and swap to the
+        known-good release live before it, unless a job changed the live release meanwhile."""
         app = self.app
         target = app.store.rollback_target()
         if (app.store.live_id() != bad or app.switches.record.switch != switch

@@ -8,11 +8,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from datetime import datetime, tzinfo
 from pathlib import Path
 
 import pytest
 
-from relman.atomic import read_link, replace_symlink, write_atomic
+from relman import atomic
+from relman.atomic import read_link, replace_symlink, set_aside, write_atomic
 from relman.lock import Busy, FileLock, locked, read_holder
 
 
@@ -128,6 +130,51 @@ def test_replace_symlink_creates_and_replaces(tmp_path: Path) -> None:
     assert read_link(link) == str(tmp_path / "one")
     replace_symlink(link, "two")
     assert read_link(link) == "two"
+
+
+def test_replace_symlink_sets_aside_a_directory_in_its_place(tmp_path: Path) -> None:
+    """A directory where the link belongs (another tool's) is set aside, not a wedge."""
+    link = tmp_path / "current"
+    link.mkdir()
+    (link / "kept").write_text("x")
+    replace_symlink(link, "releases/b")
+    assert os.readlink(link) == "releases/b"
+    (aside,) = tmp_path.glob("current.corrupt-*")
+    assert (aside / "kept").read_text() == "x"
+
+
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_set_aside_renames_beside_with_a_utc_stamp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """set_aside() renames NAME to NAME.corrupt-<UTC stamp> in the same directory, keeps
+    what it held, logs a warning, and never replaces an earlier one of the same second."""
+    from structlog.testing import capture_logs
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Frozen:
+            return cls(2026, 11, 29, 14, 15, 0, tzinfo=tz)
+
+    monkeypatch.setattr(atomic, "datetime", Frozen)
+    path = tmp_path / "20261123T031500Z-1a2b3c4.json"
+    moved = []
+    for n in range(2):
+        if kind == "file":
+            path.write_text(f'{{"id": {n}')
+        else:
+            path.mkdir()
+        with capture_logs() as logs:
+            moved.append(set_aside(path, reason="truncated"))
+        assert logs == [{"event": "state.set_aside", "path": str(path), "to": moved[-1].name,
+                         "reason": "truncated", "log_level": "warning"}]
+    assert not path.exists()
+    assert [p.name for p in moved] == [
+        "20261123T031500Z-1a2b3c4.json.corrupt-20261129T141500Z",
+        "20261123T031500Z-1a2b3c4.json.corrupt-20261129T141500Z.1"]
+    assert sorted(tmp_path.iterdir()) == moved
+    if kind == "file":
+        assert [p.read_text() for p in moved] == ['{"id": 0', '{"id": 1']
 
 
 def test_second_lock_is_busy_and_names_the_holder(tmp_path: Path) -> None:

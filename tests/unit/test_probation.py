@@ -90,10 +90,14 @@ def test_unchanged_record_is_not_rewritten(tmp_path):
 )
 def test_unreadable_record_starts_empty(tmp_path, content):
     """A damaged switch.json costs the probation and the warm window, nothing else: the
-    daemon starts, and no release is rolled back or kept on its say-so."""
+    daemon starts, and no release is rolled back or kept on its say-so. The file is set
+    aside (switch.json.corrupt-<ts>) for a post-mortem."""
     path = tmp_path / "switch.json"
     path.write_text(content)
     assert SwitchFile(path).record == SwitchRecord()
+    assert not path.exists()
+    (aside,) = tmp_path.glob("switch.json.corrupt-*")
+    assert aside.read_text() == content
 
 
 def test_unknown_keys_are_ignored(tmp_path):

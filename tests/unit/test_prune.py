@@ -93,6 +93,25 @@ def test_choose_prunable_venvs(names: list[str], kept: list[Manifest],
     assert choose_prunable_venvs(names, kept) == prunable
 
 
+@pytest.mark.parametrize(
+    ("unlisted", "prunable"),
+    [
+        pytest.param({}, {"b", "c", "d"}, id="none"),
+        pytest.param({rid(2): "/r/venvs/b"}, {"c", "d"}, id="its-venv-is-referenced"),
+        pytest.param({rid(2): "../../venvs/c/"}, {"b", "d"}, id="relative-link"),
+        pytest.param({rid(2): "/r/venvs/b", rid(3): "/r/venvs/c"}, {"d"}, id="two"),
+        pytest.param({rid(2): "/r/venvs/b", rid(3): None}, set(), id="no-link-keeps-all"),
+    ],
+)
+def test_release_trees_without_a_manifest_keep_their_venvs(
+    unlisted: dict[str, str | None], prunable: set[str]
+) -> None:
+    """A release tree whose manifest is lost or unreadable keeps the venv its .venv link
+    names; one without a link could use any venv, so every venv stays."""
+    kept = [manifest(1, venv="/r/venvs/a")]
+    assert choose_prunable_venvs(["a", "b", "c", "d"], kept, unlisted=unlisted) == prunable
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> AppRoot:
     app = AppRoot(tmp_path / "app")
@@ -137,6 +156,40 @@ def test_prune_on_disk_keeps_what_is_referenced(root: AppRoot) -> None:
         "lock-file", "shared", "v-running", "v-target"]
     assert (root.current / "pkg" / "app.py").is_file()
     assert (root.release_dir(rid(2)) / "pkg" / "app.py").is_file()
+
+
+@pytest.mark.parametrize("manifest_left", ["truncated", "set-aside", "missing"])
+def test_prune_never_removes_a_release_without_a_readable_manifest(
+    root: AppRoot, manifest_left: str
+) -> None:
+    """The live release's manifest cut short, set aside or gone: its tree and the venv its
+    .venv link names stay; unreferenced ones still go."""
+    releases = [manifest(n, venv=f"{root.venvs}/v{n}") for n in (1, 2, 3)]
+    lay_out(root, releases, ["v1", "v2", "v3", "v-orphan"])
+    for m in releases:
+        (root.release_dir(m.id) / ".venv").symlink_to(m.venv)
+    live = root.manifest(rid(3))
+    if manifest_left == "truncated":
+        live.write_text(live.read_text()[:30])
+    elif manifest_left == "set-aside":
+        live.rename(live.with_name(live.name + ".corrupt-20261129T141500Z"))
+    else:
+        live.unlink()
+    result = prune(root, load_all(root), keep=1, live=rid(3), target=None, running=ids())
+    assert result == PruneResult(releases=(rid(1),), venvs=("v-orphan", "v1"))
+    assert sorted(p.name for p in root.releases.iterdir()) == sorted(ids(2, 3))
+    assert sorted(p.name for p in root.venvs.iterdir()) == ["v2", "v3"]
+
+
+def test_a_release_tree_without_manifest_or_venv_link_keeps_every_venv(root: AppRoot) -> None:
+    """A release tree with neither a manifest nor a .venv link could use any venv: prune
+    keeps them all (and still removes what it may of the releases)."""
+    lay_out(root, [manifest(1, venv=f"{root.venvs}/v1"), manifest(2)], ["v1", "v-orphan"])
+    (root.release_dir(rid(9)) / "pkg").mkdir(parents=True)
+    result = prune(root, load_all(root), keep=1, live=rid(2), target=None, running=ids())
+    assert result == PruneResult(releases=(rid(1),), venvs=())
+    assert sorted(p.name for p in root.releases.iterdir()) == sorted(ids(2, 9))
+    assert sorted(p.name for p in root.venvs.iterdir()) == ["v-orphan", "v1"]
 
 
 def test_prune_twice_removes_nothing_more(root: AppRoot) -> None:

@@ -14,7 +14,9 @@ from relman.releases.registry import (
     IllegalTransition,
     Manifest,
     ReleaseState,
+    Unreadable,
     advance,
+    find_unreadable,
     load,
     load_all,
     release_order,
@@ -32,11 +34,21 @@ def rid(n: int) -> str:
 
 
 def manifest(n: int, state: ReleaseState = BUILT, *, good: bool = True,
-             created: float | None = None, release_id: str | None = None) -> Manifest:
+             created: float | None = None, release_id: str | None = None,
+             live_at: float = 0.0) -> Manifest:
+    """The n-th commit's release; *live_at*: when it last went live (0: never recorded)."""
     return Manifest(
         id=rid(n) if release_id is None else release_id, ref=f"v{n}", sha=f"{n:040x}", who="alice",
         created=T0 + 60 * n + 5 if created is None else created, state=state, known_good=good,
+        last_live=live_at,
     )
+
+
+def went_live(*order: int) -> list[Manifest]:
+    """Known-good releases of the commits in *order*, which went live in that order (a
+    release that went live twice keeps the later time)."""
+    last = {n: T0 + 1000 * (i + 1) for i, n in enumerate(order)}
+    return [manifest(n, live_at=at) for n, at in last.items()]
 
 
 # Two commits made within one second (a rebase): same timestamp, deployed in this order.
@@ -47,33 +59,43 @@ SAME_SECOND_SECOND = manifest(0, release_id=make_release_id(T0, "0" * 40), creat
 @pytest.mark.parametrize(
     ("manifests", "live", "expected"),
     [
-        pytest.param([manifest(1), manifest(2), manifest(3)], rid(3), rid(2),
-                     id="newest-older-than-live"),
-        pytest.param([manifest(1), manifest(2, FAILED), manifest(3)], rid(3), rid(1),
-                     id="skips-failed-even-if-once-good"),
-        pytest.param([manifest(1), manifest(2, UNFINISHED), manifest(3)], rid(3), rid(1),
-                     id="skips-unfinished"),
-        pytest.param([manifest(1), manifest(2, good=False), manifest(3)], rid(3), rid(1),
-                     id="skips-built-not-known-good"),
-        pytest.param([manifest(1, good=False), manifest(2, FAILED), manifest(3)], rid(3), None,
-                     id="none-qualifies"),
-        pytest.param([manifest(1)], rid(1), None, id="only-live"),
+        pytest.param(went_live(1, 2, 3), rid(3), rid(2), id="live-before-the-live-one"),
+        pytest.param(went_live(3, 2, 1), rid(1), rid(2),
+                     id="an-older-commit-deployed-last-rolls-back-to-a-newer-one"),
+        pytest.param(went_live(1, 2, 1), rid(1), rid(2),
+                     id="a-second-rollback-rolls-forward"),
+        pytest.param(went_live(1, 2, 1, 2), rid(2), rid(1),
+                     id="and-back-again"),
+        pytest.param([*went_live(1, 3), manifest(2, live_at=T0 + 9000)], rid(3), rid(2),
+                     id="not-by-id-but-by-when-it-went-live"),
+        pytest.param([manifest(1, live_at=T0 + 1), manifest(2, FAILED, live_at=T0 + 2),
+                      manifest(3, live_at=T0 + 3)], rid(3), rid(1),
+                     id="skips-failed-that-went-live"),
+        pytest.param([manifest(1, live_at=T0 + 1), manifest(2, UNFINISHED, live_at=T0 + 2),
+                      manifest(3, live_at=T0 + 3)], rid(3), rid(1),
+                     id="skips-unfinished-being-rebuilt"),
+        pytest.param([manifest(1, live_at=T0 + 1), manifest(2, good=False),
+                      manifest(3, live_at=T0 + 3)], rid(3), rid(1),
+                     id="skips-built-that-never-went-live"),
+        pytest.param([manifest(1, good=False), manifest(2, FAILED, live_at=T0 + 2),
+                      manifest(3, live_at=T0 + 3)], rid(3), None, id="none-qualifies"),
+        pytest.param(went_live(1), rid(1), None, id="only-live"),
         pytest.param([], None, None, id="no-releases"),
-        pytest.param([manifest(1), manifest(2), manifest(3, good=False)], None, rid(2),
-                     id="no-live-picks-newest-good"),
-        pytest.param([manifest(1), manifest(2), manifest(3)], rid(2), rid(1),
-                     id="ignores-releases-newer-than-live"),
-        pytest.param([manifest(1), manifest(2)], rid(9), rid(2),
-                     id="unknown-live-picks-newest-good"),
+        pytest.param([*went_live(2, 1), manifest(3, good=False)], None, rid(1),
+                     id="no-live-picks-the-last-live"),
+        pytest.param(went_live(2, 1), rid(9), rid(1), id="unknown-live-picks-the-last-live"),
+        pytest.param([manifest(1), manifest(2), manifest(3, live_at=T0 + 5)], rid(3), rid(2),
+                     id="never-recorded-falls-back-to-release-order"),
+        pytest.param([manifest(1, live_at=T0 + 5), manifest(2), manifest(3)], rid(3), rid(1),
+                     id="recorded-ranks-above-never-recorded"),
         pytest.param([SAME_SECOND_SECOND, SAME_SECOND_FIRST], SAME_SECOND_SECOND.id,
-                     SAME_SECOND_FIRST.id, id="same-second-ordered-by-created"),
-        pytest.param([SAME_SECOND_SECOND, SAME_SECOND_FIRST], SAME_SECOND_FIRST.id, None,
-                     id="same-second-earlier-deploy-has-no-target"),
+                     SAME_SECOND_FIRST.id, id="never-recorded-same-second-ordered-by-created"),
     ],
 )
 def test_rollback_target(manifests: list[Manifest], live: str | None,
                          expected: str | None) -> None:
-    """The target is the newest known-good built release older than live, in any input order."""
+    """The target is the known-good built release, other than live, that last went live
+    (whatever its id), in any input order."""
     for order in (manifests, list(reversed(manifests))):
         found = rollback_target(order, live)
         assert (found.id if found else None) == expected
@@ -203,3 +225,35 @@ def test_load_all_skips_manifest_whose_id_is_not_its_name(root: AppRoot) -> None
     save(root, manifest(1))
     root.manifest(rid(2)).write_text(json.dumps(manifest(2, release_id="").to_json()))
     assert [m.id for m in load_all(root)] == [rid(1)]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        pytest.param('{"id": "2026', "Unterminated string", id="truncated"),
+        pytest.param("", "Expecting value", id="empty"),
+        pytest.param("[]", "a manifest is a JSON object", id="not-an-object"),
+        pytest.param('{"id": "x"}', "missing", id="missing-fields"),
+        pytest.param(json.dumps(manifest(2).to_json()), "the manifest of", id="another-id"),
+    ],
+)
+def test_load_of_an_unreadable_manifest_raises_unreadable(root: AppRoot, text: str,
+                                                          reason: str) -> None:
+    """load() tells an unreadable manifest (Unreadable, with the reason) from a missing one
+    (None); load_all() skips it and find_unreadable() lists it."""
+    save(root, manifest(1))
+    root.manifest(rid(3)).write_text(text)
+    with pytest.raises(Unreadable, match=reason) as caught:
+        load(root, rid(3))
+    assert caught.value.path == root.manifest(rid(3))
+    assert [m.id for m in load_all(root)] == [rid(1)]
+    assert [u.path for u in find_unreadable(root)] == [root.manifest(rid(3))]
+
+
+def test_find_unreadable_ignores_files_that_are_not_manifests(root: AppRoot) -> None:
+    """Only files named like a release's manifest are relman's to set aside."""
+    save(root, manifest(1))
+    (root.manifests / "notes.json").write_text("{not json")
+    (root.manifests / f"{rid(2)}.json.corrupt-20261129T141500Z").write_text("{")
+    (root.manifests / f"{rid(3)}.json").mkdir()
+    assert [u.path.name for u in find_unreadable(root)] == [f"{rid(3)}.json"]
