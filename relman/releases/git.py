@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import tarfile
@@ -38,7 +39,7 @@ async def fetch_mirror(repo: str, mirror: Path, log_path: Path, on_line: OnLine 
     else:
         # Clone beside the mirror and rename, so a crash mid-clone leaves no half mirror.
         partial = mirror.with_name(mirror.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, partial, ignore_errors=True)
         if mirror.exists():
             mirror.rmdir()  # the empty directory `relman init` made
         steps = [["git", "clone", "--mirror", "--progress", "--", repo, str(partial)]]
@@ -53,24 +54,39 @@ async def fetch_mirror(repo: str, mirror: Path, log_path: Path, on_line: OnLine 
         mirror.with_name(mirror.name + ".partial").rename(mirror)
 
 
-def resolve_ref(mirror: Path, ref: str) -> Commit:
+async def _git_output(mirror: Path, *args: str) -> tuple[int, str]:
+    """(exit status, stdout) of a quick git query, run without blocking the event loop."""
+    proc = await asyncio.create_subprocess_exec(
+        *_git(mirror, *args), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=clean_env(),
+    )
+    try:
+        out, _ = await proc.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, out.decode()
+
+
+async def resolve_ref(mirror: Path, ref: str) -> Commit:
     """The commit *ref* names in the mirror, or BadRef."""
     validate_ref(ref)
-    proc = subprocess.run(
-        _git(mirror, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"),
-        capture_output=True, text=True, env=clean_env(), check=False,
-    )
-    if proc.returncode != 0:
+    code, out = await _git_output(
+        mirror, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
+    if code != 0:
         raise BadRef(ref, "no such branch, tag or commit in the repository")
-    sha = proc.stdout.strip()
-    shown = subprocess.run(
-        _git(mirror, "show", "-s", "--format=%ct", sha),
-        capture_output=True, text=True, env=clean_env(), check=True,
-    )
-    return Commit(sha=sha, time=int(shown.stdout.strip()))
+    sha = out.strip()
+    code, shown = await _git_output(mirror, "show", "-s", "--format=%ct", sha)
+    if code != 0:
+        raise FetchFailed(f"git show {sha[:12]} failed in the mirror (exit {code})")
+    return Commit(sha=sha, time=int(shown.strip()))
 
 
 def _export(mirror: Path, sha: str, dest: Path) -> None:
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(mode=0o755)
     with subprocess.Popen(
         _git(mirror, "archive", "--format=tar", sha),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(),
@@ -84,7 +100,6 @@ def _export(mirror: Path, sha: str, dest: Path) -> None:
 
 
 async def export_tree(mirror: Path, sha: str, dest: Path) -> None:
-    """Write the tree of *sha* into *dest* with git archive: never a checkout, no .git inside."""
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(mode=0o755)
+    """Write the tree of *sha* into *dest* with git archive: never a checkout, no .git inside.
+    In a thread, like every slow step: the daemon's event loop must keep answering."""
     await asyncio.to_thread(_export, mirror, sha, dest)

@@ -95,8 +95,8 @@ class ReleaseStore:
             extra_env=self.job_env,
         )
 
-    def resolve(self, ref: str) -> git.Commit:
-        return git.resolve_ref(self.root.repo, ref)
+    async def resolve(self, ref: str) -> git.Commit:
+        return await git.resolve_ref(self.root.repo, ref)
 
     def begin(self, commit: git.Commit, ref: str, who: str) -> Manifest:
         """The manifest for *commit*: an existing built release is reused as it is."""

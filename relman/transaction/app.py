@@ -105,7 +105,7 @@ class App:
         try:
             self.store.probe_interpreter()
             await self.store.fetch(lambda line: report("fetch", line))
-            commit = self.store.resolve(ref)
+            commit = await self.store.resolve(ref)
             self._step(Step.FETCHED, report, f"{ref} is {commit.sha[:12]}")
             manifest = self.store.begin(commit, ref, who)
             self.journal.step(Step.FETCHED, release=manifest.id)
