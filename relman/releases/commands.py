@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from relman.errors import writing
+
 OnLine = Callable[[str], None]
 
 # Variables that would point git at another repository or identity than the mirror's
@@ -52,7 +54,7 @@ async def run_logged(
     spawned (pip's build backends, a migration's workers).
     """
     recent: list[str] = []
-    with log_path.open("ab") as log:
+    with writing(log_path), log_path.open("ab") as log:  # a full disk: StateWriteFailed
         log.write(f"$ {' '.join(argv)}\n".encode())
         log.flush()
         proc = await asyncio.create_subprocess_exec(

@@ -12,7 +12,7 @@ import structlog
 
 from relman.config import Config
 from relman.envfile import read_env_file
-from relman.errors import DeployFailed, UnknownRelease
+from relman.errors import DeployFailed, UnknownRelease, writing
 from relman.releases import build, git, history, registry, venvs
 from relman.releases.commands import OnLine, clean_env
 from relman.releases.ids import is_release_id, make_release_id
@@ -59,7 +59,8 @@ class ReleaseStore:
         return manifest
 
     def record(self, event: str, **fields: object) -> None:
-        history.record(self.root.history, event, app=self.config.app.name, **fields)
+        with writing(self.root.history):
+            history.record(self.root.history, event, app=self.config.app.name, **fields)
 
 
     def app_env(self) -> dict[str, str]:
