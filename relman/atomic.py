@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from relman.errors import writing
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or unlink inside *path* durable."""
@@ -24,20 +26,22 @@ def _tmp_name(path: Path) -> Path:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o640) -> None:
-    """Replace *path* with *data*: temp file in the same directory, fsync, rename, fsync dir."""
+    """Replace *path* with *data*: temp file in the same directory, fsync, rename, fsync dir.
+    A full (or read-only, or failing) file system raises StateWriteFailed naming *path*."""
     tmp = _tmp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+    with writing(path):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        fsync_dir(path.parent)
 
 
 def write_json_atomic(path: Path, obj: Any, mode: int = 0o640) -> None:
@@ -53,18 +57,19 @@ def replace_symlink(link: Path, target: Path | str) -> None:
     tmp = _tmp_name(link)
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    os.symlink(target, tmp)
-    try:
+    with writing(link):
+        os.symlink(target, tmp)
         try:
-            os.replace(tmp, link)
-        except IsADirectoryError:  # another tool made a directory of it: never a wedge
-            set_aside(link, reason="a directory where a symlink belongs")
-            os.replace(tmp, link)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fsync_dir(link.parent)
+            try:
+                os.replace(tmp, link)
+            except IsADirectoryError:  # another tool made a directory of it: never a wedge
+                set_aside(link, reason="a directory where a symlink belongs")
+                os.replace(tmp, link)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        fsync_dir(link.parent)
 
 
 def read_link(link: Path) -> str | None:

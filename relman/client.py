@@ -7,12 +7,34 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from relman.errors import DaemonUnreachable, error_from_dict
+from relman.errors import DaemonUnreachable, UsageError, error_from_dict
+
+# Seconds without a line from the daemon after which the CLI gives up on it. During a job the
+# daemon sends a keepalive every 5 s (control.KEEPALIVE), and a status answer takes at most
+# its 5 s health probe: a silence this long means the daemon's event loop is stuck, and
+# waiting longer would hang `relman status` (and a CI deploy) forever.
+SILENCE = 30.0
+SILENCE_ENV = "RELMAN_DAEMON_TIMEOUT"
+
+
+def silence_limit() -> float:
+    """SILENCE, or RELMAN_DAEMON_TIMEOUT seconds when set."""
+    value = os.environ.get(SILENCE_ENV, "")
+    if not value:
+        return SILENCE
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise UsageError(f"{SILENCE_ENV}={value!r}: not a positive number of seconds")
+    return seconds
 
 
 def request(path: Path, command: str, args: dict[str, Any], client: dict[str, Any],
@@ -23,6 +45,8 @@ def request(path: Path, command: str, args: dict[str, Any], client: dict[str, An
         if kind == "progress":
             if on_progress is not None:
                 on_progress(message)
+        elif kind == "keepalive":
+            continue  # the daemon is alive and the job goes on
         elif kind == "result":
             return message.get("data")
         elif kind == "error":
@@ -31,10 +55,22 @@ def request(path: Path, command: str, args: dict[str, Any], client: dict[str, An
                             hint="see its log: journalctl -u relman@APP")
 
 
+def _not_answering(path: Path, seconds: float) -> DaemonUnreachable:
+    return DaemonUnreachable(
+        f"the daemon does not answer ({path}): nothing from it in {seconds:g} s",
+        hint="see journalctl -u relman@APP; kill -9 it and systemd restarts it: the app "
+             "keeps serving and the new daemon adopts it")
+
+
 def _exchange(path: Path, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    seconds = silence_limit()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(seconds)  # per silence: every line from the daemon starts it again
     try:
         sock.connect(str(path))
+    except (TimeoutError, BlockingIOError):  # its accept queue is full: a stuck daemon
+        sock.close()
+        raise _not_answering(path, seconds) from None
     except (FileNotFoundError, ConnectionRefusedError):
         sock.close()
         raise DaemonUnreachable(
@@ -53,3 +89,5 @@ def _exchange(path: Path, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
         except ConnectionResetError:
             raise DaemonUnreachable("the daemon closed the connection") from None
+        except TimeoutError:
+            raise _not_answering(path, seconds) from None

@@ -2,8 +2,11 @@
 
 A request is one line, `{"command": ..., "args": {...}, "client": {...}}`. The daemon answers
 with any number of `{"type": "progress", "step": ..., "message": ...}` lines and then one
-`{"type": "result", "data": ...}` or `{"type": "error", "error": {...}}` line. The job runs in
-the daemon, not in the connection: a dropped SSH session ends the stream, never the deploy.
+`{"type": "result", "data": ...}` or `{"type": "error", "error": {...}}` line. While a job
+runs (or waits for the one ahead), a `{"type": "keepalive"}` line comes every KEEPALIVE
+seconds, so the CLI can tell a daemon that does not answer at all (relman/client.py gives up
+after a silence) from a long quiet step. The job runs in the daemon, not in the connection:
+a dropped SSH session ends the stream, never the deploy.
 This is the daemon's side; relman/client.py is the CLI's.
 """
 
@@ -29,6 +32,9 @@ Send = Callable[[dict[str, Any]], None]
 Handler = Callable[[dict[str, Any], Send, tuple[int, int]], Awaitable[Any]]
 
 MAX_LINE = 1 << 20
+# Seconds between keepalive lines during a job: well under the CLI's silence limit
+# (client.SILENCE, 30 s), which also covers a status request's 5 s health probe.
+KEEPALIVE = 5.0
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:

@@ -19,8 +19,8 @@ import watchfiles
 from relman import __version__
 from relman.atomic import replace_symlink
 from relman.config import Config, load_config
-from relman.control import ControlServer, Send
-from relman.errors import LockHeld, RelmanError, UsageError
+from relman.control import KEEPALIVE, ControlServer, Send
+from relman.errors import LockHeld, RelmanError, UsageError, writing
 from relman.lock import Busy, FileLock
 from relman.releases.prune import prune
 from relman.supervisor.figures import ProcessFigures
@@ -56,6 +56,7 @@ class Daemon:
         self.jobs: set[asyncio.Task[Any]] = set()
         self.recovery = CrashRecovery(self.app, self.schedule_job)
         self.figures = ProcessFigures()
+        self.figures_lock = asyncio.Lock()
 
     def notify(self, **fields: str) -> None:
         self.notifier.notify("\n".join(f"{k}={v}" for k, v in fields.items()))
@@ -241,10 +242,18 @@ class Daemon:
             try:
                 async with self.job_mutex:
                     entry["since"] = _now()
-                    self.deploy_lock.acquire({**entry, "pid": os.getpid()}, blocking=True)
+                    # Never a blocking flock in the event loop: it would stop the control
+                    # socket, crash restarts and probation. The mutex already serialises
+                    # this daemon's jobs; the flock only keeps other processes out.
+                    try:
+                        self.deploy_lock.acquire({**entry, "pid": os.getpid()})
+                    except Busy as e:
+                        raise LockHeld(f"{e.path} is held by another process: "
+                                       f"{e.holder or 'unknown'}") from None
                     self.notify(STATUS=f"{self.config.app.name}: {what}")
                     try:
-                        return await work(report)
+                        with writing():  # a refused write the job did not name: exit 1
+                            return await work(report)
                     except RelmanError as e:  # the journal says why, not only the history
                         log.warning("job.failed", job=what, who=who, error=e.message)
                         raise
@@ -260,7 +269,11 @@ class Daemon:
         task = asyncio.create_task(locked(), name=what)
         self.jobs.add(task)
         task.add_done_callback(self.jobs.discard)
-        return await asyncio.shield(task)
+        beat = asyncio.create_task(_keep_alive(send))  # queued or running: never silent
+        try:
+            return await asyncio.shield(task)
+        finally:
+            beat.cancel()
 
     async def _deploy(self, ref: str, who: str, report: Callable[[str, str], None]) -> Any:
         manifest = await self.app.deploy(ref, who, report)
@@ -312,11 +325,13 @@ class Daemon:
 
     async def status(self) -> Any:
         """Daemon, live release, processes (pids, workers, RSS, CPU, uptime), health, job."""
-        servers = []
-        for handle in self.app.supervisor.handles.values():
-            info = handle.describe() | self.figures.of(handle.pid)
-            info["live"] = handle is self.app.live
-            servers.append(info)
+        handles = list(self.app.supervisor.handles.values())
+        async with self.figures_lock:  # psutil scans every process: not in the event loop
+            figures = await asyncio.to_thread(lambda: [
+                self.figures.of(os.getpid(), with_children=False),
+                *(self.figures.of(h.pid) for h in handles)])
+        servers = [h.describe() | f | {"live": h is self.app.live}
+                   for h, f in zip(handles, figures[1:], strict=True)]
         health = None
         live = self.app.live
         if live is not None and live.alive:
@@ -331,8 +346,7 @@ class Daemon:
         return {
             "app": self.config.app.name,
             "daemon": {"pid": os.getpid(), "version": __version__,
-                       "uptime": round(time.time() - self.started, 1)}
-            | self.figures.of(os.getpid(), with_children=False),
+                       "uptime": round(time.time() - self.started, 1)} | figures[0],
             "live": live.release if live is not None and live.alive else None,
             "current": self.app.store.live_id(),
             "rollback_target": target.id if target else None,
@@ -341,6 +355,14 @@ class Daemon:
             "job": entry.to_json() if entry else None,
             "crash_loop": self.recovery.crash_loop or None,
         }
+
+
+async def _keep_alive(send: Send) -> None:
+    """A keepalive message every KEEPALIVE seconds: the CLI gives up on a daemon only after
+    a silence (relman/client.py), and a long build step may print nothing for minutes."""
+    while True:
+        await asyncio.sleep(KEEPALIVE)
+        send({"type": "keepalive"})
 
 
 def _quiet(_step: str, _message: str) -> None:

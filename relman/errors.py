@@ -8,6 +8,8 @@ RelmanError                     exit 1: failed, the previous release still serve
 │   ├── FetchFailed · BuildFailed · ReleasePhaseFailed
 │   └── Unhealthy · PreviewFailed · LiveCheckFailed
 ├── NoRollbackTarget            exit 1
+├── StateWriteFailed            exit 1: the file system refused a write (full, quota,
+│                               read-only, I/O error); the job ends, the live release serves
 ├── DaemonUnreachable           exit 3
 ├── LockHeld                    exit 4
 └── DaemonBug                   exit 70: a bug in the daemon, reported over the socket
@@ -18,10 +20,17 @@ line pointing to the log, where the traceback is.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 INTERNAL_ERROR_EXIT = 70
+
+# What a file system says when it cannot take a write, whatever relman's own code does.
+WRITE_REFUSED: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 
 class RelmanError(Exception):
@@ -113,6 +122,32 @@ class NotRunning(RelmanError):
     code = "not-running"
 
 
+class StateWriteFailed(RelmanError):
+    """A write relman needs was refused by the file system: "no space left on device (PATH)"."""
+
+    code = "state-write-failed"
+
+    def __init__(self, path: Path | str, errnum: int) -> None:
+        reason = os.strerror(errnum)
+        super().__init__(f"{reason[:1].lower()}{reason[1:]} ({path})",
+                         hint="free space on that file system (or repair it); the live release "
+                              "keeps serving and the next job tries again")
+        self.file = str(path)
+
+
+@contextlib.contextmanager
+def writing(path: Path | str | None = None) -> Iterator[None]:
+    """Turn a file system's refusal of a write inside the block (ENOSPC, EDQUOT, EROFS, EIO)
+    into StateWriteFailed naming *path* (else the path the OSError names)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in WRITE_REFUSED:
+            raise
+        raise StateWriteFailed(path or e.filename or "a file under the app root",
+                               e.errno) from e
+
+
 class DaemonUnreachable(RelmanError):
     exit_code = 3
     code = "daemon-unreachable"
@@ -135,7 +170,8 @@ BY_CODE: dict[str, type[RelmanError]] = {
     for cls in (
         RelmanError, UsageError, ConfigError, BadRef, UnknownRelease, DeployFailed, FetchFailed,
         BuildFailed, ReleasePhaseFailed, Unhealthy, PreviewFailed, LiveCheckFailed,
-        NoRollbackTarget, NotRunning, DaemonUnreachable, LockHeld, DaemonBug,
+        NoRollbackTarget, NotRunning, StateWriteFailed, DaemonUnreachable, LockHeld,
+        DaemonBug,
     )
 }
 

@@ -76,17 +76,21 @@ class Journal:
         self.entry: JournalEntry | None = None
 
     def begin(self, entry: JournalEntry) -> JournalEntry:
-        self.entry = entry
+        """Start a job; *entry* is the job in progress only once it is on disk: a failed
+        write leaves no job behind (status would show it forever, and automatic rollbacks,
+        which wait for the job to end, would never come)."""
         write_json_atomic(self.path, entry.to_json())
+        self.entry = entry
         return entry
 
     def step(self, step: Step, **changes: Any) -> JournalEntry:
-        """Record that *step* is done; one atomic write per step."""
+        """Record that *step* is done; one atomic write per step (kept only once written)."""
         if self.entry is None:
             raise RuntimeError("journal step outside a job")
-        self.entry = replace(self.entry, step=step, updated=time.time(), **changes)
-        write_json_atomic(self.path, self.entry.to_json())
-        return self.entry
+        entry = replace(self.entry, step=step, updated=time.time(), **changes)
+        write_json_atomic(self.path, entry.to_json())
+        self.entry = entry
+        return entry
 
     def end(self) -> None:
         self.entry = None

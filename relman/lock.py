@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from relman.errors import writing
+
 
 class Busy(Exception):
     """The lock is held by another open file description; .holder says who, if recorded."""
@@ -31,15 +33,22 @@ class FileLock:
         return self._fd is not None
 
     def acquire(self, holder: dict[str, Any] | None = None, *, blocking: bool = False) -> None:
-        """Take the lock or raise Busy with the current holder's description."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        """Take the lock or raise Busy with the current holder's description. A holder
+        record the file system refuses (full disk) raises StateWriteFailed, lock not held."""
+        with writing(self.path):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
             os.close(fd)
             raise Busy(self.path, read_holder(self.path)) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder or {}).encode(), 0)
+        try:
+            with writing(self.path):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(holder or {}).encode(), 0)
+        except BaseException:
+            os.close(fd)  # drops the flock: a failed acquire must not leave it held
+            raise
         self._fd = fd
 
     def release(self) -> None:

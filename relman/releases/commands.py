@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from relman.errors import writing
 from relman.redact import redact_bytes, redact_url
 
 OnLine = Callable[[str], None]
@@ -57,7 +58,7 @@ async def run_logged(
     (-1: the daemon's).
     """
     recent: list[str] = []
-    with log_path.open("ab") as log:
+    with writing(log_path), log_path.open("ab") as log:  # a full disk: StateWriteFailed
         log.write(redact_url(f"$ {' '.join(argv)}\n").encode())
         log.flush()
         proc = await asyncio.create_subprocess_exec(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import stat
@@ -52,7 +53,7 @@ async def fetch_mirror(repo: str, mirror: Path, log_path: Path, on_line: OnLine 
     else:
         # Clone beside the mirror and rename, so a crash mid-clone leaves no half mirror.
         partial = mirror.with_name(mirror.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, partial, ignore_errors=True)
         if mirror.exists():
             mirror.rmdir()  # the empty directory `relman init` made
         steps = [["git", "clone", "--mirror", "--progress", "--", repo, str(partial)]]
@@ -69,20 +70,47 @@ async def fetch_mirror(repo: str, mirror: Path, log_path: Path, on_line: OnLine 
     os.chmod(mirror, stat.S_IMODE(mirror.stat().st_mode) & ~PRIVATE_UMASK)
 
 
-def resolve_ref(mirror: Path, ref: str) -> Commit:
+def full_sha(mirror: Path, short: str) -> str | None:
+    """The full sha of *short* in the mirror, or None. Synchronous, for the rare rebuild of
+    a lost manifest only; bounded so a stuck git cannot hold the daemon for long."""
+    try:
+        done = subprocess.run(_git(mirror, "rev-parse", "--verify", "--quiet",
+                                   "--end-of-options", f"{short}^{{commit}}"),
+                              capture_output=True, text=True, env=clean_env(), timeout=10,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
+
+
+async def _git_output(mirror: Path, *args: str) -> tuple[int, str]:
+    """(exit status, stdout) of a quick git query, run without blocking the event loop."""
+    proc = await asyncio.create_subprocess_exec(
+        *_git(mirror, *args), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=clean_env(),
+    )
+    try:
+        out, _ = await proc.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, out.decode()
+
+
+async def resolve_ref(mirror: Path, ref: str) -> Commit:
     """The commit *ref* names in the mirror, or BadRef."""
     validate_ref(ref)
-    proc = subprocess.run(
-        _git(mirror, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"),
-        capture_output=True, text=True, env=clean_env(), check=False,
-    )
-    if proc.returncode != 0:
+    code, out = await _git_output(
+        mirror, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
+    if code != 0:
         raise BadRef(ref, "no such branch, tag or commit in the repository")
-    sha = proc.stdout.strip()
-    shown = subprocess.run(
-        _git(mirror, "show", "-s", "--format=%ct", sha),
-        capture_output=True, text=True, env=clean_env(), check=True,
-    ).stdout.strip()
+    sha = out.strip()
+    code, shown = await _git_output(mirror, "show", "-s", "--format=%ct", sha)
+    if code != 0:
+        raise FetchFailed(f"git show {sha[:12]} failed in the mirror (exit {code})")
+    shown = shown.strip()
     time = parse_commit_time(shown)
     if time is None:  # year 10000, or a date git cannot read: "" (git fsck: badDate...)
         raise BadRef(ref, f"commit {sha[:12]} has committer date {shown or '(unreadable)'!r}, "
@@ -91,6 +119,8 @@ def resolve_ref(mirror: Path, ref: str) -> Commit:
 
 
 def _export(mirror: Path, sha: str, dest: Path) -> None:
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(mode=0o755)
     with subprocess.Popen(
         _git(mirror, "archive", "--format=tar", sha),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(),
@@ -108,7 +138,6 @@ def _export(mirror: Path, sha: str, dest: Path) -> None:
 
 
 async def export_tree(mirror: Path, sha: str, dest: Path) -> None:
-    """Write the tree of *sha* into *dest* with git archive: never a checkout, no .git inside."""
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(mode=0o755)
+    """Write the tree of *sha* into *dest* with git archive: never a checkout, no .git inside.
+    In a thread, like every slow step: the daemon's event loop must keep answering."""
     await asyncio.to_thread(_export, mirror, sha, dest)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from dataclasses import replace
@@ -14,7 +13,7 @@ import structlog
 from relman.atomic import read_link, set_aside
 from relman.config import Config
 from relman.envfile import read_env_file
-from relman.errors import BadRef, DeployFailed, NotRunning, UnknownRelease
+from relman.errors import DeployFailed, NotRunning, UnknownRelease, writing
 from relman.releases import build, git, history, registry, venvs
 from relman.releases.commands import OnLine, clean_env
 from relman.releases.ids import is_release_id, make_release_id
@@ -95,9 +94,8 @@ class ReleaseStore:
             raise NotRunning(f"release {release_id}: its manifest is missing or unreadable "
                              f"and cannot be rebuilt: {why}",
                              hint="deploy a ref, or roll back to a named release")
-        sha = release_id.split("-", 1)[1]
-        with contextlib.suppress(BadRef):  # the full sha, if the mirror has the commit
-            sha = git.resolve_ref(self.root.repo, sha).sha
+        short = release_id.split("-", 1)[1]
+        sha = git.full_sha(self.root.repo, short) or short  # full if the mirror has it
         manifest = self.save(Manifest(
             id=release_id, ref="", sha=sha, who="relman (manifest rebuilt)",
             created=rdir.stat().st_mtime, state=ReleaseState.BUILT, known_good=True,
@@ -121,7 +119,8 @@ class ReleaseStore:
         return manifest
 
     def record(self, event: str, **fields: object) -> None:
-        history.record(self.root.history, event, app=self.config.app.name, **fields)
+        with writing(self.root.history):
+            history.record(self.root.history, event, app=self.config.app.name, **fields)
 
 
     def app_env(self) -> dict[str, str]:
@@ -157,8 +156,8 @@ class ReleaseStore:
             extra_env=self.job_env,
         )
 
-    def resolve(self, ref: str) -> git.Commit:
-        return git.resolve_ref(self.root.repo, ref)
+    async def resolve(self, ref: str) -> git.Commit:
+        return await git.resolve_ref(self.root.repo, ref)
 
     def begin(self, commit: git.Commit, ref: str, who: str) -> Manifest:
         """The manifest for *commit*: an existing built release is reused as it is."""

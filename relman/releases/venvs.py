@@ -183,7 +183,7 @@ async def ensure_venv(
         return VenvResult(venv, digest, True, "cached", time.monotonic() - started)
     if venv.exists():
         log.info("venv.discarded", venv=str(venv), reason=problem)
-        shutil.rmtree(venv)
+        await asyncio.to_thread(shutil.rmtree, venv)  # thousands of files: not in the loop
     if on_line:
         on_line(f"building virtualenv {venv.name} with {backend.name} ({version})")
     reqs = [release_dir / r for r in requirements]

@@ -189,7 +189,9 @@ async def wait_drained(
     quiet = polls = max_depth = 0
     drained = False
     while True:
-        depth = accept_queue_depth(path)
+        # In a thread: the netlink query is sub-millisecond, but its fallback runs `ss`,
+        # and nothing that can block may run in the daemon's event loop.
+        depth = await asyncio.to_thread(accept_queue_depth, path)
         polls += 1
         if depth:
             quiet = 0
@@ -202,8 +204,7 @@ async def wait_drained(
         elapsed = clock() - start
         if elapsed >= timeout:
             break
-        # The kernel offers no notification when an accept queue empties, so poll. The
-        # netlink query is sub-millisecond, cheap enough to run inline in the event loop.
+        # The kernel offers no notification when an accept queue empties, so poll.
         await asyncio.sleep(min(interval, timeout - elapsed))
     waited = clock() - start
     log.info(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -17,27 +16,21 @@ import structlog
 
 from relman.atomic import read_link, replace_symlink
 from relman.config import Config
-from relman.errors import (
-    LiveCheckFailed,
-    NoRollbackTarget,
-    PreviewFailed,
-    RelmanError,
-    Unhealthy,
-)
+from relman.errors import NoRollbackTarget, RelmanError, Unhealthy, writing
 from relman.journal import Journal, JournalEntry, Step
 from relman.releases import Manifest, ReleaseState, ReleaseStore
 from relman.supervisor import ServerHandle, ServerSpec, ServerState, Supervisor, Tracker
 from relman.supervisor.drain import wait_drained
-from relman.supervisor.health import in_range, probe_socket, probe_url
 from relman.supervisor.kinds import server_argv
-from relman.transaction.probation import SwitchFile
+from relman.transaction import faults
+from relman.transaction.links import Links
+from relman.transaction.probation import SwitchFile, SwitchRecord
+from relman.transaction.routes import check_live, check_preview
 
 log = structlog.get_logger(__name__)
 
 Report = Callable[[str, str], None]  # (step, message)
 
-# Tests only: kill the daemon right after journaling this step (crash-safety tests).
-FAULT_ENV = "RELMAN_TEST_CRASH_AT"
 # In the environment of every process a job runs; see recovery.kill_job_processes().
 JOB_ENV = "RELMAN_JOB"
 
@@ -75,8 +68,7 @@ class App:
         entry = self.journal.step(step, **changes)
         log.info("deploy.step_done", step=str(step), release=entry.release)
         report(str(step), message)
-        if os.environ.get(FAULT_ENV) in (str(step), f"{entry.job}:{step}"):  # tests only
-            os.kill(os.getpid(), signal.SIGKILL)
+        faults.after_step(entry.job, str(step), self.journal.path)  # tests only
 
     def server_spec(self, manifest: Manifest) -> ServerSpec:
         """The spec of a new instance of *manifest*'s server, at its resolved path."""
@@ -106,7 +98,7 @@ class App:
         try:
             self.store.probe_interpreter()
             await self.store.fetch(lambda line: report("fetch", line))
-            commit = self.store.resolve(ref)
+            commit = await self.store.resolve(ref)
             self._step(Step.FETCHED, report, f"{ref} is {commit.sha[:12]}")
             manifest = self.store.begin(commit, ref, who)
             self.journal.step(Step.FETCHED, release=manifest.id)
@@ -179,9 +171,9 @@ class App:
 
     def _begin(self, entry: JournalEntry) -> None:
         job_id = uuid.uuid4().hex[:12]
+        self.journal.begin(replace(entry, job_id=job_id))  # first: it may fail (a full disk)
         self.job_started = time.monotonic()
         self.store.job_env = {JOB_ENV: job_id}
-        self.journal.begin(replace(entry, job_id=job_id))
 
     def _end(self) -> None:
         self.store.discard_probe()
@@ -191,11 +183,15 @@ class App:
     def _failed(self, error: BaseException, report: Report) -> None:
         entry = self.journal.entry
         message = error.message if isinstance(error, RelmanError) else type(error).__name__
-        if entry is not None:
-            self.store.record(f"{entry.job}_failed", release=entry.release, ref=entry.ref,
-                              who=entry.who, step=str(entry.step), error=message)
-        report(str(Step.FAILED), message)
-        self._end()
+        try:
+            if entry is not None:
+                self.store.record(f"{entry.job}_failed", release=entry.release, ref=entry.ref,
+                                  who=entry.who, step=str(entry.step), error=message)
+        except RelmanError as e:  # StateWriteFailed: the job's own error matters more
+            log.warning("history.write_failed", error=e.message)
+        finally:
+            report(str(Step.FAILED), message)
+            self._end()
 
     def _finish(self, event: str, report: Report, manifest: Manifest, **fields: object) -> None:
         self.journal.step(Step.DONE)
@@ -204,102 +200,104 @@ class App:
         self._end()
         report(str(Step.DONE), f"{manifest.id} is live")
 
-    async def _start_candidate(self, manifest: Manifest, report: Report) -> ServerHandle:
+    async def _start_candidate(self, manifest: Manifest,
+                               report: Report) -> tuple[ServerHandle, str]:
+        """A new healthy server for *manifest*, and what its health check said."""
         spec = self.server_spec(manifest)
         report("start", f"starting {spec.instance} on {spec.socket.name}")
         health = self.config.health
         try:
-            handle, probe = await self.supervisor.start_healthy(
-                spec, path=health.path, expect=health.expect, timeout=health.timeout)
+            with writing(spec.log):  # its first line, written before the server starts
+                handle, probe = await self.supervisor.start_healthy(
+                    spec, path=health.path, expect=health.expect, timeout=health.timeout)
         except Unhealthy:
             # A new release that cannot boot is failed. A known-good one that cannot (a
             # rollback or redeploy while the database is down) is not: the cause is elsewhere.
             if not manifest.known_good:  # a new release; not a redeploy of a known-good one
                 self.store.mark(manifest, ReleaseState.FAILED, error="health check failed")
             raise
-        self._step(Step.HEALTHY, report, f"{spec.instance} answers {health.path}: {probe.detail}",
-                   candidate=spec.instance)
-        return handle
+        return handle, f"{spec.instance} answers {health.path}: {probe.detail}"
 
     async def _swap(self, manifest: Manifest, report: Report, *, reuse_warm: bool = True,
                     settled: bool = False) -> None:
-        """DESIGN section 5, steps 1 to 7."""
+        """DESIGN section 5, steps 1 to 7. The job owns its candidate until the old server is
+        retired: any failure before that (a full disk, a bug) stops the candidate and puts the
+        links back, so the old server serves as before (see _abandon)."""
         old = self.live
-        self.journal.step(self.journal.entry.step if self.journal.entry else Step.BEGUN,
-                          release=manifest.id, previous=old.instance if old else "")
-        warm = self.warm.pop(manifest.id, None) if reuse_warm else None
-        if warm is not None and warm.alive:
-            self._cancel_warm_timer(manifest.id)
-            self.switches.forget_warm()
-            report("start", f"{warm.instance} is still warm: switching without a restart")
-            candidate = warm
-            self._step(Step.HEALTHY, report, "warm instance", candidate=warm.instance)
-        else:
-            candidate = await self._start_candidate(manifest, report)
-        before = self.switches.record
+        links, before, linked = Links.read(self.root), self.switches.record, self.linked
+        candidate: ServerHandle | None = None
         try:
+            self.journal.step(self.journal.entry.step if self.journal.entry else Step.BEGUN,
+                              release=manifest.id, previous=old.instance if old else "")
+            warm = self.warm.pop(manifest.id, None) if reuse_warm else None
+            if warm is not None and warm.alive:
+                candidate, detail = warm, "warm instance"
+                self._cancel_warm_timer(manifest.id)
+                report("start", f"{warm.instance} is still warm: switching without a restart")
+                self.switches.forget_warm()
+            else:
+                candidate, detail = await self._start_candidate(manifest, report)
+            self._step(Step.HEALTHY, report, detail, candidate=candidate.instance)
             await self._preview(candidate, report)
             self._switch(candidate, manifest.id, settled=settled)
             self.switch_ms = round((time.monotonic() - self.job_started) * 1000, 1)
             self._step(Step.SWITCHED, report, f"app.sock -> {candidate.socket.name} "
                        f"({self.switch_ms:.0f} ms after the job began)")
-            await self._verify_live(candidate, report)
+            await check_live(self.config.health, self.root.app_sock, candidate.protocol)
+            replace_symlink(self.root.next_sock, candidate.socket.name)
+            self.store.mark_live(manifest.id, known_good=True)
+            self._step(Step.VERIFIED, report, "live route verified")
+            if old is not None and old is not candidate:
+                await self._retire(old, report)
         except BaseException:
-            if read_link(self.root.app_sock) == candidate.socket.name and old and old.alive:
-                self._switch(old, old.release, record=False)
-                self.switches.put(before)  # a switch back is no new switch
-                report("switch", f"switched back to {old.instance}")
-            if candidate is not old:
-                await self.supervisor.stop(candidate, self.config.swap.stop_timeout)
+            await self._abandon(candidate, old, links, before, linked, report)
             raise
-        self.store.mark_live(manifest.id, known_good=True)
-        self._step(Step.VERIFIED, report, "live route verified")
-        if old is not None and old is not candidate:
-            await self._retire(old, report)
+
+    async def _abandon(self, candidate: ServerHandle | None, old: ServerHandle | None,
+                       links: Links, before: SwitchRecord, linked: str | None,
+                       report: Report) -> None:
+        """A swap failed: the links go back to where they were and the candidate stops, unless
+        the old server was already retired (stopped or kept warm: the swap is done). If a
+        link cannot be put back and app.sock still leads to the candidate, it keeps serving."""
+        if old is not None and old is not candidate and old.state in (
+                ServerState.WARM, ServerState.STOPPING, ServerState.STOPPED):
+            return  # retired: the new release serves
+        try:
+            if moved := links.restore():
+                report("switch", "put back " + ", ".join(link.name for link in moved))
+            self.linked = linked
+            if self.switches.record.switch != before.switch:  # a switch back is no new switch
+                self.switches.update(release=before.release, at=before.at,
+                                     until=before.until, settled=before.settled)
+        finally:
+            if candidate is not None and candidate is not old and \
+                    read_link(self.root.app_sock) != candidate.socket.name:
+                if self.live is candidate:
+                    self.live = old if old is not None and old.alive else None
+                if self.live is not None and self.live.state is not ServerState.LIVE:
+                    self.live.advance(ServerState.LIVE)  # it was draining
+                await self.supervisor.stop(candidate, self.config.swap.stop_timeout)
 
     async def _preview(self, candidate: ServerHandle, report: Report) -> None:
         replace_symlink(self.root.next_sock, candidate.socket.name)
-        url = self.config.health.nginx_url
-        if not url:
-            return
-        probe = await probe_url(url, host=self.config.health.nginx_host,
-                                headers={"X-Relman-Target": "next"}, timeout=10)
-        if not in_range(probe.status, self.config.health.expect):
-            raise PreviewFailed(
-                f"preview through nginx failed: GET {url} with X-Relman-Target: next gave "
-                f"{probe.status or probe.detail}",
-                hint="a 502 here means nginx cannot reach run/next.sock: check "
-                     "server.socket_group and the nginx server block (relman nginx-config)")
-        self._step(Step.PREVIEWED, report, f"nginx preview answered {probe.status}")
+        status = await check_preview(self.config.health)
+        if status is not None:
+            self._step(Step.PREVIEWED, report, f"nginx preview answered {status}")
 
-    def _switch(self, handle: ServerHandle, release: str, *, settled: bool = False,
-                record: bool = True) -> None:
+    def _switch(self, handle: ServerHandle, release: str, *, settled: bool = False) -> None:
         """Point app.sock, then current, at *handle*: new connections go there at once.
         A switch to a different release starts its probation (unless *settled*)."""
         new = self.live_release() != release  # a restart of the same release is no new switch
         replace_symlink(self.root.app_sock, handle.socket.name)
         replace_symlink(self.root.current, Path("releases") / release)
         self.linked = release
-        if new and record:
+        if new:
             now = time.time()
             self.switches.update(release=release, at=now, settled=settled,
                                  until=now + self.config.swap.verify_window)
         if handle.state is not ServerState.LIVE:
             handle.advance(ServerState.LIVE)
         self.live = handle
-
-    async def _verify_live(self, candidate: ServerHandle, report: Report) -> None:
-        health = self.config.health
-        if health.nginx_url:
-            probe = await probe_url(health.nginx_url, host=health.nginx_host, timeout=10)
-            where = f"GET {health.nginx_url}"
-        else:
-            probe = await probe_socket(self.root.app_sock, protocol=candidate.protocol,
-                                       path=health.path, timeout=10)
-            where = f"GET {health.path} via run/app.sock"
-        if not in_range(probe.status, health.expect):
-            raise LiveCheckFailed(f"live check failed: {where}: {probe.status or probe.detail}")
-        replace_symlink(self.root.next_sock, candidate.socket.name)
 
     async def _retire(self, old: ServerHandle, report: Report) -> None:
         """Drain the old listener, then stop it or keep it warm."""
@@ -372,10 +370,15 @@ class App:
         manifest = self.store.live_manifest()
         release, spec, health = manifest.id, self.server_spec(manifest), self.config.health
         report("start", f"starting {spec.instance}")
+        links, before, linked = Links.read(self.root), self.switches.record, self.linked
         handle, _ = await self.supervisor.start_healthy(
             spec, path=health.path, expect=health.expect, timeout=health.timeout)
-        self._switch(handle, release)
-        replace_symlink(self.root.next_sock, handle.socket.name)
+        try:
+            self._switch(handle, release)
+            replace_symlink(self.root.next_sock, handle.socket.name)
+        except BaseException:
+            await self._abandon(handle, None, links, before, linked, report)
+            raise
         self.store.record("started", release=release, instance=handle.instance,
                           **({"who": who} if who else {}))
         return handle

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -15,7 +16,9 @@ import pytest
 
 from relman import atomic
 from relman.atomic import read_link, replace_symlink, set_aside, write_atomic
+from relman.errors import StateWriteFailed
 from relman.lock import Busy, FileLock, locked, read_holder
+from testing.fullfs import fill, free, small_tmpfs
 
 
 @pytest.fixture
@@ -245,3 +248,45 @@ def test_lock_of_sigkilled_holder_is_free(tmp_path: Path) -> None:
     lock.acquire({"who": "parent"})  # the holder's record is stale; the flock is not
     assert lock.held
     lock.release()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_lock_whose_record_the_full_disk_refuses_is_not_held(tmp_path: Path) -> None:
+    """On a full file system, acquire() raises StateWriteFailed naming the lock file, with no
+    descriptor left open and no lock held; once space is back the lock is taken as usual."""
+    with small_tmpfs(tmp_path / "state", "1m") as state:
+        path = state / "deploy.lock"
+        path.touch()
+        filler = fill(state)
+        before = open_fds()
+        with pytest.raises(StateWriteFailed) as info:
+            FileLock(path).acquire({"who": "alice", "job": "deploy v2"})
+        assert info.value.message == f"no space left on device ({path})"
+        assert info.value.exit_code == 1
+        assert open_fds() == before
+        other = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if leaked
+        finally:
+            os.close(other)
+        free(filler)
+        lock = FileLock(path)
+        lock.acquire({"who": "bob"})
+        assert read_holder(path) == {"who": "bob"}
+        lock.release()
+
+
+def test_write_atomic_on_a_full_disk_keeps_the_old_file(tmp_path: Path) -> None:
+    """A write the full file system refuses raises StateWriteFailed naming the file; the old
+    content stays and no temp file is left behind."""
+    with small_tmpfs(tmp_path / "state", "1m") as state:
+        path = state / "journal.json"
+        write_atomic(path, b"old")
+        filler = fill(state)
+        with pytest.raises(StateWriteFailed, match="no space left on device"):
+            write_atomic(path, b"new" * 4096)
+        assert path.read_bytes() == b"old"
+        assert sorted(os.listdir(state)) == [filler.name, "journal.json"]

@@ -18,7 +18,7 @@ import pytest
 
 from relman.client import request
 from relman.control import ControlServer, Send, peer_allowed
-from relman.errors import DaemonBug, DaemonUnreachable, LockHeld, UnknownRelease
+from relman.errors import DaemonBug, DaemonUnreachable, LockHeld, UnknownRelease, UsageError
 from testing.needs import need_root
 
 T = TypeVar("T")
@@ -58,6 +58,10 @@ class Daemon:
             raise KeyError("a bug")
         if req.get("command") == "unknown":
             raise UnknownRelease("release 'r9': no such release", tail="last\nlines")
+        if req.get("command") == "quiet":  # a long step that prints nothing: keepalives only
+            for _ in range(30):
+                await asyncio.sleep(0.1)
+                send({"type": "keepalive"})
         send({"type": "progress", "step": "fetched", "message": "one"})
         await asyncio.sleep(0)
         send({"type": "progress", "step": "built", "message": "two"})
@@ -314,3 +318,54 @@ def test_daemon_that_hangs_up_is_unreachable_not_a_traceback(short_dir: Path) ->
         with pytest.raises(DaemonUnreachable):
             request(path, "deploy", {"ref": "x" * 1_000_000}, {})
         thread.join(10)
+
+
+def test_a_daemon_that_never_answers_is_given_up_after_a_silence(
+        short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon whose loop is stuck (the kernel queues the connection, nobody accepts it):
+    request() gives up after RELMAN_DAEMON_TIMEOUT seconds of silence with DaemonUnreachable
+    (exit 3) and a hint, instead of hanging."""
+    monkeypatch.setenv("RELMAN_DAEMON_TIMEOUT", "0.5")
+    path = short_dir / "stuck.ctl"
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            request(path, "status", {}, {})
+        except BaseException as e:  # noqa: BLE001 - looked at below
+            errors.append(e)
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(8)
+        thread = threading.Thread(target=ask, daemon=True)
+        thread.start()
+        thread.join(60)  # a bound for the old client, which waited forever
+        assert not thread.is_alive(), "the client hangs on a daemon that does not answer"
+    (err,) = errors
+    assert isinstance(err, DaemonUnreachable)
+    assert err.exit_code == 3
+    assert err.message == f"the daemon does not answer ({path}): nothing from it in 0.5 s"
+    assert err.hint is not None
+    assert "journalctl -u relman@" in err.hint
+    assert "kill -9" in err.hint
+
+
+def test_keepalives_keep_a_quiet_job_going(daemon: Daemon,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The silence limit is per silence: a job that sends keepalives for longer than the
+    limit is not cut off, and the keepalives are not shown as progress."""
+    monkeypatch.setenv("RELMAN_DAEMON_TIMEOUT", "2")
+    events: list[dict[str, Any]] = []
+    result = request(daemon.path, "quiet", {}, {}, events.append)
+    assert result["command"] == "quiet"
+    assert [e["type"] for e in events] == ["progress", "progress"]
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "inf", "nan"])
+def test_a_bad_daemon_timeout_is_a_usage_error(daemon: Daemon, value: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """RELMAN_DAEMON_TIMEOUT must be a positive number of seconds (exit 2 otherwise)."""
+    monkeypatch.setenv("RELMAN_DAEMON_TIMEOUT", value)
+    with pytest.raises(UsageError, match="RELMAN_DAEMON_TIMEOUT"):
+        request(daemon.path, "status", {}, {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import re
 from pathlib import Path
@@ -23,6 +24,7 @@ from relman.errors import (
     PreviewFailed,
     ReleasePhaseFailed,
     RelmanError,
+    StateWriteFailed,
     Unhealthy,
     UsageError,
     error_from_dict,
@@ -57,11 +59,28 @@ def test_every_error_class_is_registered_under_a_unique_kebab_code() -> None:
         pytest.param(Unhealthy, 1, id="unhealthy"),
         pytest.param(PreviewFailed, 1, id="preview-failed"),
         pytest.param(LiveCheckFailed, 1, id="live-check-failed"),
+        pytest.param(StateWriteFailed, 1, id="state-write-failed"),
     ],
 )
 def test_exit_codes(cls: type[RelmanError], exit_code: int) -> None:
     """Exit codes follow DESIGN: 1 failed, 2 usage, 3 daemon unreachable, 4 lock held."""
     assert cls.exit_code == exit_code
+
+
+@pytest.mark.parametrize(
+    ("errnum", "says"),
+    [(errno.ENOSPC, "no space left on device"), (errno.EDQUOT, "disk quota exceeded"),
+     (errno.EROFS, "read-only file system"), (errno.EIO, "input/output error")],
+)
+def test_a_refused_write_is_state_write_failed_naming_the_path(errnum: int, says: str) -> None:
+    """writing() turns the file system's refusals into StateWriteFailed, exit 1, naming the
+    path; any other OSError passes through as it is."""
+    with pytest.raises(StateWriteFailed) as info, errors.writing(Path("/srv/state/x.json")):
+        raise OSError(errnum, "refused")
+    assert info.value.message == f"{says} (/srv/state/x.json)"
+    assert info.value.to_dict()["file"] == "/srv/state/x.json"
+    with pytest.raises(IsADirectoryError), errors.writing(Path("/srv/state/x.json")):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory")
 
 
 def test_deploy_failures_are_one_family() -> None:
@@ -77,6 +96,8 @@ def make_error(cls: type[RelmanError]) -> RelmanError:
         err: RelmanError = ConfigError(Path("/etc/relman/shop.toml"), "server.app", "required")
     elif cls is BadRef:
         err = BadRef("a..b", "must not contain '..'")
+    elif cls is StateWriteFailed:
+        err = StateWriteFailed(Path("/srv/shop/state/journal.json"), errno.ENOSPC)
     else:
         return cls(f"{cls.__name__} happened", hint="try again", tail="line 1\nline 2")
     err.hint, err.tail = "try again", "line 1\nline 2"

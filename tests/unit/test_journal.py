@@ -105,3 +105,21 @@ def test_journal_holding_non_object_json_reads_as_unknown_job(tmp_path: Path,
     found = Journal(path).unfinished()
     assert found is not None
     assert found.job == "unknown"
+
+
+def test_a_job_whose_first_write_fails_is_not_in_progress(tmp_path: Path) -> None:
+    """begin() that cannot write leaves no job in progress (no phantom job in status), and a
+    step that cannot be written is not taken as done."""
+    path = tmp_path / "journal.json"
+    path.mkdir()  # the write fails for real: os.replace() onto a directory
+    journal = Journal(path)
+    with pytest.raises(IsADirectoryError):
+        journal.begin(JournalEntry(job="deploy", ref="v1"))
+    assert journal.entry is None
+    path.rmdir()
+    entry = journal.begin(JournalEntry(job="deploy", ref="v1"))
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(IsADirectoryError):
+        journal.step(Step.FETCHED, release="r1")
+    assert journal.entry == entry

@@ -1,0 +1,117 @@
+"""A job that fails, for any reason, stops every process it started and leaves the links as
+they were (run/app.sock, current, run/next.sock): the previous release serves on."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import psutil
+import pytest
+
+from testing.git import release_version
+from tests.integration.test_supervision import root_of, serving
+
+LINKS = ("run/app.sock", "current", "run/next.sock")
+
+
+def links_of(root: Path) -> dict[str, str | None]:
+    return {name: os.readlink(root / name) if (root / name).is_symlink() else None
+            for name in LINKS}
+
+
+def processes_of(root: Path, release: str) -> list[psutil.Process]:
+    """Live processes running in *release*'s tree: its app server and workers."""
+    tree = str((root / "releases" / release).resolve())
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.cwd() == tree and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+    return found
+
+
+def release_id(app, ref: str) -> str:
+    return next(r["id"] for r in app.json("releases") if r["ref"] == ref)
+
+
+def assert_one_server_serving(app, version: str) -> None:
+    status = app.json("status")
+    assert status["job"] is None
+    assert status["live"] == release_id(app, version)
+    assert len(status["servers"]) == 1, status["servers"]
+    assert serving(app, version)
+
+
+@pytest.mark.parametrize("step", ["healthy", "switched", "verified", "drained"])
+def test_a_swap_failing_after_the_health_gate_stops_its_candidate(make_app, app_repo, step):
+    """A rollback whose next journal write is refused after its candidate passed the health
+    gate (as on a full disk) exits 1 naming the file; the candidate's processes are gone, the
+    links are as they were and v2 serves (after the switch too: it is undone); the next
+    deploy works. Deploy, rollback and restart share this swap."""
+    app = make_app(start=False)
+    app.start(env={"RELMAN_TEST_FAIL_AT": f"rollback:{step}"})  # deploys are not affected
+    root = root_of(app)
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    before = links_of(root)
+
+    proc = app.relman("rollback")
+    assert proc.returncode == 1, proc.stderr
+    assert f"no space left on device ({root / 'state' / 'journal.json'})" in proc.stderr
+    assert not processes_of(root, release_id(app, "v1"))
+    assert links_of(root) == before, app.log_tail()
+    assert_one_server_serving(app, "v2")
+
+    release_version(app_repo, "v3")
+    app.relman("deploy", "v3", check=True)
+    assert_one_server_serving(app, "v3")
+
+
+def test_a_rollback_failing_after_the_health_gate_stops_the_warm_server(make_app, app_repo):
+    """A rollback to the warm previous release that fails once it took the warm server stops
+    that server (it is nobody's any more) and leaves v2 live with the links as they were."""
+    app = make_app(start=False, swap={"keep_warm": 60, "drain_timeout": 5, "stop_timeout": 5})
+    app.start(env={"RELMAN_TEST_FAIL_AT": "rollback:healthy"})
+    root = root_of(app)
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    v1 = release_id(app, "v1")
+    assert processes_of(root, v1), "v1 is kept warm"
+    assert len(app.json("status")["servers"]) == 2
+    before = links_of(root)
+
+    proc = app.relman("rollback")
+    assert proc.returncode == 1, proc.stderr
+    assert "no space left on device" in proc.stderr
+    assert not processes_of(root, v1)
+    assert links_of(root) == before
+    assert_one_server_serving(app, "v2")
+
+
+def test_a_real_failure_at_the_switch_puts_every_link_back(make_app, app_repo):
+    """state/switch.json is a directory, so the switch fails for real (IsADirectoryError, a
+    bug: exit 70) after app.sock and current moved: all three links go back, the candidate
+    stops, v1 serves; with the directory gone the next deploy works."""
+    app = make_app()
+    root = root_of(app)
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    record = root / "state" / "switch.json"
+    record.unlink()
+    record.mkdir()
+    before = links_of(root)
+
+    proc = app.relman("deploy", "v2")
+    assert proc.returncode == 70, proc.stderr
+    assert "internal error" in proc.stderr
+    assert not processes_of(root, release_id(app, "v2"))
+    assert links_of(root) == before, (app.log_tail(), app.relman("history").stdout)
+    assert_one_server_serving(app, "v1")
+
+    record.rmdir()
+    app.relman("deploy", "v2", check=True)
+    assert_one_server_serving(app, "v2")
