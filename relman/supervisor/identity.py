@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from relman.atomic import write_json_atomic
 # psutil's create_time has the resolution of the kernel's boot-relative jiffies (10 ms);
 # allow a little float noise on top.
 CREATE_TIME_SLACK = 0.05
+EXEC_WAIT = 1.0  # seconds take_identity waits for a new process's command line
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +45,23 @@ class ProcessIdentity:
 
 
 def take_identity(pid: int) -> ProcessIdentity:
-    """Read the identity of the running process *pid*."""
+    """Read the identity of the running process *pid*.
+
+    Popen returns when the child's execve closes its close-on-exec pipe, which the kernel
+    does before it sets up the new command line: for a moment /proc shows none. Measured:
+    53 of 200 spawns of a script read an empty argv under 3.11.2, 30 under 3.13, and the
+    daemon on Debian 12's 3.11.2 wrote such pidfiles, which no restarted daemon could
+    adopt. So wait, briefly, for the argv.
+    """
     proc = psutil.Process(pid)
-    with proc.oneshot():
-        return ProcessIdentity(pid, proc.create_time(), tuple(proc.cmdline()), proc.cwd())
+    deadline = time.monotonic() + EXEC_WAIT
+    while True:
+        with proc.oneshot():
+            identity = ProcessIdentity(pid, proc.create_time(), tuple(proc.cmdline()),
+                                       proc.cwd())
+        if identity.argv or time.monotonic() > deadline:
+            return identity
+        time.sleep(0.001)  # no event marks the end of an execve; it takes microseconds
 
 
 def find_process(identity: ProcessIdentity) -> psutil.Process | None:
