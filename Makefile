@@ -2,8 +2,8 @@
 # every check. Both install what they need (a venv here; nginx and mandoc via apt-get as root).
 SHELL := /bin/bash
 # The distro's interpreter when there is one: it is what a deploy user and systemd get
-# (Debian 12: 3.11.2, the oldest relman supports), while `python3` on an admin's PATH may be
-# a newer pyenv build. `make smoke-newest` covers the newest interpreter on the machine.
+# (Debian 12: 3.11.2; relman runs on 3.11.0 and later), while `python3` on an admin's PATH
+# may be a newer pyenv build. `make smoke-newest` covers the newest one on the machine.
 PYTHON ?= $(or $(wildcard /usr/bin/python3),python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
