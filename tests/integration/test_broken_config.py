@@ -53,7 +53,10 @@ def test_daemon_commands_work_while_the_config_is_broken(make_app, app_repo, tai
     assert serving(app, "v2")
     assert "rolled back" in run("rollback")
     assert serving(app, "v1")
-    run("rollback", code=1)  # no known-good release older than v1: the usual exit 1
+    assert "rolled back" in run("rollback")  # the release live before: forward to v2
+    assert serving(app, "v2")
+    run("rollback", "no-such-release", code=2)  # a refusal keeps its usual exit code
+    assert "rolled back" in run("rollback")
     assert serving(app, "v1")
     assert "restarted" in run("restart")
     assert serving(app, "v1")
