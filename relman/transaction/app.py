@@ -184,15 +184,11 @@ class App:
     def _failed(self, error: BaseException, report: Report) -> None:
         entry = self.journal.entry
         message = error.message if isinstance(error, RelmanError) else type(error).__name__
-        try:
-            if entry is not None:
-                self.store.record(f"{entry.job}_failed", release=entry.release, ref=entry.ref,
-                                  who=entry.who, step=str(entry.step), error=message)
-        except RelmanError as e:  # StateWriteFailed: the job's own error matters more
-            log.warning("history.write_failed", error=e.message)
-        finally:
-            report(str(Step.FAILED), message)
-            self._end()
+        if entry is not None:
+            self.store.record(f"{entry.job}_failed", release=entry.release, ref=entry.ref,
+                              who=entry.who, step=str(entry.step), error=message)
+        report(str(Step.FAILED), message)
+        self._end()
 
     def _finish(self, event: str, report: Report, manifest: Manifest, **fields: object) -> None:
         self.journal.step(Step.DONE)
@@ -373,8 +369,9 @@ class App:
         spec, health = self.server_spec(self.store.get(release)), self.config.health
         report("start", f"starting {spec.instance}")
         links, before, linked = Links.read(self.root), self.switches.record, self.linked
-        handle, _ = await self.supervisor.start_healthy(
-            spec, path=health.path, expect=health.expect, timeout=health.timeout)
+        with writing(spec.log):  # a full disk: StateWriteFailed, which a restart retries
+            handle, _ = await self.supervisor.start_healthy(
+                spec, path=health.path, expect=health.expect, timeout=health.timeout)
         try:
             self._switch(handle, release)
             replace_symlink(self.root.next_sock, handle.socket.name)
