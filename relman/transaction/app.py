@@ -112,7 +112,8 @@ class App:
             self._failed(e, report)
             raise
         timings = {**manifest.timings, "deploy": round(time.monotonic() - started, 3)}
-        manifest = self.store.save(replace(self.store.get(manifest.id), timings=timings))
+        self._done_anyway(lambda: self.store.save(replace(self.store.get(manifest.id),
+                                                          timings=timings)))
         self._finish("deployed", report, manifest, ref=ref, who=who)
         return manifest
 
@@ -190,8 +191,15 @@ class App:
         report(str(Step.FAILED), message)
         self._end()
 
+    def _done_anyway(self, write: Callable[[], object]) -> None:
+        """A write once the old server is retired: refused, it is a warning; the job stands."""
+        try:
+            write()
+        except RelmanError as e:  # StateWriteFailed
+            log.warning("job.write_failed_after_swap", error=e.message)
+
     def _finish(self, event: str, report: Report, manifest: Manifest, **fields: object) -> None:
-        self.journal.step(Step.DONE)
+        self._done_anyway(lambda: self.journal.step(Step.DONE))
         self.store.record(event, release=manifest.id, sha=manifest.sha,
                           switch_ms=self.switch_ms, **fields)
         self._end()
@@ -309,11 +317,12 @@ class App:
         worth = old.release != self.live_release() and old.release not in self.no_warm
         if keep > 0 and old.alive and worth:
             old.advance(ServerState.WARM)
-            self.keep_warm(old, keep)
-            self._step(Step.STOPPED_OLD, report, f"{old.instance} kept warm for {keep:g}s")
+            self._done_anyway(lambda: self.keep_warm(old, keep))
+            self._done_anyway(lambda: self._step(Step.STOPPED_OLD, report,
+                                                 f"{old.instance} kept warm for {keep:g}s"))
             return
         await self.supervisor.stop(old, self.config.swap.stop_timeout)
-        self._step(Step.STOPPED_OLD, report, f"{old.instance} stopped")
+        self._done_anyway(lambda: self._step(Step.STOPPED_OLD, report, f"{old.instance} stopped"))
 
     def live_release(self) -> str | None:
         return self.live.release if self.live is not None else self.store.live_id()
