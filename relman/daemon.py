@@ -20,7 +20,7 @@ from relman import __version__
 from relman.atomic import replace_symlink
 from relman.config import Config, load_config
 from relman.control import KEEPALIVE, ControlServer, Send
-from relman.errors import LockHeld, RelmanError, UsageError, writing
+from relman.errors import LockHeld, RelmanError, StateWriteFailed, UsageError, writing
 from relman.lock import Busy, FileLock
 from relman.releases.prune import prune
 from relman.supervisor.figures import ProcessFigures
@@ -66,7 +66,7 @@ class Daemon:
         if not self.root.state.is_dir():
             raise UsageError(f"{self.root.root}: not initialised: run `relman init` first")
         try:
-            self.daemon_lock.acquire({"pid": os.getpid(), "since": _now()})
+            _take(self.daemon_lock, {"pid": os.getpid(), "since": _now()})
         except Busy as e:
             raise LockHeld(f"another relman daemon runs for this app (pid "
                            f"{e.holder.get('pid', '?')})") from None
@@ -246,7 +246,7 @@ class Daemon:
                     # socket, crash restarts and probation. The mutex already serialises
                     # this daemon's jobs; the flock only keeps other processes out.
                     try:
-                        self.deploy_lock.acquire({**entry, "pid": os.getpid()})
+                        _take(self.deploy_lock, {**entry, "pid": os.getpid()})
                     except Busy as e:
                         raise LockHeld(f"{e.path} is held by another process: "
                                        f"{e.holder or 'unknown'}") from None
@@ -355,6 +355,17 @@ class Daemon:
             "job": entry.to_json() if entry else None,
             "crash_loop": self.recovery.crash_loop or None,
         }
+
+
+def _take(lock: FileLock, holder: dict[str, Any]) -> None:
+    """Take *lock*, with *holder* written into it if the file system lets us: the record is
+    for people and error messages, the flock is what excludes. A full disk must not keep
+    the daemon from starting, or from restarting a crashed server."""
+    try:
+        lock.acquire(holder)
+    except StateWriteFailed as e:
+        log.warning("lock.unrecorded", path=str(lock.path), error=e.message)
+        lock.acquire()
 
 
 async def _keep_alive(send: Send) -> None:

@@ -33,8 +33,9 @@ class FileLock:
         return self._fd is not None
 
     def acquire(self, holder: dict[str, Any] | None = None, *, blocking: bool = False) -> None:
-        """Take the lock or raise Busy with the current holder's description. A holder
-        record the file system refuses (full disk) raises StateWriteFailed, lock not held."""
+        """Take the lock or raise Busy with the current holder's description. A *holder*
+        record the file system refuses (full disk) raises StateWriteFailed, lock not held;
+        without one, nothing is written (read_holder() then says {})."""
         with writing(self.path):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
         try:
@@ -44,8 +45,9 @@ class FileLock:
             raise Busy(self.path, read_holder(self.path)) from None
         try:
             with writing(self.path):
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, json.dumps(holder or {}).encode(), 0)
+                os.ftruncate(fd, 0)  # never refused: it frees space
+                if holder is not None:
+                    os.pwrite(fd, json.dumps(holder).encode(), 0)
         except BaseException:
             os.close(fd)  # drops the flock: a failed acquire must not leave it held
             raise

@@ -13,7 +13,7 @@ import structlog
 from relman.atomic import read_link, set_aside
 from relman.config import Config
 from relman.envfile import read_env_file
-from relman.errors import DeployFailed, NotRunning, UnknownRelease, writing
+from relman.errors import DeployFailed, NotRunning, StateWriteFailed, UnknownRelease, writing
 from relman.releases import build, git, history, registry, venvs
 from relman.releases.commands import OnLine, clean_env
 from relman.releases.ids import is_release_id, make_release_id
@@ -119,8 +119,13 @@ class ReleaseStore:
         return manifest
 
     def record(self, event: str, **fields: object) -> None:
-        with writing(self.root.history):
-            history.record(self.root.history, event, app=self.config.app.name, **fields)
+        """Append to the history. A refused append (a full disk) is a warning only: the
+        history is for people, and supervision (crash restarts, rollbacks) must go on."""
+        try:
+            with writing(self.root.history):
+                history.record(self.root.history, event, app=self.config.app.name, **fields)
+        except StateWriteFailed as e:
+            log.warning("history.write_failed", event_name=event, error=e.message)
 
 
     def app_env(self) -> dict[str, str]:

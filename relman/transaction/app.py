@@ -114,7 +114,8 @@ class App:
             self._failed(e, report)
             raise
         timings = {**manifest.timings, "deploy": round(time.monotonic() - started, 3)}
-        manifest = self.store.save(replace(self.store.get(manifest.id), timings=timings))
+        self._done_anyway(lambda: self.store.save(replace(self.store.get(manifest.id),
+                                                          timings=timings)))
         self._finish("deployed", report, manifest, ref=ref, who=who)
         return manifest
 
@@ -183,18 +184,21 @@ class App:
     def _failed(self, error: BaseException, report: Report) -> None:
         entry = self.journal.entry
         message = error.message if isinstance(error, RelmanError) else type(error).__name__
+        if entry is not None:
+            self.store.record(f"{entry.job}_failed", release=entry.release, ref=entry.ref,
+                              who=entry.who, step=str(entry.step), error=message)
+        report(str(Step.FAILED), message)
+        self._end()
+
+    def _done_anyway(self, write: Callable[[], object]) -> None:
+        """A write once the old server is retired: refused, it is a warning; the job stands."""
         try:
-            if entry is not None:
-                self.store.record(f"{entry.job}_failed", release=entry.release, ref=entry.ref,
-                                  who=entry.who, step=str(entry.step), error=message)
-        except RelmanError as e:  # StateWriteFailed: the job's own error matters more
-            log.warning("history.write_failed", error=e.message)
-        finally:
-            report(str(Step.FAILED), message)
-            self._end()
+            write()
+        except RelmanError as e:  # StateWriteFailed
+            log.warning("job.write_failed_after_swap", error=e.message)
 
     def _finish(self, event: str, report: Report, manifest: Manifest, **fields: object) -> None:
-        self.journal.step(Step.DONE)
+        self._done_anyway(lambda: self.journal.step(Step.DONE))
         self.store.record(event, release=manifest.id, sha=manifest.sha,
                           switch_ms=self.switch_ms, **fields)
         self._end()
@@ -312,11 +316,12 @@ class App:
         worth = old.release != self.live_release() and old.release not in self.no_warm
         if keep > 0 and old.alive and worth:
             old.advance(ServerState.WARM)
-            self.keep_warm(old, keep)
-            self._step(Step.STOPPED_OLD, report, f"{old.instance} kept warm for {keep:g}s")
+            self._done_anyway(lambda: self.keep_warm(old, keep))
+            self._done_anyway(lambda: self._step(Step.STOPPED_OLD, report,
+                                                 f"{old.instance} kept warm for {keep:g}s"))
             return
         await self.supervisor.stop(old, self.config.swap.stop_timeout)
-        self._step(Step.STOPPED_OLD, report, f"{old.instance} stopped")
+        self._done_anyway(lambda: self._step(Step.STOPPED_OLD, report, f"{old.instance} stopped"))
 
     def live_release(self) -> str | None:
         return self.live.release if self.live is not None else self.store.live_id()
@@ -371,8 +376,9 @@ class App:
         release, spec, health = manifest.id, self.server_spec(manifest), self.config.health
         report("start", f"starting {spec.instance}")
         links, before, linked = Links.read(self.root), self.switches.record, self.linked
-        handle, _ = await self.supervisor.start_healthy(
-            spec, path=health.path, expect=health.expect, timeout=health.timeout)
+        with writing(spec.log):  # a full disk: StateWriteFailed, which a restart retries
+            handle, _ = await self.supervisor.start_healthy(
+                spec, path=health.path, expect=health.expect, timeout=health.timeout)
         try:
             self._switch(handle, release)
             replace_symlink(self.root.next_sock, handle.socket.name)

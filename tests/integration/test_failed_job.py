@@ -115,3 +115,18 @@ def test_a_real_failure_at_the_switch_puts_every_link_back(make_app, app_repo):
     record.rmdir()
     app.relman("deploy", "v2", check=True)
     assert_one_server_serving(app, "v2")
+
+
+def test_a_write_refused_once_the_old_server_is_retired_is_a_warning(make_app, app_repo):
+    """Once the old server is stopped the swap is done: a journal write refused after that
+    (as on a full disk) is a warning in the daemon's log; the rollback exits 0, v1 serves
+    alone and no job is left in status."""
+    app = make_app(start=False)
+    app.start(env={"RELMAN_TEST_FAIL_AT": "rollback:stopped_old"})
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    proc = app.relman("rollback")
+    assert proc.returncode == 0, proc.stderr
+    assert_one_server_serving(app, "v1")
+    assert "job.write_failed_after_swap" in app.log_tail()

@@ -63,6 +63,31 @@ def test_a_full_disk_ends_the_job_and_the_daemon_goes_on(make_app, app_repo, ful
             app.stop()  # the daemon and the servers keep files open in both mounts
 
 
+
+def test_a_server_killed_on_a_full_disk_serves_again(make_app):
+    """With state/ and log/ full, a SIGKILLed live server is restarted all the same: the
+    history the full disk refuses is only a warning, and a start it refuses is retried with
+    backoff. Status answers meanwhile; once space is back, v1 serves."""
+    app = make_app(start=False)
+    root = root_of(app)
+    with small_tmpfs(root / "state"), small_tmpfs(root / "log"):
+        (root / "state" / "releases").mkdir(mode=0o750)
+        try:
+            app.start()
+            app.relman("deploy", "v1", check=True)
+            (killed,) = [s["pid"] for s in status(app)["servers"]]
+            fillers = [fill(root / "state"), fill(root / "log")]
+            os.killpg(killed, signal.SIGKILL)
+            wait_until(lambda: killed not in [s["pid"] for s in status(app)["servers"]],
+                       timeout=30, what="the daemon to see the crash")
+            for filler in fillers:
+                free(filler)
+            wait_until(lambda: serving(app, "v1"), timeout=90, what="v1 to serve again")
+            assert len(status(app)["servers"]) == 1
+        finally:
+            app.stop()
+
+
 def test_a_git_that_hangs_does_not_stop_the_daemon(make_app, app_repo, base_dir):
     """A git that hangs while the deploy resolves its ref (a stuck mirror on NFS) holds up
     that deploy only: status answers meanwhile and shows the job; once git goes on, so does
