@@ -396,7 +396,7 @@ def run(bench: Bench, args: argparse.Namespace) -> int:
     print_daemon_kills(kills, args.daemon_gap, status_call_seconds(bench))
     sys.stdout.flush()
     # Idle means after the switch's probation: no live checks (a daemon restart no longer
-    # ends it; state/switch.json keeps the switch time).
+    # ends it; state/run.json keeps the switch time).
     time.sleep(max(0.0, bench.deployed_at + VERIFY_WINDOW + 1 - time.time()))
     idle = sample_idle(idle_groups(bench), args.idle_seconds)
     print_idle(idle, args.idle_seconds)

@@ -35,7 +35,6 @@ class Daemon:
     """Owns one app's servers and runs its jobs one at a time."""
 
     def __init__(self, config: Config) -> None:
-        self.config = config
         self.app = App(config)
         self.root = self.app.root
         self.notifier = sdnotify.SystemdNotifier()
@@ -57,6 +56,11 @@ class Daemon:
         self.recovery = CrashRecovery(self.app, self.schedule_job)
         self.figures = ProcessFigures()
         self.figures_lock = asyncio.Lock()
+
+    @property
+    def config(self) -> Config:
+        """The config the app runs with (the App owns it; a reload replaces it there)."""
+        return self.app.config
 
     def notify(self, **fields: str) -> None:
         self.notifier.notify("\n".join(f"{k}={v}" for k, v in fields.items()))
@@ -111,7 +115,7 @@ class Daemon:
         except RelmanError as e:
             log.warning("config.reload_failed", error=e.message)
         else:
-            self.config = self.app.config = self.app.store.config = config
+            self.app.reload(config)
             log.info("config.reloaded", path=str(config.path))
         self.notify(READY="1", STATUS=self.status_line())
 

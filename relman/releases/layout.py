@@ -76,8 +76,13 @@ class AppRoot:
 
     @property
     def switch_record(self) -> Path:
-        """switch.json: the last switch's verification window and the warm release's deadline."""
+        """switch.json: what older daemons kept of the last switch (read once, into run.json)."""
         return self.state / "switch.json"
+
+    @property
+    def run_record(self) -> Path:
+        """run.json: what runs, the live and warm instances, the last switch (RunRecord)."""
+        return self.state / "run.json"
 
     @property
     def deploy_lock(self) -> Path:
@@ -87,10 +92,6 @@ class AppRoot:
     def daemon_lock(self) -> Path:
         return self.state / "daemon.lock"
 
-    @property
-    def servers(self) -> Path:
-        """servers.json: which server instances the daemon runs, for adoption after a crash."""
-        return self.state / "servers.json"
 
     @property
     def log(self) -> Path:

@@ -32,6 +32,8 @@ log = structlog.get_logger(__name__)
 # it may not create cgroups (a deploy user's daemon outside systemd).
 CGROUP_ENV: Final = "RELMAN_CGROUPS"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+# A cgroup being removed (by a concurrent stop of the same instance) answers ENODEV.
+GONE: Final = frozenset({errno.ENOENT, errno.ENODEV})
 
 
 def cgroup2_mount(mountinfo: str) -> Path | None:
@@ -118,8 +120,10 @@ class CgroupTree:
         """Every process in *instance*'s cgroup."""
         try:
             text = (self.path(instance) / "cgroup.procs").read_text()
-        except FileNotFoundError:
-            return []
+        except OSError as e:
+            if e.errno in GONE:
+                return []
+            raise
         return [int(pid) for pid in text.split()]
 
     def kill(self, instance: str) -> None:
@@ -128,8 +132,10 @@ class CgroupTree:
         path = self.path(instance)
         try:
             (path / "cgroup.kill").write_text("1")
-        except FileNotFoundError:
-            if path.is_dir():
+        except OSError as e:
+            if e.errno not in GONE:
+                raise
+            if path.is_dir():  # a kernel without cgroup.kill
                 for pid in self.procs(instance):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
@@ -147,9 +153,9 @@ class CgroupTree:
         """Remove the (empty) cgroup; False while processes are still leaving it."""
         try:
             self.path(instance).rmdir()
-        except FileNotFoundError:
-            return True
         except OSError as e:
+            if e.errno in GONE:  # another stop of the same instance removed it first
+                return True
             if e.errno == errno.EBUSY:
                 return False
             raise

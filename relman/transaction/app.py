@@ -3,14 +3,11 @@ the supervisor."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -21,11 +18,19 @@ from relman.journal import Journal, JournalEntry, Step
 from relman.releases import Manifest, ReleaseState, ReleaseStore
 from relman.supervisor import ServerHandle, ServerSpec, ServerState, Supervisor, Tracker
 from relman.supervisor.drain import wait_drained
-from relman.supervisor.kinds import server_argv
 from relman.transaction import faults
 from relman.transaction.links import Links
-from relman.transaction.probation import SwitchFile, SwitchRecord
+from relman.transaction.record import Clock, RunRecord
 from relman.transaction.routes import check_live, check_preview
+from relman.transaction.runstate import (
+    Gone,
+    RunState,
+    Started,
+    SwitchedBack,
+    SwitchedTo,
+)
+from relman.transaction.specs import server_spec
+from relman.transaction.warm import WarmKeeper
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +47,7 @@ def _quiet(_step: str, _message: str) -> None:
 class App:
     """One app: its release store, its app servers and the job in progress."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, clock: Clock = time.time) -> None:
         self.config = config
         self.store = ReleaseStore(config)
         self.root = self.store.root
@@ -50,19 +55,31 @@ class App:
                                      Tracker.for_app(config.app.name, self.root.root),
                                      on_crash=self._on_crash)
         self.journal = Journal(self.root.journal)
-        self.live: ServerHandle | None = None
-        # The release relman itself last pointed `current` at: any other target is an
-        # external flip, whether or not the live server is running right now.
-        self.linked = self.store.live_id()
-        self.warm: dict[str, ServerHandle] = {}
-        self._warm_timers: dict[str, asyncio.TimerHandle] = {}
+        # What runs, which release is live and linked, the last switch and the warm window:
+        # one record, changed by events only (runstate.py); the links follow it.
+        self.record = RunRecord(self.root.run_record, legacy=self.root.switch_record,
+                                run_dir=self.root.run, clock=clock)
+        self.clock = clock
+        self.warm = WarmKeeper(self.record, self.supervisor.handles, self.stop_server)
         self.on_live_crash: Callable[[ServerHandle], Awaitable[None]] | None = None
-        # The last switch to a different release, and the warm release's deadline.
-        self.switches = SwitchFile(self.root.switch_record)
-        self.no_warm: set[str] = set()  # releases being rolled back from: never kept warm
         self.job_started = 0.0
         self.switch_ms = 0.0  # daemon work from the job's start to its switch, last swap
-        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def reload(self, config: Config) -> None:
+        """Run with *config* from now on (SIGHUP, a changed file)."""
+        self.config = self.store.config = config
+
+    @property
+    def live(self) -> ServerHandle | None:
+        """The live instance's server, if it runs."""
+        live = self.record.state.live
+        return self.supervisor.handles.get(live.name) if live is not None else None
+
+    @property
+    def linked(self) -> str | None:
+        """The release relman itself last pointed `current` at: any other target is an
+        external flip, whether or not the live server is running right now."""
+        return self.record.state.linked or None
 
     def _step(self, step: Step, report: Report, message: str, **changes: str) -> None:
         entry = self.journal.step(step, **changes)
@@ -72,24 +89,8 @@ class App:
 
     def server_spec(self, manifest: Manifest) -> ServerSpec:
         """The spec of a new instance of *manifest*'s server, at its resolved path."""
-        cfg = self.config
-        instance = self.supervisor.next_instance(manifest.id)
-        release_dir = self.root.release_dir(manifest.id).resolve()
-        venv = Path(manifest.venv)
-        socket = self.root.socket(instance)
-        env = self.store.app_env()
-        env.update({"VIRTUAL_ENV": str(venv),
-                    "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}",
-                    "RELMAN_RELEASE": manifest.id, "RELMAN_SOCKET": str(socket)})
-        argv = server_argv(cfg.server, venv=venv, release_dir=release_dir,
-                           root=self.root.root, socket=socket,
-                           stop_timeout=cfg.swap.stop_timeout)
-        return ServerSpec(instance=instance, release=manifest.id, argv=tuple(argv),
-                          cwd=release_dir, env=env, socket=socket,
-                          pidfile=self.root.pidfile(instance),
-                          log=self.root.server_log(manifest.id), protocol=cfg.server.protocol,
-                          socket_mode=cfg.server.socket_mode,
-                          socket_group=cfg.server.socket_group)
+        return server_spec(self.config, self.root, manifest, self.store.app_env(),
+                           self.supervisor.next_instance(manifest.id))
 
     async def deploy(self, ref: str, who: str, report: Report = _quiet) -> Manifest:
         """Fetch *ref*, build it, run the release phase and swap it in."""
@@ -151,7 +152,7 @@ class App:
         self._begin(JournalEntry(job="rollback", release=manifest.id, who=who,
                                  previous_release=live or ""))
         try:
-            await self._swap(manifest, report, settled=auto)
+            await self._swap(manifest, report, auto=auto)
         except BaseException as e:
             self._failed(e, report)
             raise
@@ -223,27 +224,28 @@ class App:
         return handle, f"{spec.instance} answers {health.path}: {probe.detail}"
 
     async def _swap(self, manifest: Manifest, report: Report, *, reuse_warm: bool = True,
-                    settled: bool = False) -> None:
+                    auto: bool = False) -> None:
         """DESIGN section 5, steps 1 to 7. The job owns its candidate until the old server is
         retired: any failure before that (a full disk, a bug) stops the candidate and puts the
         links back, so the old server serves as before (see _abandon)."""
         old = self.live
-        links, before, linked = Links.read(self.root), self.switches.record, self.linked
+        links, before = Links.read(self.root), self.record.state
         candidate: ServerHandle | None = None
         try:
             self.journal.step(self.journal.entry.step if self.journal.entry else Step.BEGUN,
                               release=manifest.id, previous=old.instance if old else "")
-            warm = self.warm.pop(manifest.id, None) if reuse_warm else None
+            warm = self.warm.server(manifest.id) if reuse_warm else None
             if warm is not None and warm.alive:
                 candidate, detail = warm, "warm instance"
-                self._cancel_warm_timer(manifest.id)
+                self.warm.cancel()
                 report("start", f"{warm.instance} is still warm: switching without a restart")
-                self.switches.forget_warm()
             else:
                 candidate, detail = await self._start_candidate(manifest, report)
+                self.record.submit(Started(candidate.instance, manifest.id), strict=True)
             self._step(Step.HEALTHY, report, detail, candidate=candidate.instance)
             await self._preview(candidate, report)
-            self._switch(candidate, manifest.id, settled=settled)
+            # An automatic rollback's switch is settled from the start (no cascades).
+            self._switch(candidate, settled=auto)
             self.switch_ms = round((time.monotonic() - self.job_started) * 1000, 1)
             self._step(Step.SWITCHED, report, f"app.sock -> {candidate.socket.name} "
                        f"({self.switch_ms:.0f} ms after the job began)")
@@ -252,14 +254,14 @@ class App:
             self.store.mark_live(manifest.id, known_good=True)
             self._step(Step.VERIFIED, report, "live route verified")
             if old is not None and old is not candidate:
-                await self._retire(old, report)
+                # A release rolled back from automatically is never kept warm.
+                await self._retire(old, report, may_keep_warm=not auto)
         except BaseException:
-            await self._abandon(candidate, old, links, before, linked, report)
+            await self._abandon(candidate, old, links, before, report)
             raise
 
     async def _abandon(self, candidate: ServerHandle | None, old: ServerHandle | None,
-                       links: Links, before: SwitchRecord, linked: str | None,
-                       report: Report) -> None:
+                       links: Links, before: RunState, report: Report) -> None:
         """A swap failed: the links go back to where they were and the candidate stops, unless
         the old server was already retired (stopped or kept warm: the swap is done). If a
         link cannot be put back and app.sock still leads to the candidate, it keeps serving."""
@@ -269,18 +271,16 @@ class App:
         try:
             if moved := links.restore():
                 report("switch", "put back " + ", ".join(link.name for link in moved))
-            self.linked = linked
-            if self.switches.record.switch != before.switch:  # a switch back is no new switch
-                self.switches.update(release=before.release, at=before.at,
-                                     until=before.until, settled=before.settled)
         finally:
             if candidate is not None and candidate is not old and \
                     read_link(self.root.app_sock) != candidate.socket.name:
-                if self.live is candidate:
-                    self.live = old if old is not None and old.alive else None
-                if self.live is not None and self.live.state is not ServerState.LIVE:
-                    self.live.advance(ServerState.LIVE)  # it was draining
-                await self.supervisor.stop(candidate, self.config.swap.stop_timeout)
+                back = old.instance if old is not None and old.alive and \
+                    self.record.state.get(old.instance) is not None else None
+                # A switch back is no new switch: the one before is the last again.
+                self.record.submit(SwitchedBack(back, before.linked, before.switch))
+                if old is not None and old.alive and old.state is not ServerState.LIVE:
+                    old.advance(ServerState.LIVE)  # it was draining
+                await self.stop_server(candidate)
 
     async def _preview(self, candidate: ServerHandle, report: Report) -> None:
         replace_symlink(self.root.next_sock, candidate.socket.name)
@@ -288,22 +288,25 @@ class App:
         if status is not None:
             self._step(Step.PREVIEWED, report, f"nginx preview answered {status}")
 
-    def _switch(self, handle: ServerHandle, release: str, *, settled: bool = False) -> None:
-        """Point app.sock, then current, at *handle*: new connections go there at once.
-        A switch to a different release starts its probation (unless *settled*)."""
-        new = self.live_release() != release  # a restart of the same release is no new switch
-        replace_symlink(self.root.app_sock, handle.socket.name)
-        replace_symlink(self.root.current, Path("releases") / release)
-        self.linked = release
-        if new:
-            now = time.time()
-            self.switches.update(release=release, at=now, settled=settled,
-                                 until=now + self.config.swap.verify_window)
+    def _switch(self, handle: ServerHandle, *, settled: bool = False) -> None:
+        """Make *handle* live in the record, then point app.sock and current where the record
+        says: new connections go there at once. A switch to a different release starts its
+        probation (unless *settled*)."""
+        state = self.record.submit(SwitchedTo(handle.instance, self.config.swap.verify_window,
+                                              settled=settled), strict=True)
+        self.derive_links(state)
         if handle.state is not ServerState.LIVE:
             handle.advance(ServerState.LIVE)
-        self.live = handle
 
-    async def _retire(self, old: ServerHandle, report: Report) -> None:
+    def derive_links(self, state: RunState) -> None:
+        """run/app.sock, then current, as *state* says (never read back as the truth)."""
+        if state.live is not None:
+            replace_symlink(self.root.app_sock, self.root.socket(state.live.name).name)
+        if state.linked:
+            replace_symlink(self.root.current, Path("releases") / state.linked)
+
+    async def _retire(self, old: ServerHandle, report: Report, *,
+                      may_keep_warm: bool = True) -> None:
         """Drain the old listener, then stop it or keep it warm."""
         old.advance(ServerState.DRAINING)
         drained = await wait_drained(old.socket, timeout=self.config.swap.drain_timeout)
@@ -313,59 +316,32 @@ class App:
         keep = self.config.swap.keep_warm
         # Warm is for a rollback target: not the live release's own old instance (a restart,
         # a redeploy of the same commit), nor a release being rolled back from as broken.
-        worth = old.release != self.live_release() and old.release not in self.no_warm
+        worth = old.release != self.live_release() and may_keep_warm
         if keep > 0 and old.alive and worth:
             old.advance(ServerState.WARM)
-            self._done_anyway(lambda: self.keep_warm(old, keep))
+            self._done_anyway(lambda: self.warm.keep(old, keep))
             self._done_anyway(lambda: self._step(Step.STOPPED_OLD, report,
                                                  f"{old.instance} kept warm for {keep:g}s"))
             return
-        await self.supervisor.stop(old, self.config.swap.stop_timeout)
+        await self.stop_server(old)
         self._done_anyway(lambda: self._step(Step.STOPPED_OLD, report, f"{old.instance} stopped"))
 
     def live_release(self) -> str | None:
-        return self.live.release if self.live is not None else self.store.live_id()
+        live = self.record.state.live
+        return live.release if live is not None else self.store.live_id()
 
-    def keep_warm(self, handle: ServerHandle, seconds: float) -> None:
-        """Keep *handle* (drained, not live) running *seconds*: a rollback to its release
-        within that time is a switch only. Only the previous release stays warm: any other
-        warm server is stopped now, so a run of deploys never piles up old servers."""
-        for release, other in list(self.warm.items()):
-            if other is not handle:
-                del self.warm[release]
-                self._cancel_warm_timer(release)
-                self._spawn(self.supervisor.stop(other, self.config.swap.stop_timeout))
-        self.warm[handle.release] = handle
-        loop = asyncio.get_running_loop()
-        self._warm_timers[handle.release] = loop.call_later(
-            seconds, lambda: self._spawn(self._cool(handle)))
-        self.switches.update(warm=handle.release, warm_until=time.time() + seconds)
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run *coro* in the background, keeping a reference until it is done."""
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _cancel_warm_timer(self, release: str) -> None:
-        timer = self._warm_timers.pop(release, None)
-        if timer is not None:
-            timer.cancel()
-
-    async def _cool(self, handle: ServerHandle) -> None:
-        if self.warm.get(handle.release) is handle:
-            del self.warm[handle.release]
-            self._warm_timers.pop(handle.release, None)
+    async def stop_server(self, handle: ServerHandle) -> None:
+        """Stop *handle* (TERM, stop_timeout, KILL of all it runs); the record forgets it."""
+        try:
             await self.supervisor.stop(handle, self.config.swap.stop_timeout)
-            if self.switches.record.warm == handle.release:
-                self.switches.forget_warm()
+        finally:
+            self.record.submit(Gone(handle.instance))
 
     async def _on_crash(self, handle: ServerHandle) -> None:
-        self.warm = {k: v for k, v in self.warm.items() if v is not handle}
-        if handle is self.live:
-            self.live = None
-            if self.on_live_crash is not None:
-                await self.on_live_crash(handle)
+        live = self.record.state.live
+        self.record.submit(Gone(handle.instance))
+        if live is not None and live.name == handle.instance and self.on_live_crash:
+            await self.on_live_crash(handle)
 
     async def start(self, report: Report = _quiet, who: str = "") -> ServerHandle:
         """Start the release `current` points at, if its server is not running; *who* is
@@ -375,15 +351,16 @@ class App:
         manifest = self.store.live_manifest()
         release, spec, health = manifest.id, self.server_spec(manifest), self.config.health
         report("start", f"starting {spec.instance}")
-        links, before, linked = Links.read(self.root), self.switches.record, self.linked
+        links, before = Links.read(self.root), self.record.state
         with writing(spec.log):  # a full disk: StateWriteFailed, which a restart retries
             handle, _ = await self.supervisor.start_healthy(
                 spec, path=health.path, expect=health.expect, timeout=health.timeout)
         try:
-            self._switch(handle, release)
+            self.record.submit(Started(handle.instance, release), strict=True)
+            self._switch(handle)
             replace_symlink(self.root.next_sock, handle.socket.name)
         except BaseException:
-            await self._abandon(handle, None, links, before, linked, report)
+            await self._abandon(handle, None, links, before, report)
             raise
         self.store.record("started", release=release, instance=handle.instance,
                           **({"who": who} if who else {}))
@@ -391,9 +368,7 @@ class App:
 
     async def stop(self, who: str) -> None:
         """Stop every app server: the site is down until `relman start`."""
+        self.warm.cancel()
         for handle in list(self.supervisor.handles.values()):
-            await self.supervisor.stop(handle, self.config.swap.stop_timeout)
-        self.live = None
-        self.warm.clear()
-        self.switches.forget_warm()
+            await self.stop_server(handle)
         self.store.record("stopped", who=who)

@@ -10,7 +10,6 @@ import shutil
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, Final
 
 import psutil
@@ -25,8 +24,16 @@ from relman.supervisor.drain import wait_drained
 from relman.supervisor.health import in_range, probe_socket
 from relman.supervisor.restart import Exit, RestartPolicy, decide, quick_exits
 from relman.transaction.app import JOB_ENV, App, Report
-from relman.transaction.probation import on_probation, warm_left
 from relman.transaction.repair import relink_current, set_aside_unreadable_state
+from relman.transaction.runstate import (
+    Adopted,
+    Gone,
+    Relinked,
+    Role,
+    Settled,
+    on_probation,
+    warm_left,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -83,17 +90,19 @@ async def reconcile(app: App, report: Report) -> list[str]:
     interrupted, and make sure run/app.sock leads to a running server. Unreadable state is
     set aside first: it never stops the daemon."""
     current_set_aside, notes = set_aside_unreadable_state(app)
+    before = app.record.state  # what the previous daemon recorded
     adopted = await _adopt(app, notes)
     live_name = read_link(app.root.app_sock)
     live = next((h for h in adopted.values() if h.socket.name == live_name), None)
     interrupted = app.journal.unfinished() is not None
     undo_interrupted_job(app, notes)
     if live is not None:
-        live.state = ServerState.LIVE
-        app.live = live
-        if app.store.live_id() != live.release:  # crashed between app.sock and current
-            replace_symlink(app.root.current, Path("releases") / live.release)
-            app.linked = live.release
+        # run/app.sock is what nginx follows: its server is the live one, whatever the
+        # record said (a daemon killed between the record and the link).
+        live.advance(ServerState.LIVE)
+        app.record.submit(Adopted(live.instance, live.release, Role.LIVE))
+        app.record.submit(Relinked(live.release))
+        app.derive_links(app.record.state)  # current too, if it crashed between the two
         replace_symlink(app.root.next_sock, live.socket.name)
         try:
             app.store.live_manifest()  # one that was set aside is rebuilt now
@@ -101,6 +110,8 @@ async def reconcile(app: App, report: Report) -> list[str]:
             notes.append(e.message)
     elif current_set_aside:
         notes.append(relink_current(app))
+    elif not app.record.state.linked and (current := app.store.live_id()) is not None:
+        app.record.submit(Relinked(current))  # a record older than this release of relman
     if app.live is None and app.store.live_id() is not None:  # serving first, then tidying
         notes.append("the live release's server was not running: starting it")
         try:
@@ -110,32 +121,44 @@ async def reconcile(app: App, report: Report) -> list[str]:
     for handle in adopted.values():
         if handle is live:
             continue
-        left = min(warm_left(app.switches.record, handle.release, time.time()),
+        left = min(warm_left(before, handle.instance, app.clock()),
                    app.config.swap.keep_warm)
         if not interrupted and left > 0 and await _still_warm(app, handle):
-            app.keep_warm(handle, left)
+            app.warm.keep(handle, left)
             notes.append(f"keeping {handle.instance} warm for the {left:.0f}s left of its window")
             continue
         notes.append(f"stopping {handle.instance}: not live")
         # It may have been live a moment ago: let nginx's queued connections through first.
         await wait_drained(handle.socket, timeout=app.config.swap.drain_timeout)
-        await app.supervisor.stop(handle, app.config.swap.stop_timeout)
+        await app.stop_server(handle)
     return notes
 
 
 async def _adopt(app: App, notes: list[str]) -> dict[str, ServerHandle]:
-    """Adopt the recorded instances that run; what else was ended goes into the history."""
+    """Adopt the recorded instances that run; what else was ended goes into the history.
+    The run record then lists exactly the adopted instances."""
     adoption = await app.supervisor.adopt_all(app.config.swap.stop_timeout)
     for note in adoption.notes:
         notes.append(note)
         app.store.record("process_reconciled", detail=note)
-    return {h.instance: h for h in adoption.handles}
+    adopted = {h.instance: h for h in adoption.handles}
+    for instance in app.record.state.instances:
+        if instance.name not in adopted:
+            app.record.submit(Gone(instance.name))
+    for handle in adopted.values():
+        known = app.record.state.get(handle.instance)
+        if known is None:  # spawned by a daemon that died before it recorded it
+            app.record.submit(Adopted(handle.instance, handle.release, Role.CANDIDATE))
+        elif known.role is Role.LIVE:  # live only if run/app.sock still leads to it
+            app.record.submit(Adopted(handle.instance, handle.release, Role.RETIRING))
+    return adopted
 
 
 async def _still_warm(app: App, handle: ServerHandle) -> bool:
     """Whether an adopted server that is not live, with time left as the warm release, may
     stay warm: its release is a built one, and it still answers its health check."""
-    if app.warm.get(handle.release) is not None or handle.release == app.store.live_id():
+    other = app.warm.server()  # the record may already name this one: it was warm before
+    if (other is not None and other is not handle) or handle.release == app.store.live_id():
         return False
     try:
         manifest = app.store.get(handle.release)
@@ -171,9 +194,9 @@ class CrashRecovery:
     def on_probation(self) -> bool:
         """Whether the live release may still be rolled back automatically."""
         app = self.app
-        record = app.switches.record
-        return record.switch != self.requested and on_probation(
-            record, app.live_release(), time.time(), app.config.swap.verify_window)
+        state = app.record.state
+        return state.switch.key != self.requested and on_probation(
+            state, app.clock(), app.config.swap.verify_window)
 
     async def watch_live(self) -> None:
         """Within swap.verify_window of a switch, GET health.path every live_check_interval."""
@@ -186,20 +209,20 @@ class CrashRecovery:
 
     def request_rollback(self, release: str, reason: str) -> None:
         """Schedule the one automatic rollback this switch gets, whatever its outcome."""
-        switch = self.requested = self.app.switches.record.switch
+        switch = self.requested = self.app.record.state.switch.key
         self.schedule("auto-rollback",
                       lambda report: self.auto_rollback(release, switch, reason, report), 0.0)
 
     async def check_live_once(self) -> None:
         app = self.app
         live = app.live
-        record = app.switches.record
+        switch = app.record.state.switch.key
         if (live is None or not live.alive or app.journal.entry is not None
                 or not self.on_probation()):
             self.live_failures = 0  # a job in progress, a crash (after_exit's) or no probation
             return
-        if record.switch != self.watched_switch:
-            self.watched_switch, self.live_failures = record.switch, 0
+        if switch != self.watched_switch:
+            self.watched_switch, self.live_failures = switch, 0
         # Through run/app.sock, not nginx: whether the release works, not whether nginx does.
         probe = await probe_socket(app.root.app_sock, protocol=live.protocol,
                                    path=app.config.health.path, timeout=10)
@@ -253,8 +276,7 @@ class CrashRecovery:
     def settle(self, switch: tuple[str, float]) -> None:
         """*switch* had its one automatic rollback, done or not: none again, even after a
         daemon restart."""
-        if self.app.switches.record.switch == switch:
-            self.app.switches.update(settled=True)
+        self.app.record.submit(Settled(switch))
 
     async def auto_rollback(self, bad: str, switch: tuple[str, float], reason: str,
                             report: Report) -> Any:
@@ -262,7 +284,7 @@ class CrashRecovery:
         known-good release live before it, unless a job changed the live release meanwhile."""
         app = self.app
         target = app.store.rollback_target()
-        if (app.store.live_id() != bad or app.switches.record.switch != switch
+        if (app.store.live_id() != bad or app.record.state.switch.key != switch
                 or target is None):
             why = "no known-good release before it" if target is None else \
                 "another job changed the live release first"
@@ -270,8 +292,7 @@ class CrashRecovery:
             self.settle(switch)
             return {"skipped": why}
         app.store.record("auto_rollback", release=target.id, previous=bad, reason=reason)
-        app.no_warm.add(bad)
-        try:
+        try:  # auto: the bad release is never kept warm, and the switch is settled
             manifest = await app.rollback(target.id, f"{AUTO_WHO}{reason})", report,
                                           auto=True)
         except RelmanError:
@@ -279,8 +300,6 @@ class CrashRecovery:
             if app.live is None or not app.live.alive:  # a crash loop, and no way back
                 self.schedule(f"restart {bad}", self.restart_live, 1.0)
             raise
-        finally:
-            app.no_warm.discard(bad)
         # Only now: while it served, its tree must never be rebuilt by a redeploy.
         app.store.mark(app.store.get(bad), ReleaseState.FAILED, error=reason)
         return {"release": manifest.id, "previous": bad}

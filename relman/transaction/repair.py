@@ -14,6 +14,7 @@ from relman.atomic import read_link, replace_symlink
 from relman.releases import history
 from relman.releases.ids import is_release_id
 from relman.transaction.app import App
+from relman.transaction.runstate import Relinked
 
 log = structlog.get_logger(__name__)
 
@@ -63,5 +64,5 @@ def relink_current(app: App) -> str:
         log.warning("current.left_absent", reason="no release is known to have served last")
         return "no release is known to have served last: current left absent"
     replace_symlink(app.root.current, Path("releases") / release)
-    app.linked = release
+    app.record.submit(Relinked(release))
     return f"current linked again to {release}, the release that served last"

@@ -93,14 +93,15 @@ def test_a_rollback_failing_after_the_health_gate_stops_the_warm_server(make_app
 
 
 def test_a_real_failure_at_the_switch_puts_every_link_back(make_app, app_repo):
-    """state/switch.json is a directory, so the switch fails for real (IsADirectoryError, a
-    bug: exit 70) after app.sock and current moved: all three links go back, the candidate
-    stops, v1 serves; with the directory gone the next deploy works."""
+    """state/run.json is a directory, so the switch fails for real (IsADirectoryError, a
+    bug: exit 70) when the run record takes it, after next.sock moved to the candidate:
+    every link is as before, the candidate stops, v1 serves; with the directory gone the
+    next deploy works."""
     app = make_app()
     root = root_of(app)
     app.relman("deploy", "v1", check=True)
     release_version(app_repo, "v2")
-    record = root / "state" / "switch.json"
+    record = root / "state" / "run.json"
     record.unlink()
     record.mkdir()
     before = links_of(root)

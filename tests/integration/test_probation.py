@@ -1,5 +1,5 @@
 """The verification window and the warm window are measured from the switch, kept in
-state/switch.json: a daemon restart neither ends them nor starts them again."""
+state/run.json: a daemon restart neither ends them nor starts them again."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_probation_survives_a_daemon_restart(make_app, app_repo):
     release_version(app_repo, "v2")
     app.relman("deploy", "v2", check=True)
     v1, v2 = (r["id"] for r in app.json("releases"))
-    record = json.loads((root_of(app) / "state/switch.json").read_text())
+    record = json.loads((root_of(app) / "state/run.json").read_text())["switch"]
     assert (record["release"], record["settled"]) == (v2, False)
     app.kill9()
     app.start()
@@ -53,7 +53,7 @@ def test_release_reached_by_auto_rollback_stays_settled_across_a_restart(make_ap
     make_unhealthy(app, v3)
     wait_until(lambda: app.json("status")["live"] == v2, timeout=60, what="auto-rollback")
     wait_until(lambda: app.json("status")["job"] is None, timeout=30, what="its end")
-    record = json.loads((root_of(app) / "state/switch.json").read_text())
+    record = json.loads((root_of(app) / "state/run.json").read_text())["switch"]
     assert (record["release"], record["settled"]) == (v2, True)
     app.kill9()
     app.start()
