@@ -19,6 +19,7 @@ import pytest
 from relman.client import request
 from relman.control import ControlServer, Send, peer_allowed
 from relman.errors import DaemonBug, DaemonUnreachable, LockHeld, UnknownRelease, UsageError
+from relman.results import Result
 from testing.needs import need_root
 
 T = TypeVar("T")
@@ -42,6 +43,16 @@ class LoopThread:
         self.loop.close()
 
 
+class Echo(Result):
+    """An answer of any JSON shape, as a handler returns it."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def to_json(self) -> dict[str, object]:
+        return self.data
+
+
 class Daemon:
     """A ControlServer whose handler sends two progress events, then answers or raises."""
 
@@ -50,7 +61,7 @@ class Daemon:
         self.requests: list[dict[str, Any]] = []
         self.server = ControlServer(path, self.handle)
 
-    async def handle(self, req: dict[str, Any], send: Send, peer: tuple[int, int]) -> Any:
+    async def handle(self, req: dict[str, Any], send: Send, peer: tuple[int, int]) -> Result:
         self.requests.append(req)
         if req.get("command") == "busy":
             raise LockHeld("x", hint="pass --wait to queue behind it")
@@ -65,8 +76,8 @@ class Daemon:
         send({"type": "progress", "step": "fetched", "message": "one"})
         await asyncio.sleep(0)
         send({"type": "progress", "step": "built", "message": "two"})
-        return {"command": req.get("command"), "args": req.get("args"),
-                "client": req.get("client"), "peer": list(peer)}
+        return Echo({"command": req.get("command"), "args": req.get("args"),
+                     "client": req.get("client"), "peer": list(peer)})
 
 
 @pytest.fixture
