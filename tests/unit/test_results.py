@@ -29,6 +29,7 @@ from relman.results import (
     Status,
     StopResult,
 )
+from relman.views import render_status
 
 RID = "20261123T031500Z-1a2b3c4"
 FIGURES = Figures(workers=2, rss=48 * 2**20, cpu_percent=1.5, uptime=12.3)
@@ -201,6 +202,17 @@ def test_bad_answer_crosses_the_socket_as_itself() -> None:
     err = error_from_dict(BadAnswer("job.step", "missing").to_dict())
     assert isinstance(err, BadAnswer)
     assert (err.exit_code, err.where, err.reason) == (70, "job.step", "missing")
+
+
+def test_render_status_reads_the_typed_answer() -> None:
+    """The human status shows the daemon, health, each server (with '?' for figures psutil
+    could not read) and the job."""
+    text = render_status(STATUS)
+    assert "daemon:   pid 100, up 99s, rss 30 MiB" in text
+    assert f"live:     {RID} (healthy: HTTP/1.1 200 OK)" in text
+    assert f"server:   {RID}.1 live pid 4242 workers 2 rss 48 MiB up 12s" in text
+    assert f"server:   {RID}.0 warm pid 4000 workers ? rss 0 MiB up 0s" in text
+    assert "job:      deploy v2 by alice, at step built" in text
 
 
 def test_the_cli_side_is_standard_library_only() -> None:
