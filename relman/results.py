@@ -1,7 +1,7 @@
 """What the daemon answers over the control socket, as frozen dataclasses both ends share.
 
-Standard library only: the CLI imports this at start-up (through relman/client.py), over
-SSH too. Each answer has to_json(), which is what the daemon sends and what `--json`
+Standard library only: the CLI imports it (relman/client.py) for every request to the
+daemon, over SSH too. Each answer has to_json(), which is what the daemon sends and what `--json`
 prints, and from_json(), which checks the type of every field and raises BadAnswer naming
 the field (`servers[0].pid: expected an integer, got a string`) instead of a KeyError or a
 TypeError somewhere in the CLI. A field with a default may be missing, as in an older
