@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -23,10 +23,14 @@ from relman.config_search import find_config, lenient_root
 from relman.errors import INTERNAL_ERROR_EXIT, ConfigError, RelmanError, UsageError
 from relman.releases.layout import AppRoot
 
+if TYPE_CHECKING:
+    from relman.results import Progress, Result
+
 # Every command starts with these imports, over SSH too: what only some commands need (the
-# release store, the views, structlog, asyncio) is imported inside them.
+# release store, the views, the daemon's answers, structlog, asyncio) is imported inside them.
 
 SSH_ALLOWED = frozenset({"deploy", "rollback", "releases", "status", "history", "logs"})
+R = TypeVar("R", bound="Result")
 
 
 class Context:
@@ -72,7 +76,8 @@ class Context:
                 self._root_only = AppRoot(found)
         return self._root_only
 
-    def emit(self, data: Any, human: Callable[[], str] | str) -> None:
+    def emit(self, data: object, human: Callable[[], str] | str) -> None:
+        """*data* as JSON with --json, else *human*."""
         if self.json:
             click.echo(json.dumps(data, sort_keys=True, default=str))
         else:
@@ -80,19 +85,21 @@ class Context:
             if text:
                 click.echo(text)
 
-    def call(self, command: str, **args: Any) -> Any:
-        """One request to the daemon, printing its progress as it streams."""
-        def progress(event: dict[str, Any]) -> None:
+    def call(self, command: str, into: type[R], **args: object) -> R:
+        """One request to the daemon, printing its progress as it streams; its answer read
+        *into* that result class."""
+        def progress(event: Progress) -> None:
             if self.json:
-                click.echo(json.dumps(event), nl=True)
+                click.echo(json.dumps(event.to_json()), nl=True)
             else:
-                click.echo(f"[{event.get('step', '')}] {event.get('message', '')}")
+                click.echo(f"[{event.step}] {event.message}")
             sys.stdout.flush()
 
-        return client.request(self.root_only.control_sock, command, args, client_info(), progress)
+        return client.request(self.root_only.control_sock, command, args, client_info(),
+                              progress, into=into)
 
 
-def client_info() -> dict[str, Any]:
+def client_info() -> dict[str, object]:
     user = os.environ.get("SUDO_USER") or getpass.getuser()
     ssh = os.environ.get("SSH_CLIENT", "").split(" ")[0]
     return {"user": user, "ssh": ssh, "pid": os.getpid()}
@@ -144,8 +151,10 @@ def daemon(ctx: Context) -> None:
 @pass_ctx
 def deploy(ctx: Context, ref: str, wait: bool) -> None:
     """Fetch REF, build it, run the release phase and swap it in."""
-    result = ctx.call("deploy", ref=ref, wait=wait)
-    ctx.emit(result, lambda: f"deployed {result['ref']} as {result['release']}")
+    from relman.results import DeployResult
+
+    result = ctx.call("deploy", DeployResult, ref=ref, wait=wait)
+    ctx.emit(result.to_json(), lambda: f"deployed {result.ref} as {result.release}")
 
 
 @cli.command()
@@ -154,8 +163,10 @@ def deploy(ctx: Context, ref: str, wait: bool) -> None:
 @pass_ctx
 def rollback(ctx: Context, release: str | None, wait: bool) -> None:
     """Swap to the previous known-good release (or RELEASE)."""
-    result = ctx.call("rollback", release=release, wait=wait)
-    ctx.emit(result, lambda: f"rolled back to {result['release']}")
+    from relman.results import RollbackResult
+
+    result = ctx.call("rollback", RollbackResult, release=release, wait=wait)
+    ctx.emit(result.to_json(), lambda: f"rolled back to {result.release}")
 
 
 @cli.command()
@@ -172,10 +183,11 @@ def releases(ctx: Context) -> None:
 @pass_ctx
 def status(ctx: Context) -> None:
     """Daemon, live release, pids, workers, uptime, RSS, CPU, health."""
+    from relman.results import Status
     from relman.views import render_status
 
-    result = ctx.call("status")
-    ctx.emit(result, lambda: render_status(result))
+    result = ctx.call("status", Status)
+    ctx.emit(result.to_json(), lambda: render_status(result))
 
 
 @cli.command()
@@ -183,8 +195,10 @@ def status(ctx: Context) -> None:
 @pass_ctx
 def start(ctx: Context, wait: bool) -> None:
     """Start the app server of the current release."""
-    result = ctx.call("start", wait=wait)
-    ctx.emit(result, lambda: f"started {result['release']} (pid {result['pid']})")
+    from relman.results import StartResult
+
+    result = ctx.call("start", StartResult, wait=wait)
+    ctx.emit(result.to_json(), lambda: f"started {result.release} (pid {result.pid})")
 
 
 @cli.command()
@@ -192,8 +206,10 @@ def start(ctx: Context, wait: bool) -> None:
 @pass_ctx
 def stop(ctx: Context, wait: bool) -> None:
     """Stop the app servers (the site is down until `relman start`)."""
-    result = ctx.call("stop", wait=wait)
-    ctx.emit(result, "stopped")
+    from relman.results import StopResult
+
+    result = ctx.call("stop", StopResult, wait=wait)
+    ctx.emit(result.to_json(), "stopped")
 
 
 @cli.command()
@@ -201,8 +217,10 @@ def stop(ctx: Context, wait: bool) -> None:
 @pass_ctx
 def restart(ctx: Context, wait: bool) -> None:
     """Fresh app server processes for the live release, swapped in without a failed request."""
-    result = ctx.call("restart", wait=wait)
-    ctx.emit(result, lambda: f"restarted {result['release']}")
+    from relman.results import RestartResult
+
+    result = ctx.call("restart", RestartResult, wait=wait)
+    ctx.emit(result.to_json(), lambda: f"restarted {result.release}")
 
 
 @cli.command()
@@ -274,9 +292,11 @@ def nginx_config(ctx: Context, listen: str, server_name: str) -> None:
 @pass_ctx
 def prune(ctx: Context, wait: bool) -> None:
     """Remove releases and venvs beyond keep_releases (never live, target or running)."""
-    result = ctx.call("prune", wait=wait)
-    ctx.emit(result, lambda: f"removed {len(result['releases'])} releases, "
-             f"{len(result['venvs'])} venvs")
+    from relman.results import PruneResult
+
+    result = ctx.call("prune", PruneResult, wait=wait)
+    ctx.emit(result.to_json(), lambda: f"removed {len(result.releases)} releases, "
+             f"{len(result.venvs)} venvs")
 
 
 @cli.command("ssh-command")

@@ -1,6 +1,8 @@
 """The CLI's side of the control socket (the protocol is described in relman/control.py).
 
 Standard library only: every CLI command starts with this, over SSH too, so it stays light.
+relman/results.py is imported only once a request is made: its dataclasses cost a few ms to
+define, which `releases`, `history` and `logs` need not pay.
 """
 
 from __future__ import annotations
@@ -11,9 +13,14 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar, overload
 
-from relman.errors import DaemonUnreachable, UsageError, error_from_dict
+from relman.errors import BadAnswer, DaemonUnreachable, UsageError, error_from_dict
+
+if TYPE_CHECKING:
+    from relman.results import Progress, Result
+
+R = TypeVar("R", bound="Result")
 
 # Seconds without a line from the daemon after which the CLI gives up on it. During a job the
 # daemon sends a keepalive every 5 s (control.KEEPALIVE), and a status answer takes at most
@@ -37,20 +44,41 @@ def silence_limit() -> float:
     return seconds
 
 
-def request(path: Path, command: str, args: dict[str, Any], client: dict[str, Any],
-            on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
-    """Send one request and stream its answer; returns the result or raises its error."""
+@overload
+def request(path: Path, command: str, args: dict[str, object], client: dict[str, object],
+            on_progress: Callable[[Progress], None] | None = None, *, into: type[R]) -> R: ...
+
+
+@overload
+def request(path: Path, command: str, args: dict[str, object], client: dict[str, object],
+            on_progress: Callable[[Progress], None] | None = None, *,
+            into: None = None) -> object: ...
+
+
+def request(path: Path, command: str, args: dict[str, object], client: dict[str, object],
+            on_progress: Callable[[Progress], None] | None = None, *,
+            into: type[Result] | None = None) -> object:
+    """Send one request and stream its answer; returns the result (parsed *into* that
+    Result class, else as JSON) or raises its error."""
+    from relman.results import Progress, json_kind
+
     for message in _exchange(path, {"command": command, "args": args, "client": client}):
+        if not isinstance(message, dict):
+            raise BadAnswer("a message", f"expected an object, got {json_kind(message)}")
         kind = message.get("type")
         if kind == "progress":
             if on_progress is not None:
-                on_progress(message)
+                on_progress(Progress.from_json(message))
         elif kind == "keepalive":
             continue  # the daemon is alive and the job goes on
         elif kind == "result":
-            return message.get("data")
+            data = message.get("data")
+            return data if into is None else into.from_json(data)
         elif kind == "error":
-            raise error_from_dict(message.get("error") or {})
+            error = message.get("error")
+            if not isinstance(error, dict):
+                raise BadAnswer("error", f"expected an object, got {json_kind(error)}")
+            raise error_from_dict(error)
     raise DaemonUnreachable("the daemon closed the connection without an answer",
                             hint="see its log: journalctl -u relman@APP")
 
@@ -62,7 +90,15 @@ def _not_answering(path: Path, seconds: float) -> DaemonUnreachable:
              "keeps serving and the new daemon adopts it")
 
 
-def _exchange(path: Path, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _message(line: bytes) -> object:
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        text = line[:80].decode(errors="replace").strip()
+        raise BadAnswer("a message", f"not JSON: {text!r}") from None
+
+
+def _exchange(path: Path, payload: dict[str, object]) -> Iterator[object]:
     seconds = silence_limit()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(seconds)  # per silence: every line from the daemon starts it again
@@ -86,7 +122,7 @@ def _exchange(path: Path, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
             sock.sendall((json.dumps(payload) + "\n").encode())  # a refusal may be waiting
         try:
             for line in f:
-                yield json.loads(line)
+                yield _message(line)
         except ConnectionResetError:
             raise DaemonUnreachable("the daemon closed the connection") from None
         except TimeoutError:

@@ -2,10 +2,11 @@
 
 A request is one line, `{"command": ..., "args": {...}, "client": {...}}`. The daemon answers
 with any number of `{"type": "progress", "step": ..., "message": ...}` lines and then one
-`{"type": "result", "data": ...}` or `{"type": "error", "error": {...}}` line. While a job
-runs (or waits for the one ahead), a `{"type": "keepalive"}` line comes every KEEPALIVE
-seconds, so the CLI can tell a daemon that does not answer at all (relman/client.py gives up
-after a silence) from a long quiet step. The job runs in the daemon, not in the connection:
+`{"type": "result", "data": ...}` or `{"type": "error", "error": {...}}` line; each kind of
+data is a class in relman/results.py, which both ends share. While a job runs (or waits for
+the one ahead), a `{"type": "keepalive"}` line comes every KEEPALIVE seconds, so the CLI can
+tell a daemon that does not answer at all (relman/client.py gives up after a silence) from a
+long quiet step. The job runs in the daemon, not in the connection:
 a dropped SSH session ends the stream, never the deploy.
 This is the daemon's side; relman/client.py is the CLI's.
 """
@@ -25,11 +26,12 @@ from typing import Any
 import structlog
 
 from relman.errors import DaemonBug, RelmanError
+from relman.results import Result
 
 log = structlog.get_logger(__name__)
 
 Send = Callable[[dict[str, Any]], None]
-Handler = Callable[[dict[str, Any], Send, tuple[int, int]], Awaitable[Any]]
+Handler = Callable[[dict[str, Any], Send, tuple[int, int]], Awaitable[Result]]
 
 MAX_LINE = 1 << 20
 # Seconds between keepalive lines during a job: well under the CLI's silence limit
@@ -140,8 +142,8 @@ class ControlServer:
     async def _answer(self, request: dict[str, Any], send: Send, peer: tuple[int, int]) -> None:
         """Run the handler; its result or error is the last message of the answer."""
         try:
-            data = await self.handler(request, send, peer)
-            send({"type": "result", "data": data})
+            result = await self.handler(request, send, peer)
+            send({"type": "result", "data": result.to_json()})
         except RelmanError as e:
             send({"type": "error", "error": e.to_dict()})
         except Exception as e:

@@ -10,13 +10,13 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sdnotify
 import structlog
 import watchfiles
 
-from relman import __version__
+from relman import __version__, results
 from relman.atomic import replace_symlink
 from relman.config import Config, load_config
 from relman.control import KEEPALIVE, ControlServer, Send
@@ -24,11 +24,12 @@ from relman.errors import LockHeld, RelmanError, StateWriteFailed, UsageError, w
 from relman.lock import Busy, FileLock
 from relman.releases.prune import prune
 from relman.supervisor.figures import ProcessFigures
-from relman.supervisor.health import probe_socket
+from relman.supervisor.health import in_range, probe_socket
 from relman.transaction import App, CrashRecovery, Report, reconcile
 from relman.transaction.repair import set_aside_current
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 class Daemon:
@@ -136,7 +137,7 @@ class Daemon:
             return f"{self.config.app.name}: no live server"
         return f"{self.config.app.name}: live {live.release} (pid {live.pid})"
 
-    def schedule_job(self, what: str, work: Callable[[Report], Awaitable[Any]],
+    def schedule_job(self, what: str, work: Callable[[Report], Awaitable[object]],
                      delay: float) -> None:
         """Run *work* as a job after *delay* seconds, queued behind any running job."""
         async def run() -> None:
@@ -184,11 +185,11 @@ class Daemon:
         log.info("current.flipped_externally", release=target)
         self.schedule_job(f"swap to {target} (current flipped)", self._follow_flip, 0.0)
 
-    async def _follow_flip(self, report: Report) -> Any:
+    async def _follow_flip(self, report: Report) -> results.RollbackResult | None:
         target = self.app.store.live_id()
         linked = self.app.linked
         if target is None or target == linked:  # a job queued first made it moot
-            return {}
+            return None
         try:
             return await self._rollback(target, "external flip of current", report)
         except RelmanError as e:
@@ -200,7 +201,8 @@ class Daemon:
                                       error=e.message)
             raise
 
-    async def handle(self, request: dict[str, Any], send: Send, peer: tuple[int, int]) -> Any:
+    async def handle(self, request: dict[str, Any], send: Send, peer: tuple[int, int]
+                     ) -> results.Result:
         """Dispatch one control request."""
         command = str(request.get("command", ""))
         args = request.get("args") or {}
@@ -208,7 +210,7 @@ class Daemon:
         who = str(client.get("user") or f"uid {peer[0]}")
         if client.get("ssh"):
             who += f" via ssh from {client['ssh']}"
-        commands: dict[str, Callable[[], Awaitable[Any]]] = {
+        commands: dict[str, Callable[[], Awaitable[results.Result]]] = {
             "ping": self._ping,
             "status": self.status,
             "deploy": lambda: self.job(f"deploy {args.get('ref')}", who, args, send,
@@ -229,7 +231,7 @@ class Daemon:
         return await commands[command]()
 
     async def job(self, what: str, who: str, args: dict[str, Any], send: Send,
-                  work: Callable[[Callable[[str, str], None]], Awaitable[Any]]) -> Any:
+                  work: Callable[[Report], Awaitable[T]]) -> T:
         """Run *work* under the deploy lock; it goes on if the client disconnects."""
         if self.pending and not args.get("wait"):
             holder = self.pending[0]
@@ -240,9 +242,9 @@ class Daemon:
         self.pending.append(entry)
 
         def report(step: str, message: str) -> None:
-            send({"type": "progress", "step": step, "message": message})
+            send(results.Progress(step=step, message=message).to_json())
 
-        async def locked() -> Any:
+        async def locked() -> T:
             try:
                 async with self.job_mutex:
                     entry["since"] = _now()
@@ -279,40 +281,41 @@ class Daemon:
         finally:
             beat.cancel()
 
-    async def _deploy(self, ref: str, who: str, report: Callable[[str, str], None]) -> Any:
+    async def _deploy(self, ref: str, who: str, report: Report) -> results.DeployResult:
         manifest = await self.app.deploy(ref, who, report)
         # Like Capistrano's cleanup, every deploy keeps the disk bounded (Kamal's is not).
         # A server still stopping counts as running: the next prune takes its release.
-        pruned: dict[str, list[str]] = {"releases": [], "venvs": []}
+        pruned = results.PruneResult()
         try:
             pruned = await self._prune()
         except Exception as e:  # noqa: BLE001 - the release is live: a cleanup must not fail it
             log.warning("prune.failed", error=str(e))
             report("prune", f"prune failed (the deploy stands): {e}")
-        if pruned["releases"] or pruned["venvs"]:
-            report("prune", f"pruned {len(pruned['releases'])} release(s) and "
-                   f"{len(pruned['venvs'])} virtualenv(s) beyond keep_releases = "
+        if pruned.releases or pruned.venvs:
+            report("prune", f"pruned {len(pruned.releases)} release(s) and "
+                   f"{len(pruned.venvs)} virtualenv(s) beyond keep_releases = "
                    f"{self.config.app.keep_releases}")
-        return {"release": manifest.id, "sha": manifest.sha, "ref": ref,
-                "switch_ms": self.app.switch_ms, "pruned": pruned}
+        return results.DeployResult(release=manifest.id, sha=manifest.sha, ref=ref,
+                                    switch_ms=self.app.switch_ms, pruned=pruned)
 
-    async def _rollback(self, release: Any, who: str, report: Callable[[str, str], None]) -> Any:
+    async def _rollback(self, release: Any, who: str, report: Report) -> results.RollbackResult:
         manifest = await self.app.rollback(str(release) if release else None, who, report)
-        return {"release": manifest.id, "sha": manifest.sha, "switch_ms": self.app.switch_ms}
+        return results.RollbackResult(release=manifest.id, sha=manifest.sha,
+                                      switch_ms=self.app.switch_ms)
 
-    async def _restart(self, who: str, report: Callable[[str, str], None]) -> Any:
+    async def _restart(self, who: str, report: Report) -> results.RestartResult:
         manifest = await self.app.restart(who, report)
-        return {"release": manifest.id, "switch_ms": self.app.switch_ms}
+        return results.RestartResult(release=manifest.id, switch_ms=self.app.switch_ms)
 
-    async def _start(self, who: str, report: Callable[[str, str], None]) -> Any:
+    async def _start(self, who: str, report: Report) -> results.StartResult:
         handle = await self.app.start(report, who=who)
-        return {"release": handle.release, "pid": handle.pid}
+        return results.StartResult(release=handle.release, pid=handle.pid)
 
-    async def _stop(self, who: str) -> Any:
+    async def _stop(self, who: str) -> results.StopResult:
         await self.app.stop(who)
-        return {"stopped": True}
+        return results.StopResult(stopped=True)
 
-    async def _prune(self) -> Any:
+    async def _prune(self) -> results.PruneResult:
         store = self.app.store
         target = store.rollback_target()
         running = frozenset(h.release for h in self.app.supervisor.handles.values() if h.alive)
@@ -322,43 +325,42 @@ class Daemon:
             live=store.live_id(), target=target.id if target else None, running=running)
         if result.releases or result.venvs:
             store.record("pruned", releases=list(result.releases), venvs=list(result.venvs))
-        return {"releases": list(result.releases), "venvs": list(result.venvs)}
+        return result
 
-    async def _ping(self) -> Any:
-        return {"pid": os.getpid(), "version": __version__}
+    async def _ping(self) -> results.Pong:
+        return results.Pong(pid=os.getpid(), version=__version__)
 
-    async def status(self) -> Any:
+    async def status(self) -> results.Status:
         """Daemon, live release, processes (pids, workers, RSS, CPU, uptime), health, job."""
         handles = list(self.app.supervisor.handles.values())
         async with self.figures_lock:  # psutil scans every process: not in the event loop
             figures = await asyncio.to_thread(lambda: [
                 self.figures.of(os.getpid(), with_children=False),
                 *(self.figures.of(h.pid) for h in handles)])
-        servers = [h.describe() | f | {"live": h is self.app.live}
-                   for h, f in zip(handles, figures[1:], strict=True)]
+        servers = tuple(h.describe(f, live=h is self.app.live)
+                        for h, f in zip(handles, figures[1:], strict=True))
         health = None
         live = self.app.live
         if live is not None and live.alive:
             probe = await probe_socket(live.socket, protocol=live.protocol,
                                        path=self.config.health.path, timeout=5)
-            health = {"status": probe.status, "detail": probe.detail,
-                      "healthy": probe.status is not None
-                      and self.config.health.expect[0] <= probe.status
-                      <= self.config.health.expect[1]}
+            health = results.Health(status=probe.status, detail=probe.detail,
+                                    healthy=in_range(probe.status, self.config.health.expect))
         entry = self.app.journal.entry
         target = self.app.store.rollback_target()
-        return {
-            "app": self.config.app.name,
-            "daemon": {"pid": os.getpid(), "version": __version__,
-                       "uptime": round(time.time() - self.started, 1)} | figures[0],
-            "live": live.release if live is not None and live.alive else None,
-            "current": self.app.store.live_id(),
-            "rollback_target": target.id if target else None,
-            "health": health,
-            "servers": servers,
-            "job": entry.to_json() if entry else None,
-            "crash_loop": self.recovery.crash_loop or None,
-        }
+        own = figures[0] or results.Figures(workers=0, rss=0, cpu_percent=0.0,
+                                            uptime=round(time.time() - self.started, 1))
+        return results.Status(
+            app=self.config.app.name,
+            daemon=results.DaemonInfo(pid=os.getpid(), version=__version__, figures=own),
+            live=live.release if live is not None and live.alive else None,
+            current=self.app.store.live_id(),
+            rollback_target=target.id if target else None,
+            health=health,
+            servers=servers,
+            job=results.JobInfo(**entry.to_json()) if entry else None,
+            crash_loop=self.recovery.crash_loop or None,
+        )
 
 
 def _take(lock: FileLock, holder: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ RelmanError                     exit 1: failed, the previous release still serve
 ├── DaemonUnreachable           exit 3
 ├── LockHeld                    exit 4
 └── DaemonBug                   exit 70: a bug in the daemon, reported over the socket
+    └── BadAnswer               (where, reason): an answer the CLI cannot read
 
 Bugs are not RelmanErrors: the CLI maps any other exception to exit 70 (EX_SOFTWARE) with one
 line pointing to the log, where the traceback is.
@@ -57,8 +58,9 @@ class RelmanError(Exception):
         }
 
 
-# Fields of particular errors that --json carries as they are (ConfigError, BadRef).
-STRUCTURED_FIELDS = ("file", "key", "reason", "ref")
+# Fields of particular errors that --json carries as they are (ConfigError, BadRef,
+# BadAnswer).
+STRUCTURED_FIELDS = ("file", "key", "reason", "ref", "where")
 
 
 class UsageError(RelmanError):
@@ -165,13 +167,26 @@ class DaemonBug(RelmanError):
     code = "internal"
 
 
+class BadAnswer(DaemonBug):
+    """An answer from the daemon that is not what this CLI reads (relman/results.py): a bug,
+    or a daemon of another relman version still running after an upgrade."""
+
+    code = "bad-answer"
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"unexpected answer from the daemon: {where}: {reason}",
+                         hint="if relman was upgraded since the daemon started, restart "
+                              "the daemon (systemctl restart relman@APP)")
+        self.where, self.reason = where, reason
+
+
 BY_CODE: dict[str, type[RelmanError]] = {
     cls.code: cls
     for cls in (
         RelmanError, UsageError, ConfigError, BadRef, UnknownRelease, DeployFailed, FetchFailed,
         BuildFailed, ReleasePhaseFailed, Unhealthy, PreviewFailed, LiveCheckFailed,
         NoRollbackTarget, NotRunning, StateWriteFailed, DaemonUnreachable, LockHeld,
-        DaemonBug,
+        DaemonBug, BadAnswer,
     )
 }
 

@@ -20,6 +20,7 @@ from relman.releases.ids import is_release_id
 
 if TYPE_CHECKING:
     from relman.config import Config
+    from relman.results import Status
 
 
 def time_ago(ts: float, now: float | None = None) -> str:
@@ -75,26 +76,28 @@ def render_releases(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def render_status(s: dict[str, Any]) -> str:
-    d = s["daemon"]
-    health = s.get("health") or {}
+def render_status(s: Status) -> str:
+    """`relman status` for people: the daemon, the live release, each server, the job."""
+    d, health = s.daemon, s.health
     lines = [
-        f"app:      {s['app']}",
-        f"daemon:   pid {d['pid']}, up {d['uptime']:.0f}s, rss {d.get('rss', 0) // 2**20} MiB",
-        f"live:     {s['live'] or '-'}"
-        + (f" ({'healthy' if health.get('healthy') else 'UNHEALTHY'}: {health.get('detail')})"
+        f"app:      {s.app}",
+        f"daemon:   pid {d.pid}, up {d.figures.uptime:.0f}s, rss {d.figures.rss // 2**20} MiB",
+        f"live:     {s.live or '-'}"
+        + (f" ({'healthy' if health.healthy else 'UNHEALTHY'}: {health.detail})"
            if health else ""),
-        f"rollback: {s['rollback_target'] or '-'}",
+        f"rollback: {s.rollback_target or '-'}",
     ]
-    for srv in s["servers"]:
+    for srv in s.servers:
+        figures = srv.figures
         lines.append(
-            f"server:   {srv['instance']} {srv['state']} pid {srv['pid']} "
-            f"workers {srv.get('workers', '?')} rss {srv.get('rss', 0) // 2**20} MiB "
-            f"up {srv.get('uptime', 0):.0f}s")
-    if s.get("job"):
-        job = s["job"]
-        lines.append(f"job:      {job['job']} {job.get('release') or job.get('ref')} "
-                     f"by {job['who']}, at step {job['step']}")
+            f"server:   {srv.instance} {srv.state} pid {srv.pid} "
+            f"workers {figures.workers if figures else '?'} "
+            f"rss {figures.rss // 2**20 if figures else 0} MiB "
+            f"up {figures.uptime if figures else 0:.0f}s")
+    if s.job:
+        job = s.job
+        lines.append(f"job:      {job.job} {job.release or job.ref} "
+                     f"by {job.who}, at step {job.step}")
     return "\n".join(lines)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -13,6 +12,7 @@ from relman.atomic import read_link
 from relman.releases.ids import is_release_id
 from relman.releases.layout import AppRoot
 from relman.releases.registry import Manifest, ReleaseState, release_order
+from relman.results import PruneResult
 
 log = structlog.get_logger(__name__)
 
@@ -64,12 +64,6 @@ def unlisted_releases(root: AppRoot, manifests: Sequence[Manifest]) -> dict[str,
     return found
 
 
-@dataclass(frozen=True, slots=True)
-class PruneResult:
-    releases: tuple[str, ...]
-    venvs: tuple[str, ...]
-
-
 def prune(
     root: AppRoot,
     manifests: Sequence[Manifest],
@@ -102,4 +96,4 @@ def prune(
     dead_venvs = choose_prunable_venvs(names, kept, unlisted=unlisted)
     for name in sorted(dead_venvs):
         shutil.rmtree(root.venvs / name, ignore_errors=True)
-    return PruneResult(tuple(removed), tuple(sorted(dead_venvs)))
+    return PruneResult(releases=tuple(removed), venvs=tuple(sorted(dead_venvs)))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
 
 import psutil
+
+from relman.results import Figures
 
 
 class ProcessFigures:
@@ -17,8 +18,9 @@ class ProcessFigures:
     def __init__(self) -> None:
         self._known: dict[tuple[int, float], psutil.Process] = {}
 
-    def of(self, pid: int, *, with_children: bool = True) -> dict[str, Any]:
-        """Figures of *pid* and, with *with_children*, its descendants (the workers)."""
+    def of(self, pid: int, *, with_children: bool = True) -> Figures | None:
+        """Figures of *pid* and, with *with_children*, its descendants (the workers); None
+        when psutil cannot read it (it has exited)."""
         try:
             proc = psutil.Process(pid)
             children = proc.children(recursive=True) if with_children else []
@@ -27,11 +29,10 @@ class ProcessFigures:
                 with contextlib.suppress(psutil.Error):  # a worker recycled meanwhile
                     rss += child.memory_info().rss
                     cpu += self._cpu_percent(child)
-            figures = {"workers": len(children), "rss": int(rss),
-                       "cpu_percent": round(cpu, 1),
-                       "uptime": round(time.time() - proc.create_time(), 1)}
+            figures = Figures(workers=len(children), rss=int(rss), cpu_percent=round(cpu, 1),
+                              uptime=round(time.time() - proc.create_time(), 1))
         except psutil.Error:
-            return {}
+            return None
         self._forget_exited()
         return figures
 

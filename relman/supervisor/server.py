@@ -13,6 +13,7 @@ from pathlib import Path
 
 import structlog
 
+from relman.results import Figures, ServerLine
 from relman.supervisor.identity import InstanceRecord, ProcessIdentity
 from relman.supervisor.states import ServerState, check_transition
 
@@ -102,6 +103,8 @@ class ServerHandle:
         with contextlib.suppress(OSError):
             os.close(self.pidfd)
 
-    def describe(self) -> dict[str, object]:
-        return {"instance": self.instance, "release": self.release, "pid": self.pid,
-                "state": str(self.state), "socket": str(self.socket), "started": self.started}
+    def describe(self, figures: Figures | None, *, live: bool) -> ServerLine:
+        """This instance as `relman status` lists it."""
+        return ServerLine(instance=self.instance, release=self.release, pid=self.pid,
+                          state=str(self.state), socket=str(self.socket), started=self.started,
+                          live=live, figures=figures)

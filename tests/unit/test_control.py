@@ -18,7 +18,15 @@ import pytest
 
 from relman.client import request
 from relman.control import ControlServer, Send, peer_allowed
-from relman.errors import DaemonBug, DaemonUnreachable, LockHeld, UnknownRelease, UsageError
+from relman.errors import (
+    BadAnswer,
+    DaemonBug,
+    DaemonUnreachable,
+    LockHeld,
+    UnknownRelease,
+    UsageError,
+)
+from relman.results import Progress, Result, StartResult
 from testing.needs import need_root
 
 T = TypeVar("T")
@@ -42,6 +50,16 @@ class LoopThread:
         self.loop.close()
 
 
+class Echo(Result):
+    """An answer of any JSON shape, as a handler returns it."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def to_json(self) -> dict[str, object]:
+        return self.data
+
+
 class Daemon:
     """A ControlServer whose handler sends two progress events, then answers or raises."""
 
@@ -50,7 +68,7 @@ class Daemon:
         self.requests: list[dict[str, Any]] = []
         self.server = ControlServer(path, self.handle)
 
-    async def handle(self, req: dict[str, Any], send: Send, peer: tuple[int, int]) -> Any:
+    async def handle(self, req: dict[str, Any], send: Send, peer: tuple[int, int]) -> Result:
         self.requests.append(req)
         if req.get("command") == "busy":
             raise LockHeld("x", hint="pass --wait to queue behind it")
@@ -65,8 +83,8 @@ class Daemon:
         send({"type": "progress", "step": "fetched", "message": "one"})
         await asyncio.sleep(0)
         send({"type": "progress", "step": "built", "message": "two"})
-        return {"command": req.get("command"), "args": req.get("args"),
-                "client": req.get("client"), "peer": list(peer)}
+        return Echo({"command": req.get("command"), "args": req.get("args"),
+                     "client": req.get("client"), "peer": list(peer)})
 
 
 @pytest.fixture
@@ -89,10 +107,10 @@ def daemon(short_dir: Path) -> Iterator[Daemon]:
 
 def test_request_streams_progress_then_returns_result(daemon: Daemon) -> None:
     """The progress callback sees every event in order, then request() returns the result."""
-    events: list[dict[str, Any]] = []
+    events: list[Progress] = []
     result = request(daemon.path, "deploy", {"ref": "v1"}, {"user": "alice"}, events.append)
-    assert [(e["type"], e["step"], e["message"]) for e in events] == [
-        ("progress", "fetched", "one"), ("progress", "built", "two")]
+    assert events == [Progress(step="fetched", message="one"),
+                      Progress(step="built", message="two")]
     assert result == {"command": "deploy", "args": {"ref": "v1"}, "client": {"user": "alice"},
                       "peer": [os.getuid(), os.getgid()]}
 
@@ -356,10 +374,10 @@ def test_keepalives_keep_a_quiet_job_going(daemon: Daemon,
     """The silence limit is per silence: a job that sends keepalives for longer than the
     limit is not cut off, and the keepalives are not shown as progress."""
     monkeypatch.setenv("RELMAN_DAEMON_TIMEOUT", "2")
-    events: list[dict[str, Any]] = []
+    events: list[Progress] = []
     result = request(daemon.path, "quiet", {}, {}, events.append)
     assert result["command"] == "quiet"
-    assert [e["type"] for e in events] == ["progress", "progress"]
+    assert [e.step for e in events] == ["fetched", "built"]
 
 
 @pytest.mark.parametrize("value", ["soon", "0", "-1", "inf", "nan"])
@@ -369,3 +387,71 @@ def test_a_bad_daemon_timeout_is_a_usage_error(daemon: Daemon, value: str,
     monkeypatch.setenv("RELMAN_DAEMON_TIMEOUT", value)
     with pytest.raises(UsageError, match="RELMAN_DAEMON_TIMEOUT"):
         request(daemon.path, "status", {}, {})
+
+
+def test_request_reads_the_answer_into_its_result_class(daemon: Daemon) -> None:
+    """With into=, request() returns that Result, its fields checked."""
+    result = request(daemon.path, "status", {}, {}, into=Peer)
+    assert result == Peer(command="status", peer=(os.getuid(), os.getgid()))
+
+
+class Peer(Result):
+    """The part of the test daemon's answer a typed reader picks."""
+
+    __slots__ = ("command", "peer")
+
+    def __init__(self, *, command: str, peer: tuple[int, ...]) -> None:
+        self.command, self.peer = command, peer
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Peer) and (other.command, other.peer) == (self.command,
+                                                                           self.peer)
+
+    @classmethod
+    def from_json(cls, data: object) -> Peer:
+        assert isinstance(data, dict)
+        return cls(command=data["command"], peer=tuple(data["peer"]))
+
+
+def answer_with(path: Path, *lines: bytes) -> threading.Thread:
+    """A fake daemon on *path* that reads one request and answers *lines*."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def serve() -> None:
+        with listener, listener.accept()[0] as conn:
+            conn.makefile("rb").readline()
+            conn.sendall(b"".join(line + b"\n" for line in lines))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        pytest.param([b"<html>"], "a message: not JSON: '<html>'", id="not-json"),
+        pytest.param([b"[1, 2]"], "a message: expected an object, got an array", id="array"),
+        pytest.param([b'{"type": "error", "error": "boom"}'],
+                     "error: expected an object, got a string", id="error-not-an-object"),
+        pytest.param([b'{"type": "progress", "step": 3, "message": "x"}'],
+                     "step: expected a string, got an integer", id="bad-progress"),
+        pytest.param([b'{"type": "result", "data": {"release": "r1"}}'], "pid: missing",
+                     id="result-missing-field"),
+        pytest.param([b'{"type": "result", "data": null}'],
+                     "the answer: expected an object, got null", id="result-null"),
+    ],
+)
+def test_a_daemon_answering_garbage_is_a_bad_answer(short_dir: Path, lines: list[bytes],
+                                                    message: str) -> None:
+    """Whatever a daemon sends that this CLI cannot read is BadAnswer (exit 70) naming what is
+    wrong, not a KeyError, an AttributeError or a JSON traceback."""
+    path = short_dir / "garbage.ctl"
+    thread = answer_with(path, *lines)
+    with pytest.raises(BadAnswer) as info:
+        request(path, "start", {}, {}, lambda _event: None, into=StartResult)
+    thread.join(10)
+    assert info.value.exit_code == 70
+    assert info.value.message == f"unexpected answer from the daemon: {message}"

@@ -13,6 +13,7 @@ from relman import errors
 from relman.envfile import read_env_file
 from relman.errors import (
     BY_CODE,
+    BadAnswer,
     BadRef,
     BuildFailed,
     ConfigError,
@@ -98,6 +99,8 @@ def make_error(cls: type[RelmanError]) -> RelmanError:
         err = BadRef("a..b", "must not contain '..'")
     elif cls is StateWriteFailed:
         err = StateWriteFailed(Path("/srv/shop/state/journal.json"), errno.ENOSPC)
+    elif cls is BadAnswer:
+        err = BadAnswer("servers[0].pid", "missing")
     else:
         return cls(f"{cls.__name__} happened", hint="try again", tail="line 1\nline 2")
     err.hint, err.tail = "try again", "line 1\nline 2"

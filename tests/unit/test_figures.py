@@ -21,10 +21,12 @@ def test_cpu_of_a_busy_process_is_not_zero() -> None:
         first = figures.of(proc.pid)
         time.sleep(0.3)
         second = figures.of(proc.pid)
-        assert first["cpu_percent"] > 0
-        assert second["cpu_percent"] > 0
-        assert second["workers"] == 0
-        assert second["rss"] > 0
+        assert first is not None
+        assert second is not None
+        assert first.cpu_percent > 0
+        assert second.cpu_percent > 0
+        assert second.workers == 0
+        assert second.rss > 0
     finally:
         proc.kill()
         proc.wait()
@@ -34,7 +36,7 @@ def test_exited_process_has_no_figures_and_is_forgotten() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     figures = ProcessFigures()
     proc.wait()
-    assert figures.of(proc.pid) == {}
+    assert figures.of(proc.pid) is None
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         figures.of(live.pid)

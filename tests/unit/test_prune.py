@@ -9,8 +9,9 @@ import pytest
 from relman.releases import prune as prune_module
 from relman.releases.ids import make_release_id
 from relman.releases.layout import AppRoot
-from relman.releases.prune import PruneResult, choose_prunable, choose_prunable_venvs, prune
+from relman.releases.prune import choose_prunable, choose_prunable_venvs, prune
 from relman.releases.registry import Manifest, ReleaseState, load_all, save
+from relman.results import PruneResult
 
 T0 = 1_790_000_000
 BUILT, FAILED, UNFINISHED = ReleaseState.BUILT, ReleaseState.FAILED, ReleaseState.UNFINISHED
