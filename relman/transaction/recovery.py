@@ -30,6 +30,7 @@ from relman.transaction.runstate import (
     Gone,
     Relinked,
     Role,
+    RunState,
     Settled,
     on_probation,
     warm_left,
@@ -58,14 +59,15 @@ def kill_job_processes(job_id: str) -> int:
     return killed
 
 
-def undo_interrupted_job(app: App, notes: list[str]) -> None:
+async def undo_interrupted_job(app: App, notes: list[str]) -> None:
     """Kill what the interrupted job left running and mark its half-built release failed."""
     entry = app.journal.unfinished()
     if entry is None:
         return
     notes.append(f"interrupted {entry.job} of {entry.release or entry.ref} after step "
                  f"{entry.step}")
-    if entry.job_id and (killed := kill_job_processes(entry.job_id)):
+    # A scan of every process: in a thread, off the event loop.
+    if entry.job_id and (killed := await asyncio.to_thread(kill_job_processes, entry.job_id)):
         notes.append(f"killed {killed} process(es) the interrupted job left running")
     app.store.record("job_interrupted", job=entry.job, release=entry.release,
                      ref=entry.ref, who=entry.who, step=str(entry.step))
@@ -88,14 +90,34 @@ def undo_interrupted_job(app: App, notes: list[str]) -> None:
 async def reconcile(app: App, report: Report) -> list[str]:
     """After a daemon restart: adopt servers whose identity checks out, undo the job a crash
     interrupted, and make sure run/app.sock leads to a running server. Unreadable state is
-    set aside first: it never stops the daemon."""
+    set aside first: it never stops the daemon, and neither does a full disk."""
     current_set_aside, notes = set_aside_unreadable_state(app)
     before = app.record.state  # what the previous daemon recorded
     adopted = await _adopt(app, notes)
     live_name = read_link(app.root.app_sock)
     live = next((h for h in adopted.values() if h.socket.name == live_name), None)
     interrupted = app.journal.unfinished() is not None
-    undo_interrupted_job(app, notes)
+    try:
+        await undo_interrupted_job(app, notes)
+    except RelmanError as e:  # a full disk: the daemon starts all the same, and serves
+        log.warning("reconcile.undo_failed", error=e.message)
+        notes.append(f"could not finish undoing the interrupted job: {e.message}")
+    _take_live(app, live, current_set_aside, notes)
+    if app.live is None and app.store.live_id() is not None:  # serving first, then tidying
+        notes.append("the live release's server was not running: starting it")
+        try:
+            await app.start(report)
+        except RelmanError as e:
+            notes.append(f"could not start the live release: {e.message}")
+    for handle in adopted.values():
+        if handle is not live:
+            await _keep_or_stop(app, handle, before, interrupted, notes)
+    return notes
+
+
+def _take_live(app: App, live: ServerHandle | None, current_set_aside: bool,
+               notes: list[str]) -> None:
+    """The adopted server run/app.sock leads to is the live one; `current` follows it."""
     if live is not None:
         # run/app.sock is what nginx follows: its server is the live one, whatever the
         # record said (a daemon killed between the record and the link).
@@ -112,26 +134,21 @@ async def reconcile(app: App, report: Report) -> list[str]:
         notes.append(relink_current(app))
     elif not app.record.state.linked and (current := app.store.live_id()) is not None:
         app.record.submit(Relinked(current))  # a record older than this release of relman
-    if app.live is None and app.store.live_id() is not None:  # serving first, then tidying
-        notes.append("the live release's server was not running: starting it")
-        try:
-            await app.start(report)
-        except RelmanError as e:
-            notes.append(f"could not start the live release: {e.message}")
-    for handle in adopted.values():
-        if handle is live:
-            continue
-        left = min(warm_left(before, handle.instance, app.clock()),
-                   app.config.swap.keep_warm)
-        if not interrupted and left > 0 and await _still_warm(app, handle):
-            app.warm.keep(handle, left)
-            notes.append(f"keeping {handle.instance} warm for the {left:.0f}s left of its window")
-            continue
-        notes.append(f"stopping {handle.instance}: not live")
-        # It may have been live a moment ago: let nginx's queued connections through first.
-        await wait_drained(handle.socket, timeout=app.config.swap.drain_timeout)
-        await app.stop_server(handle)
-    return notes
+
+
+async def _keep_or_stop(app: App, handle: ServerHandle, before: RunState, interrupted: bool,
+                        notes: list[str]) -> None:
+    """An adopted server that is not live stays warm for what is left of its window (the
+    record said so, and no job was interrupted), or is drained and stopped."""
+    left = min(warm_left(before, handle.instance, app.clock()), app.config.swap.keep_warm)
+    if not interrupted and left > 0 and await _still_warm(app, handle):
+        app.warm.keep(handle, left)
+        notes.append(f"keeping {handle.instance} warm for the {left:.0f}s left of its window")
+        return
+    notes.append(f"stopping {handle.instance}: not live")
+    # It may have been live a moment ago: let nginx's queued connections through first.
+    await wait_drained(handle.socket, timeout=app.config.swap.drain_timeout)
+    await app.stop_server(handle)
 
 
 async def _adopt(app: App, notes: list[str]) -> dict[str, ServerHandle]:

@@ -64,6 +64,43 @@ def test_a_full_disk_ends_the_job_and_the_daemon_goes_on(make_app, app_repo, ful
 
 
 
+def test_a_daemon_restarted_on_a_full_disk_after_an_interrupted_deploy(make_app, app_repo):
+    """A deploy interrupted mid-build by a daemon crash, then a full state/ and log/: the
+    next daemon starts all the same (the half-built release it cannot mark failed is left
+    for later), adopts v1 and answers; once space is back, the next daemon tidies up and a
+    deploy works."""
+    slow = "python3 -c \"import os, time; os.path.exists('SLOW') and time.sleep(30)\""
+    app = make_app(start=False, build={"commands": [slow]})
+    root = root_of(app)
+    with small_tmpfs(root / "state"), small_tmpfs(root / "log"):
+        (root / "state" / "releases").mkdir(mode=0o750)
+        try:
+            app.start()
+            app.relman("deploy", "v1", check=True)
+            (server,) = [s["pid"] for s in status(app)["servers"]]
+            release_version(app_repo, "v2", extra={"SLOW": ""})
+            threading.Thread(target=app.relman, args=("deploy", "v2"), daemon=True).start()
+            wait_until(lambda: (job := status(app)["job"]) and job["step"] == "fetched"
+                       and job["release"], timeout=60, what="the build of v2")
+            app.kill9()
+            unfinished = [r["id"] for r in app.json("releases") if r["state"] == "unfinished"]
+            assert unfinished, app.json("releases")
+            fillers = [fill(root / "state"), fill(root / "log")]
+            app.start()
+            assert [s["pid"] for s in status(app)["servers"]] == [server]
+            assert serving(app, "v1")
+            for filler in fillers:
+                free(filler)
+            app.kill9()
+            app.start()
+            assert status(app)["job"] is None
+            assert not [r for r in app.json("releases") if r["state"] == "unfinished"]
+            app.relman("deploy", "v1", check=True)  # v2 builds for 30 s: v1 is quicker
+            assert serving(app, "v1")
+        finally:
+            app.stop()
+
+
 def test_a_server_killed_on_a_full_disk_serves_again(make_app):
     """With state/ and log/ full, a SIGKILLed live server is restarted all the same: the
     history the full disk refuses is only a warning, and a start it refuses is retried with
