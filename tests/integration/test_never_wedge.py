@@ -3,11 +3,15 @@ does not stop the control socket, and the CLI gives up on a daemon that does not
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,42 +30,49 @@ def status(app) -> dict:
     return json.loads(proc.stdout)
 
 
-@pytest.mark.parametrize("full", ["state", "log"])
-def test_a_full_disk_ends_the_job_and_the_daemon_goes_on(make_app, app_repo, full):
-    """With state/ (journal, lock, manifests) or log/ (history, build and server logs) on a
-    full file system, each deploy exits 1 with "no space left on device (PATH)", starts
-    nothing and moves no link; v1 serves, status answers with no job left; once space is
-    back, the next deploy works."""
-    app = make_app(start=False)
+@contextlib.contextmanager
+def on_small_disks(make_app, **tables) -> Iterator[tuple[Any, Path]]:
+    """The sample app with state/ and log/ on small tmpfs mounts, started, v1 deployed;
+    stopped before the mounts go (the daemon and the servers keep files open in both)."""
+    app = make_app(start=False, **tables)
     root = root_of(app)
     with small_tmpfs(root / "state"), small_tmpfs(root / "log"):
         (root / "state" / "releases").mkdir(mode=0o750)
         try:
             app.start()
             app.relman("deploy", "v1", check=True)
-            release_version(app_repo, "v2")
-            before = links_of(root)
-            filler = fill(root / full)
-            for _ in range(2):  # the second one is where the daemon used to wedge
-                proc = app.relman("deploy", "v2", env=QUICK, timeout=120)
-                assert proc.returncode == 1, (proc.stderr, app.log_tail())
-                assert f"no space left on device ({root / full}/" in proc.stderr
-                assert links_of(root) == before
-                assert serving(app, "v1")
-                now = status(app)
-                assert now["job"] is None
-                assert now["live"] == release_id(app, "v1")
-                assert len(now["servers"]) == 1, now["servers"]
-            v2 = next((r["id"] for r in app.json("releases") if r["ref"] == "v2"), None)
-            assert v2 is None or not processes_of(root, v2)
-
-            free(filler)
-            app.relman("deploy", "v2", check=True)
-            assert serving(app, "v2")
-            assert len(status(app)["servers"]) == 1
+            yield app, root
         finally:
-            app.stop()  # the daemon and the servers keep files open in both mounts
+            app.stop()
 
+
+@pytest.mark.parametrize("full", ["state", "log"])
+def test_a_full_disk_ends_the_job_and_the_daemon_goes_on(make_app, app_repo, full):
+    """With state/ (journal, lock, manifests) or log/ (history, build and server logs) on a
+    full file system, each deploy exits 1 with "no space left on device (PATH)", starts
+    nothing and moves no link; v1 serves, status answers with no job left; once space is
+    back, the next deploy works."""
+    with on_small_disks(make_app) as (app, root):
+        release_version(app_repo, "v2")
+        before = links_of(root)
+        filler = fill(root / full)
+        for _ in range(2):  # the second one is where the daemon used to wedge
+            proc = app.relman("deploy", "v2", env=QUICK, timeout=120)
+            assert proc.returncode == 1, (proc.stderr, app.log_tail())
+            assert f"no space left on device ({root / full}/" in proc.stderr
+            assert links_of(root) == before
+            assert serving(app, "v1")
+            now = status(app)
+            assert now["job"] is None
+            assert now["live"] == release_id(app, "v1")
+            assert len(now["servers"]) == 1, now["servers"]
+        v2 = next((r["id"] for r in app.json("releases") if r["ref"] == "v2"), None)
+        assert v2 is None or not processes_of(root, v2)
+
+        free(filler)
+        app.relman("deploy", "v2", check=True)
+        assert serving(app, "v2")
+        assert len(status(app)["servers"]) == 1
 
 
 def test_a_daemon_restarted_on_a_full_disk_after_an_interrupted_deploy(make_app, app_repo):
@@ -70,59 +81,42 @@ def test_a_daemon_restarted_on_a_full_disk_after_an_interrupted_deploy(make_app,
     for later), adopts v1 and answers; once space is back, the next daemon tidies up and a
     deploy works."""
     slow = "python3 -c \"import os, time; os.path.exists('SLOW') and time.sleep(30)\""
-    app = make_app(start=False, build={"commands": [slow]})
-    root = root_of(app)
-    with small_tmpfs(root / "state"), small_tmpfs(root / "log"):
-        (root / "state" / "releases").mkdir(mode=0o750)
-        try:
-            app.start()
-            app.relman("deploy", "v1", check=True)
-            (server,) = [s["pid"] for s in status(app)["servers"]]
-            release_version(app_repo, "v2", extra={"SLOW": ""})
-            threading.Thread(target=app.relman, args=("deploy", "v2"), daemon=True).start()
-            wait_until(lambda: (job := status(app)["job"]) and job["step"] == "fetched"
-                       and job["release"], timeout=60, what="the build of v2")
-            app.kill9()
-            unfinished = [r["id"] for r in app.json("releases") if r["state"] == "unfinished"]
-            assert unfinished, app.json("releases")
-            fillers = [fill(root / "state"), fill(root / "log")]
-            app.start()
-            assert [s["pid"] for s in status(app)["servers"]] == [server]
-            assert serving(app, "v1")
-            for filler in fillers:
-                free(filler)
-            app.kill9()
-            app.start()
-            assert status(app)["job"] is None
-            assert not [r for r in app.json("releases") if r["state"] == "unfinished"]
-            app.relman("deploy", "v1", check=True)  # v2 builds for 30 s: v1 is quicker
-            assert serving(app, "v1")
-        finally:
-            app.stop()
+    with on_small_disks(make_app, build={"commands": [slow]}) as (app, root):
+        (server,) = [s["pid"] for s in status(app)["servers"]]
+        release_version(app_repo, "v2", extra={"SLOW": ""})
+        threading.Thread(target=app.relman, args=("deploy", "v2"), daemon=True).start()
+        wait_until(lambda: (job := status(app)["job"]) and job["step"] == "fetched"
+                   and job["release"], timeout=60, what="the build of v2")
+        app.kill9()
+        assert [r for r in app.json("releases") if r["state"] == "unfinished"]
+        fillers = [fill(root / "state"), fill(root / "log")]
+        app.start()
+        assert [s["pid"] for s in status(app)["servers"]] == [server]
+        assert serving(app, "v1")
+        for filler in fillers:
+            free(filler)
+        app.kill9()
+        app.start()
+        assert status(app)["job"] is None
+        assert not [r for r in app.json("releases") if r["state"] == "unfinished"]
+        app.relman("deploy", "v1", check=True)  # v2 builds for 30 s: v1 is quicker
+        assert serving(app, "v1")
 
 
 def test_a_server_killed_on_a_full_disk_serves_again(make_app):
     """With state/ and log/ full, a SIGKILLed live server is restarted all the same: the
     history the full disk refuses is only a warning, and a start it refuses is retried with
     backoff. Status answers meanwhile; once space is back, v1 serves."""
-    app = make_app(start=False)
-    root = root_of(app)
-    with small_tmpfs(root / "state"), small_tmpfs(root / "log"):
-        (root / "state" / "releases").mkdir(mode=0o750)
-        try:
-            app.start()
-            app.relman("deploy", "v1", check=True)
-            (killed,) = [s["pid"] for s in status(app)["servers"]]
-            fillers = [fill(root / "state"), fill(root / "log")]
-            os.killpg(killed, signal.SIGKILL)
-            wait_until(lambda: killed not in [s["pid"] for s in status(app)["servers"]],
-                       timeout=30, what="the daemon to see the crash")
-            for filler in fillers:
-                free(filler)
-            wait_until(lambda: serving(app, "v1"), timeout=90, what="v1 to serve again")
-            assert len(status(app)["servers"]) == 1
-        finally:
-            app.stop()
+    with on_small_disks(make_app) as (app, root):
+        (killed,) = [s["pid"] for s in status(app)["servers"]]
+        fillers = [fill(root / "state"), fill(root / "log")]
+        os.killpg(killed, signal.SIGKILL)
+        wait_until(lambda: killed not in [s["pid"] for s in status(app)["servers"]],
+                   timeout=30, what="the daemon to see the crash")
+        for filler in fillers:
+            free(filler)
+        wait_until(lambda: serving(app, "v1"), timeout=90, what="v1 to serve again")
+        assert len(status(app)["servers"]) == 1
 
 
 def test_a_git_that_hangs_does_not_stop_the_daemon(make_app, app_repo, base_dir):
