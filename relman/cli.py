@@ -19,7 +19,7 @@ import click
 
 from relman import __version__, client
 from relman.config import Config, load_config
-from relman.config_search import find_config, lenient_root
+from relman.config_search import find_config, hoist_global_options, lenient_root
 from relman.errors import INTERNAL_ERROR_EXIT, ConfigError, RelmanError, UsageError
 from relman.releases.layout import AppRoot
 
@@ -366,6 +366,6 @@ def error_handler(as_json: bool) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
-    args = sys.argv[1:] if argv is None else argv
+    args = hoist_global_options(sys.argv[1:] if argv is None else argv)
     with error_handler("--json" in args):
         cli.main(args=args, prog_name="relman", standalone_mode=False)

@@ -78,3 +78,31 @@ def lenient_root(path: Path) -> Path | None:
         return None
     root = Path(roots[0])
     return root if root.is_dir() else None
+
+
+GLOBAL_FLAGS: Final = frozenset({"--json"})
+GLOBAL_VALUES: Final = frozenset({"--config", "--app"})
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """*args* with the global options (--json, --config PATH, --app NAME) moved before the
+    command wherever they stand (DESIGN section 7: `relman history --json`); nothing after a
+    `--` moves, since that is an argument (`relman deploy -- REF`)."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        name = arg.split("=", 1)[0]
+        if arg in GLOBAL_FLAGS or (name in GLOBAL_VALUES and "=" in arg):
+            front.append(arg)
+        elif arg in GLOBAL_VALUES and i + 1 < len(args):
+            front.extend(args[i:i + 2])
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest

@@ -175,8 +175,9 @@ class BadAnswer(DaemonBug):
 
     def __init__(self, where: str, reason: str) -> None:
         super().__init__(f"unexpected answer from the daemon: {where}: {reason}",
-                         hint="if relman was upgraded since the daemon started, restart "
-                              "the daemon (systemctl restart relman@APP)")
+                         hint="if relman was upgraded since the daemon started, replace "
+                              "the daemon without stopping the app: kill -9 $(systemctl "
+                              "show --property MainPID --value relman@APP)")
         self.where, self.reason = where, reason
 
 

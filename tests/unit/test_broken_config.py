@@ -3,6 +3,7 @@ the root use it with a warning, and those that need the config exit 2 (issue poi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from relman import logs
 from relman.cli import main
 from relman.config import load_config
-from relman.config_search import lenient_root
+from relman.config_search import hoist_global_options, lenient_root
 from relman.errors import ConfigError
 from relman.releases import AppRoot
 from relman.releases import history as audit
@@ -159,3 +160,24 @@ def test_no_root_found_is_the_config_error(capsys: pytest.CaptureFixture[str],
     assert code == 2
     assert err.startswith(f"relman: error: {path}: app.root: must be an absolute path")
     assert "warning" not in err
+
+
+@pytest.mark.parametrize(("args", "hoisted"), [
+    (["history", "--json"], ["--json", "history"]),
+    (["status", "--json", "--config", "/x.toml"], ["--json", "--config", "/x.toml", "status"]),
+    (["logs", "-f", "--app=shop"], ["--app=shop", "logs", "-f"]),
+    (["--json", "status"], ["--json", "status"]),
+    (["deploy", "--", "--json"], ["deploy", "--", "--json"]),  # an argument after --
+    (["deploy", "v1", "--config"], ["deploy", "v1", "--config"]),  # click says what's missing
+])
+def test_global_options_go_before_the_command(args, hoisted):
+    """--json, --config and --app may follow the command (DESIGN section 7)."""
+    assert hoist_global_options(args) == hoisted
+
+
+def test_json_after_the_command_is_the_global_option(capsys: pytest.CaptureFixture[str],
+                                                     broken: Path) -> None:
+    """`relman history --json` prints JSON, as `relman --json history` does."""
+    code, out, _err = run(capsys, "history", "--json", "--config", str(broken))
+    assert code == 0
+    assert [e["event"] for e in json.loads(out)] == ["deployed"]
