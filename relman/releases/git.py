@@ -70,19 +70,6 @@ async def fetch_mirror(repo: str, mirror: Path, log_path: Path, on_line: OnLine 
     os.chmod(mirror, stat.S_IMODE(mirror.stat().st_mode) & ~PRIVATE_UMASK)
 
 
-def full_sha(mirror: Path, short: str) -> str | None:
-    """The full sha of *short* in the mirror, or None. Synchronous, for the rare rebuild of
-    a lost manifest only; bounded so a stuck git cannot hold the daemon for long."""
-    try:
-        done = subprocess.run(_git(mirror, "rev-parse", "--verify", "--quiet",
-                                   "--end-of-options", f"{short}^{{commit}}"),
-                              capture_output=True, text=True, env=clean_env(), timeout=10,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
-
-
 async def _git_output(mirror: Path, *args: str) -> tuple[int, str]:
     """(exit status, stdout) of a quick git query, run without blocking the event loop."""
     proc = await asyncio.create_subprocess_exec(

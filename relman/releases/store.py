@@ -94,8 +94,9 @@ class ReleaseStore:
             raise NotRunning(f"release {release_id}: its manifest is missing or unreadable "
                              f"and cannot be rebuilt: {why}",
                              hint="deploy a ref, or roll back to a named release")
-        short = release_id.split("-", 1)[1]
-        sha = git.full_sha(self.root.repo, short) or short  # full if the mirror has it
+        # The short sha of the release id: asking the mirror for the full one would run git
+        # synchronously in the daemon's event loop, for a field nothing relies on.
+        sha = release_id.split("-", 1)[1]
         manifest = self.save(Manifest(
             id=release_id, ref="", sha=sha, who="relman (manifest rebuilt)",
             created=rdir.stat().st_mtime, state=ReleaseState.BUILT, known_good=True,

@@ -140,9 +140,10 @@ async def _keep_or_stop(app: App, handle: ServerHandle, before: RunState, interr
                         notes: list[str]) -> None:
     """An adopted server that is not live stays warm for what is left of its window (the
     record said so, and no job was interrupted), or is drained and stopped."""
-    left = min(warm_left(before, handle.instance, app.clock()), app.config.swap.keep_warm)
+    now = app.clock()
+    left = min(warm_left(before, handle.instance, now), app.config.swap.keep_warm)
     if not interrupted and left > 0 and await _still_warm(app, handle):
-        app.warm.keep(handle, left)
+        app.warm.keep(handle, left, until=now + left)  # the deadline found, not a new one
         notes.append(f"keeping {handle.instance} warm for the {left:.0f}s left of its window")
         return
     notes.append(f"stopping {handle.instance}: not live")

@@ -112,11 +112,13 @@ class SwitchedBack:
 
 @dataclass(frozen=True, slots=True)
 class KeptWarm:
-    """*name* stays running *seconds* more for a fast rollback; any other warm instance is
-    to be stopped (only the previous release stays warm)."""
+    """*name* stays running *seconds* more for a fast rollback (until *until*, when given:
+    a restarted daemon keeps the deadline it found, not a fresh one); any other warm
+    instance is to be stopped (only the previous release stays warm)."""
 
     name: str
     seconds: float
+    until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +209,7 @@ def _switched_back(state: RunState, event: SwitchedBack, _now: float) -> RunStat
 def _kept_warm(state: RunState, event: KeptWarm, now: float) -> RunState:
     instances = _set_role(_demote(state.instances, Role.WARM, event.name), event.name,
                           Role.WARM)
-    return replace(state, instances=instances, warm_until=now + event.seconds)
+    return replace(state, instances=instances, warm_until=event.until or now + event.seconds)
 
 
 def _leaving(state: RunState, event: Retired | Gone, _now: float) -> RunState:

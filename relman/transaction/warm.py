@@ -31,12 +31,12 @@ class WarmKeeper:
             return None
         return self.handles.get(warm.name)
 
-    def keep(self, handle: ServerHandle, seconds: float) -> None:
-        """Keep *handle* (drained, not live) running *seconds*. Only the previous release
-        stays warm: any other warm server is stopped now, so a run of deploys never piles
-        up old servers."""
+    def keep(self, handle: ServerHandle, seconds: float, *, until: float = 0.0) -> None:
+        """Keep *handle* (drained, not live) running *seconds* (to *until*, if given). Only
+        the previous release stays warm: any other warm server is stopped now, so a run of
+        deploys never piles up old servers."""
         other = self.server()
-        self.record.submit(KeptWarm(handle.instance, seconds))
+        self.record.submit(KeptWarm(handle.instance, seconds, until))
         if other is not None and other is not handle:
             self._spawn(self.stop(other))
         self.cancel()

@@ -151,6 +151,9 @@ def test_only_one_instance_is_warm_and_its_window_ends_with_it():
     assert (reused.warm, reused.warm_until) == (None, 0.0)  # the rollback took it
     cooled = run(Retired("v2.1"), Gone("v2.1"), state=state)
     assert (cooled.warm, cooled.warm_until) == (None, 0.0)
+    # A restarted daemon keeps the deadline it found, however long adoption took.
+    kept = run(KeptWarm("v2.1", 30, until=AT + 70), state=state, now=AT + 45)
+    assert kept.warm_until == AT + 70
 
 
 def test_settled_and_relinked():
