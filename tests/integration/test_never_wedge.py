@@ -138,6 +138,7 @@ exec {shutil.which("git")} "$@"
     app.start(env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
     app.relman("deploy", "v1", check=True)
     release_version(app_repo, "v2")
+    (base_dir / "git-stuck").unlink(missing_ok=True)  # v1's own rev-parse made it
     gate.unlink()
     results = []
     deploy = threading.Thread(target=lambda: results.append(app.relman("deploy", "v2")))
