@@ -23,6 +23,10 @@ def kill_leftover_servers(root: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(record.pid, signal.SIGKILL)
         cgroup = Path(record.cgroup)
-        if record.cgroup and (cgroup / "cgroup.kill").exists():
+        # Only an instance cgroup of relman's (named after the instance, in a relman tree):
+        # a record names what it likes.
+        ours = cgroup.name == record.instance and (
+            cgroup.parent.parent.name == "relman" or cgroup.parent.name.startswith("relman-"))
+        if record.cgroup and ours and (cgroup / "cgroup.kill").exists():
             with contextlib.suppress(OSError):
                 (cgroup / "cgroup.kill").write_text("1")

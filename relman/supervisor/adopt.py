@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import structlog
 
 from relman.atomic import set_aside
@@ -53,7 +54,13 @@ async def adopt_instances(run_dir: Path, log_dir: Path, tracker: Tracker,
         if record is None:
             continue
         recorded.add(record.instance)
-        handle = await _adopt_one(record, pidfile, run_dir, log_dir, tracker)
+        try:
+            handle = await _adopt_one(record, pidfile, run_dir, log_dir, tracker)
+        except (ValueError, OSError, psutil.Error) as e:  # a record no check foresaw
+            aside = set_aside(pidfile, reason=str(e))
+            found.notes.append(f"{pidfile.name} could not be used ({e}): set aside as "
+                               f"{aside.name}")
+            continue
         if handle is not None:
             found.handles.append(handle)
             continue

@@ -130,15 +130,16 @@ class CgroupTree:
         """SIGKILL everything in the cgroup (cgroup.kill, Linux 5.14; before it, each pid
         read from cgroup.procs, repeated by remove() until the cgroup is empty)."""
         path = self.path(instance)
+        if not (path / "cgroup.kill").exists():  # gone, or a kernel without cgroup.kill
+            for pid in self.procs(instance):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            return
         try:
             (path / "cgroup.kill").write_text("1")
         except OSError as e:
             if e.errno not in GONE:
                 raise
-            if path.is_dir():  # a kernel without cgroup.kill
-                for pid in self.procs(instance):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
 
     def signal(self, instance: str, sig: int) -> int:
         """Send *sig* to each process in the cgroup; how many were sent."""

@@ -101,7 +101,7 @@ def _parse(text: str) -> InstanceRecord:
 
 
 def _check(record: InstanceRecord, path: Path) -> None:
-    if record.instance != path.name.removesuffix(".pid"):
+    if record.instance != path.name.removesuffix(".pid") or not _NAME.match(record.instance):
         raise ValueError(f"names instance {record.instance!r}")
     if not (isinstance(record.release, str) and _NAME.match(record.release)
             and record.instance.startswith(record.release + ".")):
@@ -109,8 +109,13 @@ def _check(record: InstanceRecord, path: Path) -> None:
     for name, kind in (("pid", int), ("create_time", (int, float)), ("uid", int),
                        ("spawned", (int, float)), ("cwd", str), ("cgroup", str),
                        ("protocol", str)):
-        if not isinstance(getattr(record, name), kind):
+        value = getattr(record, name)
+        if not isinstance(value, kind) or isinstance(value, bool):
             raise TypeError(f"{name} is not a {kind}")
+    if record.pid < 0 or record.uid < -1:
+        raise ValueError(f"pid {record.pid} or uid {record.uid} cannot be")
+    if record.cwd and not record.cwd.startswith("/"):
+        raise ValueError(f"cwd {record.cwd!r} is not absolute")
 
 
 def take_identity(pid: int) -> ProcessIdentity:
@@ -160,7 +165,7 @@ def live_process(identity: ProcessIdentity) -> psutil.Process | None:
             return None
         if identity.uid >= 0 and proc.uids().real != identity.uid:
             return None
-    except psutil.Error:
+    except (psutil.Error, ValueError, OSError):  # a pid psutil refuses (<= 0), /proc gone
         return None
     return proc
 
@@ -170,5 +175,5 @@ def pidfd_for(pid: int) -> int | None:
     pidfd pins the process, so the target cannot be swapped between check and signal."""
     try:
         return os.pidfd_open(pid)
-    except ProcessLookupError:
+    except (ProcessLookupError, ValueError, OSError):
         return None

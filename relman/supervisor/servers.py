@@ -66,7 +66,11 @@ class Supervisor:
         with contextlib.suppress(Exception):
             handle.advance(ServerState.CRASHED)
         # Its orphaned workers would go on accepting on its socket: end the whole instance.
-        remnants = await end_remnants(self.tracker, handle.record)
+        try:
+            remnants = await end_remnants(self.tracker, handle.record)
+        except Exception:  # crash handling (the restart) must go on whatever this met
+            log.exception("server.remnants_failed", instance=handle.instance)
+            remnants = 0
         if remnants:
             log.warning("server.remnants_killed", instance=handle.instance, killed=remnants)
         handle.pidfile.unlink(missing_ok=True)
@@ -90,6 +94,10 @@ class Supervisor:
             if isinstance(e, Unhealthy):
                 e.tail = tail_file(spec.log, 40)
             raise
+        if not handle.alive:  # it answered, then died: never HEALTHY
+            await self.stop(handle, timeout=5)
+            raise Unhealthy(f"{spec.instance} exited right after its health check",
+                            tail=tail_file(spec.log, 40))
         handle.advance(ServerState.HEALTHY)
         return handle, probe
 

@@ -92,7 +92,13 @@ def start_server(spec: ServerSpec, tracker: Tracker) -> ServerHandle:
     try:
         write_record(spec.pidfile, record)
     except BaseException:
-        tracker.kill_all(record)  # a job that fails stops what it started
+        # A job that fails stops what it started: our own unreaped child and its group
+        # (the wrapper may not be in its cgroup yet), then whatever reached the cgroup.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        if record.cgroup:
+            tracker.kill_all(record)
+        popen.wait()
         os.close(pidfd)
         raise
     log.info("server.started", instance=spec.instance, pid=popen.pid, socket=str(spec.socket),

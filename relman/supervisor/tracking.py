@@ -86,8 +86,8 @@ class Tracker:
         if self._own(record):
             assert self.cgroups is not None
             return identity if identity.pid in self.cgroups.procs(record.instance) else None
-        if record.cgroup:
-            return None  # a cgroup we do not own, or cgroups since switched off
+        # No cgroup, or one not in this daemon's tree (cgroups since switched off, the unit
+        # renamed): the tags, which every instance carries in both modes, decide.
         return identity if is_tagged(proc, self.root, record.instance, record.cwd) else None
 
     def _unrecorded_leader(self, record: InstanceRecord) -> ProcessIdentity | None:
@@ -109,8 +109,6 @@ class Tracker:
                 with contextlib.suppress(psutil.Error):
                     found.append(psutil.Process(pid))
             return found
-        if record.cgroup:
-            return []
         return [p for p in self._ours() if self._tag_member(p, record)]
 
     def _ours(self) -> Iterator[psutil.Process]:
@@ -124,6 +122,8 @@ class Tracker:
     def _tag_member(self, proc: psutil.Process, record: InstanceRecord) -> bool:
         """Tagged with the instance; or, environment overwritten (setproctitle), in the
         leader's session and release directory and started after it."""
+        if record.uid == -1 and record.pid:  # a pidfile of relman before tags: its group
+            return _in_group_of(proc, record)
         tags = tags_of(proc)
         if tags is not None:
             return tags.get(TAG_ROOT) == self.root and tags.get(TAG_INSTANCE) == record.instance
@@ -198,5 +198,14 @@ def _legacy_match(proc: psutil.Process, record: InstanceRecord, uid: int) -> boo
     user in the recorded release directory (argv is not compared: setproctitle)."""
     try:
         return proc.uids().real == uid and bool(record.cwd) and proc.cwd() == record.cwd
+    except (psutil.Error, OSError):
+        return False
+
+
+def _in_group_of(proc: psutil.Process, record: InstanceRecord) -> bool:
+    """*proc* is in the process group of an old pidfile's leader and started after it."""
+    try:
+        return (os.getpgid(proc.pid) == record.pid
+                and proc.create_time() + CREATE_TIME_SLACK >= record.create_time)
     except (psutil.Error, OSError):
         return False

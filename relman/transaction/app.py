@@ -231,6 +231,7 @@ class App:
         old = self.live
         links, before = Links.read(self.root), self.record.state
         candidate: ServerHandle | None = None
+        unmarked: Manifest | None = None
         try:
             self.journal.step(self.journal.entry.step if self.journal.entry else Step.BEGUN,
                               release=manifest.id, previous=old.instance if old else "")
@@ -251,23 +252,30 @@ class App:
                        f"({self.switch_ms:.0f} ms after the job began)")
             await check_live(self.config.health, self.root.app_sock, candidate.protocol)
             replace_symlink(self.root.next_sock, candidate.socket.name)
+            unmarked = self.store.get(manifest.id)  # what an undone swap puts back
             self.store.mark_live(manifest.id, known_good=True)
             self._step(Step.VERIFIED, report, "live route verified")
             if old is not None and old is not candidate:
                 # A release rolled back from automatically is never kept warm.
                 await self._retire(old, report, may_keep_warm=not auto)
         except BaseException:
-            await self._abandon(candidate, old, links, before, report)
+            if await self._abandon(candidate, old, links, before, report) and unmarked:
+                self.store.save(unmarked)  # not live after all: last_live as it was
             raise
 
     async def _abandon(self, candidate: ServerHandle | None, old: ServerHandle | None,
-                       links: Links, before: RunState, report: Report) -> None:
+                       links: Links, before: RunState, report: Report) -> bool:
         """A swap failed: the links go back to where they were and the candidate stops, unless
-        the old server was already retired (stopped or kept warm: the swap is done). If a
-        link cannot be put back and app.sock still leads to the candidate, it keeps serving."""
+        the old server was already retired (stopped or kept warm: the swap is done) or died
+        while the candidate serves (going back would serve nobody). If a link cannot be put
+        back and app.sock still leads to the candidate, it keeps serving. True if it went
+        back."""
         if old is not None and old is not candidate and old.state in (
                 ServerState.WARM, ServerState.STOPPING, ServerState.STOPPED):
-            return  # retired: the new release serves
+            return False  # retired: the new release serves
+        if old is not None and not old.alive and candidate is not None and candidate.alive \
+                and read_link(self.root.app_sock) == candidate.socket.name:
+            return False  # the old server crashed meanwhile: the candidate goes on serving
         try:
             if moved := links.restore():
                 report("switch", "put back " + ", ".join(link.name for link in moved))
@@ -281,6 +289,7 @@ class App:
                 if old is not None and old.alive and old.state is not ServerState.LIVE:
                     old.advance(ServerState.LIVE)  # it was draining
                 await self.stop_server(candidate)
+        return read_link(self.root.app_sock) != (candidate.socket.name if candidate else None)
 
     async def _preview(self, candidate: ServerHandle, report: Report) -> None:
         replace_symlink(self.root.next_sock, candidate.socket.name)
@@ -292,6 +301,9 @@ class App:
         """Make *handle* live in the record, then point app.sock and current where the record
         says: new connections go there at once. A switch to a different release starts its
         probation (unless *settled*)."""
+        if not handle.alive or self.record.state.get(handle.instance) is None:
+            raise Unhealthy(f"{handle.instance} exited before the switch: see its log "
+                            f"(relman logs {handle.release})")
         state = self.record.submit(SwitchedTo(handle.instance, self.config.swap.verify_window,
                                               settled=settled), strict=True)
         self.derive_links(state)
@@ -308,6 +320,11 @@ class App:
     async def _retire(self, old: ServerHandle, report: Report, *,
                       may_keep_warm: bool = True) -> None:
         """Drain the old listener, then stop it or keep it warm."""
+        if not old.alive:  # it crashed during the swap: nothing to drain, what is left goes
+            await self.stop_server(old)
+            self._done_anyway(lambda: self._step(Step.STOPPED_OLD, report,
+                                                 f"{old.instance} had exited"))
+            return
         old.advance(ServerState.DRAINING)
         drained = await wait_drained(old.socket, timeout=self.config.swap.drain_timeout)
         self._step(Step.DRAINED, report,

@@ -118,6 +118,8 @@ async def reconcile(app: App, report: Report) -> list[str]:
 def _take_live(app: App, live: ServerHandle | None, current_set_aside: bool,
                notes: list[str]) -> None:
     """The adopted server run/app.sock leads to is the live one; `current` follows it."""
+    if live is not None and not live.alive:  # it died while the daemon looked around
+        live = None
     if live is not None:
         # run/app.sock is what nginx follows: its server is the live one, whatever the
         # record said (a daemon killed between the record and the link).
@@ -187,7 +189,7 @@ async def _still_warm(app: App, handle: ServerHandle) -> bool:
     health = app.config.health
     probe = await probe_socket(handle.socket, protocol=handle.protocol, path=health.path,
                                timeout=5)
-    if not in_range(probe.status, health.expect):
+    if not in_range(probe.status, health.expect) or not handle.alive:
         return False
     handle.advance(ServerState.WARM)
     return True

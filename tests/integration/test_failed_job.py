@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 from pathlib import Path
 
 import psutil
 import pytest
 
 from testing.git import release_version
+from testing.waiting import wait_until
 from tests.integration.test_supervision import root_of, serving
 
 LINKS = ("run/app.sock", "current", "run/next.sock")
@@ -93,10 +96,10 @@ def test_a_rollback_failing_after_the_health_gate_stops_the_warm_server(make_app
 
 
 def test_a_real_failure_at_the_switch_puts_every_link_back(make_app, app_repo):
-    """state/run.json is a directory, so the switch fails for real (IsADirectoryError, a
-    bug: exit 70) when the run record takes it, after next.sock moved to the candidate:
+    """state/run.json is a directory, so the deploy fails for real (IsADirectoryError, a
+    bug: exit 70) when the run record takes its healthy candidate, before any link moves:
     every link is as before, the candidate stops, v1 serves; with the directory gone the
-    next deploy works."""
+    next deploy works. (Failures after the links moved: the RELMAN_TEST_FAIL_AT cases.)"""
     app = make_app()
     root = root_of(app)
     app.relman("deploy", "v1", check=True)
@@ -131,3 +134,28 @@ def test_a_write_refused_once_the_old_server_is_retired_is_a_warning(make_app, a
     assert proc.returncode == 0, proc.stderr
     assert_one_server_serving(app, "v1")
     assert "job.write_failed_after_swap" in app.log_tail()
+
+
+def test_the_old_server_crashing_during_a_deploy_leaves_the_new_release_serving(
+        make_app, app_repo):
+    """v1's server is SIGKILLed while v2's boots: the deploy goes on and ends with exit 0,
+    v2 serves, nothing is switched back to the dead server and one server runs. (The retire
+    step used to drain the crashed server, failed, and put the links back to it: exit 70
+    and 502s until v1 was restarted.)"""
+    app = make_app()
+    root = root_of(app)
+    app.relman("deploy", "v1", check=True)
+    (old,) = [s["pid"] for s in app.json("status")["servers"]]
+    release_version(app_repo, "v2", extra={"BOOT_DELAY": "3\n"})
+    results = []
+    deploy = threading.Thread(target=lambda: results.append(app.relman("deploy", "v2")))
+    deploy.start()
+    wait_until(lambda: (job := app.json("status")["job"]) and job["step"] == "released",
+               timeout=120, what="v2's server to boot")
+    os.killpg(old, signal.SIGKILL)
+    deploy.join(180)
+    (proc,) = results
+    assert proc.returncode == 0, (proc.stdout, proc.stderr, app.log_tail())
+    wait_until(lambda: app.json("status")["job"] is None, timeout=60, what="queued jobs")
+    assert_one_server_serving(app, "v2")
+    assert os.readlink(root / "run/app.sock").startswith(release_id(app, "v2"))

@@ -176,11 +176,12 @@ def test_a_daemon_that_does_not_answer_is_given_up_with_exit_3(make_app):
 def test_a_long_quiet_step_is_not_cut_off(make_app):
     """A build command that prints nothing for longer than the CLI's silence limit: the
     daemon's keepalives keep the deploy's stream open until it ends."""
-    app = make_app(build={"commands": ["sleep 10"]})
-    proc = app.relman("deploy", "v1", env={"RELMAN_DAEMON_TIMEOUT": "8"})
+    # Keepalives come every 5 s: a 12 s limit leaves 7 s for a busy machine, and the 15 s
+    # step is longer than the limit, so without keepalives the CLI would give up.
+    app = make_app(build={"commands": ["sleep 15"]})
+    proc = app.relman("deploy", "v1", env={"RELMAN_DAEMON_TIMEOUT": "12"})
     assert proc.returncode == 0, proc.stderr
     assert serving(app, "v1")
-
 
 
 def test_a_job_whose_first_journal_write_fails_leaves_no_job_behind(make_app, app_repo):

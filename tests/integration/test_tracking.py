@@ -32,8 +32,11 @@ MODES = ["cgroup", "tags"]
 def mode_env(mode: str) -> dict[str, str]:
     if mode == "cgroup":
         need_root("only root may create cgroups outside a delegated systemd unit")
-        need(CgroupTree.find("probe", Path("/nonexistent")) is not None,
-             "no writable cgroup v2 hierarchy", "run on a host with cgroup v2")
+        probe = CgroupTree.find("probe", Path("/nonexistent"))
+        need(probe is not None, "no writable cgroup v2 hierarchy",
+             "run on a host with cgroup v2")
+        assert probe is not None
+        probe.remove_base()
         return {}
     return {"RELMAN_CGROUPS": "off"}
 

@@ -92,8 +92,12 @@ def test_a_record_round_trips(tmp_path):
     {"instance": f"{RELEASE}.1", "release": RELEASE, "pid": "1"},
     {"instance": f"{RELEASE}.1", "release": RELEASE, "cgroup": 7},
     "[" * 100_000,
+    {"instance": f"{RELEASE}.1", "release": RELEASE, "pid": -1},
+    {"instance": f"{RELEASE}.1", "release": RELEASE, "pid": True},
+    {"instance": f"{RELEASE}.1", "release": RELEASE, "uid": -5},
+    {"instance": f"{RELEASE}.1", "release": RELEASE, "cwd": "releases/x"},
 ], ids=["plain-pid", "torn", "list", "other-instance", "path-release", "str-pid",
-        "int-cgroup", "deep"])
+        "int-cgroup", "deep", "negative-pid", "bool-pid", "negative-uid", "relative-cwd"])
 def test_garbled_or_foreign_records_are_corrupt(tmp_path, data):
     """A record that is not one, or names another instance or a path, is never used."""
     path = write(tmp_path, f"{RELEASE}.1.pid", data)
