@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import psutil
@@ -145,12 +145,9 @@ class Tracker:
             count = len(self.cgroups.procs(record.instance))
             self.cgroups.kill(record.instance)
             return count
-        killed = 0
-        for proc in self.members(record):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(proc.pid, signal.SIGKILL)
-                killed += 1
-        return killed
+        return sum(signal_pinned(proc, signal.SIGKILL,
+                                 lambda p: self._tag_member(p, record))
+                   for proc in self.members(record))
 
     def empty(self, record: InstanceRecord) -> bool:
         """True when nothing of the instance runs; its cgroup is then removed."""
@@ -180,13 +177,14 @@ class Tracker:
         cgroup); SIGKILL also uses cgroup.kill, and an empty stray cgroup is removed."""
         in_cgroup = set(self.cgroups.procs(instance)) if self.cgroups is not None and \
             instance in self.cgroups.instances() else set()
+        def still_stray(proc: psutil.Process) -> bool:
+            tags = tags_of(proc) or {}
+            return proc.pid in in_cgroup or (tags.get(TAG_ROOT) == self.root
+                                             and tags.get(TAG_INSTANCE) == instance)
+
         for pid in pids:
-            with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
-                proc = psutil.Process(pid)
-                tags = tags_of(proc) or {}
-                if pid in in_cgroup or (tags.get(TAG_ROOT) == self.root
-                                        and tags.get(TAG_INSTANCE) == instance):
-                    os.kill(pid, sig)
+            with contextlib.suppress(psutil.Error):
+                signal_pinned(psutil.Process(pid), sig, still_stray)
         if self.cgroups is not None and instance in self.cgroups.instances():
             if sig == signal.SIGKILL:
                 self.cgroups.kill(instance)
@@ -209,3 +207,23 @@ def _in_group_of(proc: psutil.Process, record: InstanceRecord) -> bool:
                 and proc.create_time() + CREATE_TIME_SLACK >= record.create_time)
     except (psutil.Error, OSError):
         return False
+
+
+def signal_pinned(proc: psutil.Process, sig: int,
+                  check: Callable[[psutil.Process], bool]) -> bool:
+    """Send *sig* to *proc* through a pidfd opened first and only if, with the pid pinned
+    by it, *proc* is still the process that was found (same start time) and *check* still
+    holds: a pid freed and reused meanwhile is never signalled. True if sent."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (ProcessLookupError, OSError):
+        return False
+    try:
+        if not proc.is_running() or not check(proc):
+            return False
+        signal.pidfd_send_signal(fd, sig)
+    except (psutil.Error, ProcessLookupError, PermissionError):
+        return False
+    finally:
+        os.close(fd)
+    return True

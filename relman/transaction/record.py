@@ -85,7 +85,18 @@ class RunRecord:
         found = _read(self.path, from_json)
         if found is None and legacy is not None:
             found = _read(legacy, lambda d: from_switch_json(d, run_dir or legacy.parent))
+            if found is not None and legacy.exists():
+                self._migrate(found, legacy)
         return found or RunState()
+
+    def _migrate(self, state: RunState, legacy: Path) -> None:
+        """Write what an older daemon's switch.json said as run.json, then remove it: read
+        once, never again (a later loss of run.json must not bring back a stale switch)."""
+        try:
+            write_json_atomic(self.path, to_json(state))
+            legacy.unlink()
+        except (OSError, RelmanError) as e:  # a full disk: read again next time
+            log.warning("run.migration_deferred", path=str(legacy), error=str(e))
 
     def submit(self, event: Event, *, strict: bool = False) -> RunState:
         """Apply *event*: the new state is the daemon's at once, and written to disk. A

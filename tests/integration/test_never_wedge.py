@@ -113,6 +113,11 @@ def test_a_server_killed_on_a_full_disk_serves_again(make_app):
         os.killpg(killed, signal.SIGKILL)
         wait_until(lambda: killed not in [s["pid"] for s in status(app)["servers"]],
                    timeout=30, what="the daemon to see the crash")
+        # A restart is tried, and refused, while the disk is still full (the server's log
+        # cannot be written); the next try, with space back, serves.
+        wait_until(lambda: "server.restart_failed" in app.log_tail(300), timeout=60,
+                   what="a restart refused by the full disk")
+        status(app)  # answers meanwhile
         for filler in fillers:
             free(filler)
         wait_until(lambda: serving(app, "v1"), timeout=90, what="v1 to serve again")

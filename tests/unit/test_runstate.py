@@ -220,7 +220,8 @@ def test_an_unchanged_record_is_not_rewritten(tmp_path):
 
 def test_an_older_daemons_switch_json_is_taken_in(tmp_path):
     """state/switch.json (release, switch time, window end, settled, warm release and its
-    deadline) becomes the record: the warm release's newest recorded generation is warm."""
+    deadline) becomes the record, written as run.json, and goes: the warm release's newest
+    recorded generation is warm."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     for name in ("v1.1.pid", "v1.2.pid", "v1.10.pid"):
@@ -232,6 +233,9 @@ def test_an_older_daemons_switch_json_is_taken_in(tmp_path):
     assert record.state.switch == V2
     assert (record.state.warm, record.state.warm_until) == (
         Instance("v1.10", "v1", Role.WARM), AT + 60)
+    assert not legacy.exists(), "read once: a lost run.json never brings it back"
+    assert RunRecord(tmp_path / "run.json", legacy=legacy, run_dir=run_dir).state == \
+        record.state
 
 
 @pytest.mark.parametrize(
