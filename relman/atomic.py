@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _removed_on_failure(tmp: Path) -> Iterator[None]:
+    """Remove *tmp* if the block fails: a crashed attempt leaves no temp file behind."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
@@ -31,16 +43,12 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o640) -> None:
     tmp = _tmp_name(path)
     with writing(path):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
+        with _removed_on_failure(tmp):
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
         fsync_dir(path.parent)
 
 
@@ -59,16 +67,12 @@ def replace_symlink(link: Path, target: Path | str) -> None:
         tmp.unlink()
     with writing(link):
         os.symlink(target, tmp)
-        try:
+        with _removed_on_failure(tmp):
             try:
                 os.replace(tmp, link)
             except IsADirectoryError:  # another tool made a directory of it: never a wedge
                 set_aside(link, reason="a directory where a symlink belongs")
                 os.replace(tmp, link)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
         fsync_dir(link.parent)
 
 

@@ -32,18 +32,10 @@ def time_ago(ts: float, now: float | None = None) -> str:
     return f"{delta}s"
 
 
-def live_release(root: AppRoot) -> str | None:
-    """The release `current` points at (as ReleaseStore.live_id() reads it), or None."""
-    try:
-        return Path(os.readlink(root.current)).name
-    except OSError:
-        return None
-
-
 def release_rows(root: AppRoot) -> list[dict[str, Any]]:
     """Every manifest, oldest first, marked live and rollback target: `relman releases`."""
     manifests = registry.load_all(root)
-    live = live_release(root)
+    live = root.current_release()
     target = registry.rollback_target(manifests, live)
     return [m.to_json() | {"live": m.id == live,
                            "rollback_target": bool(target and m.id == target.id)}
@@ -56,7 +48,7 @@ def server_log(root: AppRoot, release: str | None) -> Path:
         if not is_release_id(release) or registry.load(root, release) is None:
             raise UnknownRelease(f"release {release!r}: no such release")
         return root.server_log(release)
-    live = live_release(root)
+    live = root.current_release()
     if live is None:
         raise UsageError("nothing is deployed yet: name a release")
     return root.server_log(live)

@@ -26,23 +26,22 @@ def app_procs(root: Path) -> list[psutil.Process]:
     return found
 
 
-def masters(root: Path) -> list[psutil.Process]:
-    """gunicorn masters in *root*, by the title setproctitle gave them."""
+def _where(root: Path, test) -> list[psutil.Process]:
     found = []
     for proc in app_procs(root):
         with contextlib.suppress(psutil.Error):
-            if "gunicorn: master" in " ".join(proc.cmdline()):
+            if test(proc.cmdline()):
                 found.append(proc)
     return found
+
+
+def masters(root: Path) -> list[psutil.Process]:
+    """gunicorn masters in *root*, by the title setproctitle gave them."""
+    return _where(root, lambda argv: "gunicorn: master" in " ".join(argv))
 
 
 def helpers(root: Path) -> list[psutil.Process]:
-    found = []
-    for proc in app_procs(root):
-        with contextlib.suppress(psutil.Error):
-            if "relman-test-helper" in proc.cmdline():
-                found.append(proc)
-    return found
+    return _where(root, lambda argv: "relman-test-helper" in argv)
 
 
 def orphans(root: Path, servers: list[dict]) -> list[psutil.Process]:

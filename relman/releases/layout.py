@@ -46,6 +46,13 @@ class AppRoot:
     def current(self) -> Path:
         return self.root / "current"
 
+    def current_release(self) -> str | None:
+        """The release `current` points at, or None before the first deploy."""
+        try:
+            return Path(os.readlink(self.current)).name
+        except OSError:  # missing, or not a link
+            return None
+
     @property
     def run(self) -> Path:
         return self.root / "run"

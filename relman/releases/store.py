@@ -107,10 +107,7 @@ class ReleaseStore:
 
     def live_id(self) -> str | None:
         """The release `current` points at, or None before the first deploy."""
-        try:
-            return Path(os.readlink(self.root.current)).name
-        except (FileNotFoundError, OSError):
-            return None
+        return self.root.current_release()
 
     def rollback_target(self) -> Manifest | None:
         return registry.rollback_target(self.manifests(), self.live_id())
