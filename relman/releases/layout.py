@@ -120,6 +120,10 @@ class AppRoot:
     def server_log(self, release_id: str) -> Path:
         return self.log / f"{release_id}.log"
 
+    def process_log(self, release_id: str, process: str) -> Path:
+        """The output of every instance of *process* ([processes.NAME]) of a release."""
+        return self.log / f"{release_id}.{process}.log"
+
     def socket(self, instance: str) -> Path:
         return self.run / f"{instance}.sock"
 
