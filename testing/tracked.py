@@ -56,7 +56,7 @@ def orphans(root: Path, servers: list[dict]) -> list[psutil.Process]:
     lost = []
     for proc in app_procs(root):
         with contextlib.suppress(psutil.Error):
-            if proc.pid in known or proc.environ().get("RELMAN_INSTANCE") in instances:
+            if proc.pid in known or proc.environ().get("RELMAN_UNIT") in instances:
                 continue
             lost.append(proc)
     return lost

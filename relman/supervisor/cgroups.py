@@ -10,7 +10,7 @@ Where the tree lives:
   off; see the comment there);
 - run as root outside any service (CI, a container), `<mount>/relman/<app>-<hash of root>`;
 - nowhere else: without a writable cgroup, instances are tracked by the RELMAN_APP,
-  RELMAN_ROOT and RELMAN_INSTANCE variables in their environment (identity.py).
+  RELMAN_ROOT and RELMAN_UNIT variables in their environment (identity.py).
 """
 
 from __future__ import annotations

@@ -19,13 +19,14 @@ from relman.supervisor.cgroups import CgroupTree
 from relman.supervisor.identity import (
     CREATE_TIME_SLACK,
     TAG_APP,
-    TAG_INSTANCE,
     TAG_ROOT,
+    TAG_UNIT,
     InstanceRecord,
     ProcessIdentity,
     is_tagged,
     live_process,
     tags_of,
+    unit_of,
 )
 
 log = structlog.get_logger(__name__)
@@ -50,7 +51,9 @@ class Tracker:
         return "cgroup" if self.cgroups is not None else "tags"
 
     def tags(self, instance: str) -> dict[str, str]:
-        return {TAG_APP: self.app, TAG_ROOT: self.root, TAG_INSTANCE: instance}
+        """The tags every process of *instance* carries (RELMAN_INSTANCE is the index the
+        transaction sets, not a tag)."""
+        return {TAG_APP: self.app, TAG_ROOT: self.root, TAG_UNIT: instance}
 
     def prepare(self, instance: str) -> str:
         """Create *instance*'s cgroup, if cgroups are used; its path, or ""."""
@@ -126,7 +129,7 @@ class Tracker:
             return _in_group_of(proc, record)
         tags = tags_of(proc)
         if tags is not None:
-            return tags.get(TAG_ROOT) == self.root and tags.get(TAG_INSTANCE) == record.instance
+            return tags.get(TAG_ROOT) == self.root and unit_of(tags) == record.instance
         try:
             if proc.cwd() != record.cwd or not record.cwd:
                 return False
@@ -165,7 +168,7 @@ class Tracker:
                     found[instance] = self.cgroups.procs(instance)
         for proc in self._ours():
             tags = tags_of(proc) or {}
-            instance = tags.get(TAG_INSTANCE, "")
+            instance = unit_of(tags)
             if tags.get(TAG_ROOT) == self.root and instance and instance not in recorded:
                 found.setdefault(instance, [])
                 if proc.pid not in found[instance]:
@@ -180,7 +183,7 @@ class Tracker:
         def still_stray(proc: psutil.Process) -> bool:
             tags = tags_of(proc) or {}
             return proc.pid in in_cgroup or (tags.get(TAG_ROOT) == self.root
-                                             and tags.get(TAG_INSTANCE) == instance)
+                                             and unit_of(tags) == instance)
 
         for pid in pids:
             with contextlib.suppress(psutil.Error):

@@ -60,7 +60,7 @@ def assert_one_server_per_instance(app) -> None:
     assert {p.pid for p in masters(root)} == {s["pid"] for s in status["servers"]}
     for helper in helpers(root):
         with contextlib.suppress(psutil.Error):
-            instance = helper.environ().get("RELMAN_INSTANCE")
+            instance = helper.environ().get("RELMAN_UNIT")
             assert instance in instances, f"helper of {instance} left running"
 
 
