@@ -342,7 +342,7 @@ class Daemon:
         health = None
         live = self.app.live
         if live is not None and live.alive:
-            probe = await probe_socket(live.socket, protocol=live.protocol,
+            probe = await probe_socket(live.listener, protocol=live.protocol,
                                        path=self.config.health.path, timeout=5)
             health = results.Health(status=probe.status, detail=probe.detail,
                                     healthy=in_range(probe.status, self.config.health.expect))

@@ -242,6 +242,8 @@ class ServerLine(Result):
     started: float
     live: bool = False
     figures: Figures | None = field(default=None, metadata=FLAT)
+    process: str = "web"  # or the NAME of [processes.NAME]; socket is then ""
+    index: int = 1  # which instance of the process (1..count)
 
 
 @final

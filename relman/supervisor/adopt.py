@@ -66,7 +66,8 @@ async def adopt_instances(run_dir: Path, log_dir: Path, tracker: Tracker,
             continue
         killed = await end_remnants(tracker, record)
         pidfile.unlink(missing_ok=True)
-        (run_dir / f"{record.instance}.sock").unlink(missing_ok=True)
+        if record.is_web:
+            (run_dir / f"{record.instance}.sock").unlink(missing_ok=True)
         if killed:
             log.warning("server.remnants_killed", instance=record.instance, killed=killed)
             found.notes.append(f"{record.instance}: its server was gone; killed {killed} "

@@ -117,8 +117,8 @@ async def wait_healthy(handle: ServerHandle, *, path: str, expect: tuple[int, in
                 f"release {handle.release}: app server exited (code {handle.returncode}) "
                 f"before becoming healthy",
             )
-        if handle.socket.exists():
-            last = await probe_socket(handle.socket, protocol=handle.protocol, path=path,
+        if handle.listener.exists():
+            last = await probe_socket(handle.listener, protocol=handle.protocol, path=path,
                                       timeout=max(0.5, min(5, deadline - time.monotonic())))
             if in_range(last.status, expect):
                 return last

@@ -1,10 +1,12 @@
-"""ServerHandle: one running app server instance, started by us or adopted after a restart."""
+"""ServerSpec and ServerHandle: one instance of a release's web server or of one of its
+process units ([processes.NAME]), started by us or adopted after a restart."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Mapping
@@ -14,7 +16,7 @@ from pathlib import Path
 import structlog
 
 from relman.results import Figures, ServerLine
-from relman.supervisor.identity import InstanceRecord, ProcessIdentity
+from relman.supervisor.identity import WEB, InstanceRecord, ProcessIdentity, check_unit
 from relman.supervisor.states import ServerState, check_transition
 
 log = structlog.get_logger(__name__)
@@ -22,19 +24,36 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerSpec:
-    """Everything needed to start one instance of a release's app server."""
+    """Everything needed to start one instance of a release's web server or process."""
 
-    instance: str  # <release id>.<generation>: never two generations on one socket path
+    # <release>.<generation> (web: never two generations on one socket path), or
+    # <release>.<process>.<index>.<generation> (Supervisor.next_instance)
+    instance: str
     release: str
     argv: tuple[str, ...]
     cwd: Path
     env: Mapping[str, str] = field(repr=False)  # never logged: it may hold secrets
-    socket: Path
+    socket: Path | None  # the web server's; None for a process unit, which has none
     pidfile: Path
     log: Path
+    process: str = WEB
+    index: int = 1
+    stop_signal: int = signal.SIGTERM
     protocol: str = "http"
     socket_mode: int = 0o660
     socket_group: str = ""
+
+    def __post_init__(self) -> None:
+        check_unit(self.release, self.process, self.index, self.instance)
+        if (self.socket is None) == (self.process == WEB):
+            raise ValueError(f"{self.instance}: the web server, and only it, has a socket")
+
+    @property
+    def listener(self) -> Path:
+        """The web server's socket; TypeError for a process unit, which has none."""
+        if self.socket is None:
+            raise TypeError(f"{self.instance} is a {self.process} process: it has no socket")
+        return self.socket
 
 
 class ServerHandle:
@@ -44,11 +63,14 @@ class ServerHandle:
     adoption after a daemon restart is not a special code path (STYLE practice 5).
     """
 
-    def __init__(self, *, instance: str, release: str, socket: Path, pidfile: Path, log: Path,
-                 protocol: str, identity: ProcessIdentity, pidfd: int,
+    def __init__(self, *, instance: str, release: str, socket: Path | None, pidfile: Path,
+                 log: Path, protocol: str, identity: ProcessIdentity, pidfd: int,
                  record: InstanceRecord, popen: subprocess.Popen[bytes] | None = None,
                  state: ServerState = ServerState.STARTING) -> None:
         self.instance, self.release = instance, release
+        # What it is and how it stops are the record's: the same for an adopted one.
+        self.process, self.index, self.stop_signal = (record.process, record.index,
+                                                      record.stop_signal)
         self.socket, self.pidfile, self.log, self.protocol = socket, pidfile, log, protocol
         self.identity, self.pidfd, self.popen = identity, pidfd, popen
         self.record = record  # run/<instance>.pid as written: how its processes are found
@@ -66,6 +88,17 @@ class ServerHandle:
     @property
     def pid(self) -> int:
         return self.identity.pid
+
+    @property
+    def is_web(self) -> bool:
+        return self.process == WEB
+
+    @property
+    def listener(self) -> Path:
+        """The web server's socket; TypeError for a process unit, which has none."""
+        if self.socket is None:
+            raise TypeError(f"{self.instance} is a {self.process} process: it has no socket")
+        return self.socket
 
     @property
     def alive(self) -> bool:
@@ -106,5 +139,7 @@ class ServerHandle:
     def describe(self, figures: Figures | None, *, live: bool) -> ServerLine:
         """This instance as `relman status` lists it."""
         return ServerLine(instance=self.instance, release=self.release, pid=self.pid,
-                          state=str(self.state), socket=str(self.socket), started=self.started,
-                          live=live, figures=figures)
+                          state=str(self.state),
+                          socket="" if self.socket is None else str(self.socket),
+                          started=self.started, live=live, figures=figures,
+                          process=self.process, index=self.index)

@@ -14,6 +14,7 @@ from relman.errors import Unhealthy
 from relman.logs import tail_file
 from relman.supervisor.adopt import Adoption, adopt_instances
 from relman.supervisor.health import Probe, wait_healthy
+from relman.supervisor.identity import WEB, check_unit
 from relman.supervisor.server import ServerHandle, ServerSpec
 from relman.supervisor.spawn import secure_socket, start_server
 from relman.supervisor.states import ServerState
@@ -34,21 +35,28 @@ class Supervisor:
         self.on_crash = on_crash
         self.handles: dict[str, ServerHandle] = {}
         self._watchers: set[asyncio.Task[None]] = set()
-        self._generations: dict[str, int] = {}  # release -> the highest generation started
+        # instance-name prefix (release, process, index) -> the highest generation started
+        self._generations: dict[str, int] = {}
 
-    def next_instance(self, release: str) -> str:
-        """`<release>.<n>`: a fresh socket and pidfile path for every generation, since
-        gunicorn unlinks its socket path on exit (ANCHORS.md)."""
-        names = [p.stem for p in self.run_dir.glob(f"{release}.*.pid")]
-        names += [p.stem for p in self.run_dir.glob(f"{release}.*.sock")]
+    def next_instance(self, release: str, process: str = WEB, index: int = 1) -> str:
+        """A fresh instance name: `<release>.<n>` for the web server, so that every
+        generation has its own socket and pidfile path since gunicorn unlinks its socket path
+        on exit (ANCHORS.md); `<release>.<process>.<index>.<n>` for instance *index* of a
+        process. Generations are counted per (release, process, index)."""
+        prefix = f"{release}." if process == WEB else f"{release}.{process}.{index}."
+        names = [p.name.removesuffix(".pid") for p in self.run_dir.glob(f"{release}.*.pid")]
+        names += [p.name.removesuffix(".sock") for p in self.run_dir.glob(f"{release}.*.sock")]
         names += [os.readlink(link).removesuffix(".sock") for link in
                   (self.run_dir / "app.sock", self.run_dir / "next.sock") if link.is_symlink()]
-        used = {int(n.rsplit(".", 1)[1]) for n in names
-                if n.startswith(release + ".") and n.rsplit(".", 1)[1].isdigit()}
-        used |= {int(i.rsplit(".", 1)[1]) for i in self.handles if i.startswith(release + ".")}
-        used.add(self._generations.get(release, 0))  # a crashed one's files are gone
-        self._generations[release] = max(used) + 1
-        return f"{release}.{max(used) + 1}"
+        names += list(self.handles)
+        # Only names of this unit: `R.worker.1.3` is no generation of the web server `R.<n>`.
+        used = {int(n[len(prefix):]) for n in names
+                if n.startswith(prefix) and n[len(prefix):].isdigit()}
+        used.add(self._generations.get(prefix, 0))  # a crashed one's files are gone
+        self._generations[prefix] = max(used) + 1
+        name = f"{prefix}{max(used) + 1}"
+        check_unit(release, process, index, name)
+        return name
 
     def _register(self, handle: ServerHandle) -> ServerHandle:
         self.handles[handle.instance] = handle
@@ -84,7 +92,9 @@ class Supervisor:
     async def start_healthy(self, spec: ServerSpec, *, path: str, expect: tuple[int, int],
                             timeout: float) -> tuple[ServerHandle, Probe]:
         """Start *spec* and wait until healthy; on failure stop it and raise Unhealthy with
-        the last lines of its output."""
+        the last lines of its output. The web server's only: a process has no health check."""
+        if spec.socket is None:
+            raise TypeError(f"{spec.instance}: a {spec.process} process has no health check")
         handle = self.start(spec)
         try:
             probe = await wait_healthy(handle, path=path, expect=expect, timeout=timeout)
@@ -115,8 +125,10 @@ class Supervisor:
             self._register(handle)
         return found
 
-    def for_release(self, release: str) -> list[ServerHandle]:
-        return [h for h in self.handles.values() if h.release == release and h.alive]
+    def for_release(self, release: str, process: str | None = None) -> list[ServerHandle]:
+        """The live handles of *release* (of its *process* only, if given)."""
+        return [h for h in self.handles.values() if h.release == release and h.alive
+                and (process is None or h.process == process)]
 
     def by_socket(self, socket: Path) -> ServerHandle | None:
         for handle in self.handles.values():

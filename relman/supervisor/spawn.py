@@ -1,4 +1,5 @@
-"""start_server(): a release's app server in its own session, with a pidfile of its identity."""
+"""start_server(): a release's web server or process instance in its own session, with a
+record of its identity."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import structlog
 
 from relman.errors import Unhealthy, UsageError
 from relman.supervisor.identity import (
+    WEB,
     InstanceRecord,
     ProcessIdentity,
     take_identity,
@@ -55,32 +57,23 @@ def rotate_log(path: Path, *, limit: int = ROTATE_BYTES, keep: int = ROTATE_KEEP
 
 
 def start_server(spec: ServerSpec, tracker: Tracker) -> ServerHandle:
-    """Spawn the server of *spec* in a new session (its own process group), recorded in
-    run/<instance>.pid before it starts and tracked by its cgroup or its tags.
+    """Spawn the web server or process of *spec* in a new session (its own process group),
+    recorded in run/<instance>.pid before it starts and tracked by its cgroup or its tags.
 
     App servers are not children of any task: they must keep serving through a SIGKILL of
     the daemon (DESIGN section 6), and are found again through their records.
     """
-    with contextlib.suppress(FileNotFoundError):
-        spec.socket.unlink()  # a leftover of a crashed instance would fail the bind
+    if spec.socket is not None:
+        with contextlib.suppress(FileNotFoundError):
+            spec.socket.unlink()  # a leftover of a crashed instance would fail the bind
     rotate_log(spec.log)
     record = InstanceRecord(instance=spec.instance, release=spec.release,
                             protocol=spec.protocol, cwd=str(spec.cwd),
-                            cgroup=tracker.prepare(spec.instance), spawned=time.time())
+                            cgroup=tracker.prepare(spec.instance), spawned=time.time(),
+                            process=spec.process, index=spec.index,
+                            stop_signal=int(spec.stop_signal))
     write_record(spec.pidfile, record)  # first: a daemon killed after the spawn finds it
-    with spec.log.open("ab") as out:
-        out.write(f"--- relman: starting {spec.instance}: {' '.join(spec.argv)}\n".encode())
-        out.flush()
-        try:
-            popen = subprocess.Popen(
-                tracker.wrap(spec.argv, record), cwd=spec.cwd,
-                env={**spec.env, **tracker.tags(spec.instance)}, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-                umask=socket_umask(spec.socket_mode),  # no 0777 socket before secure_socket()
-            )
-        except OSError as e:
-            spec.pidfile.unlink(missing_ok=True)
-            raise Unhealthy(f"cannot start {spec.argv[0]}: {e.strerror}") from None
+    popen = _spawn(spec, tracker, record)
     if os.environ.get(CRASH_ENV) == "spawned":  # tests only: die before the pid is recorded
         os.kill(os.getpid(), signal.SIGKILL)
     pidfd = os.pidfd_open(popen.pid)
@@ -101,11 +94,35 @@ def start_server(spec: ServerSpec, tracker: Tracker) -> ServerHandle:
         popen.wait()
         os.close(pidfd)
         raise
-    log.info("server.started", instance=spec.instance, pid=popen.pid, socket=str(spec.socket),
-             tracking=tracker.mode)
+    log.info("server.started", instance=spec.instance, process=spec.process,
+             index=spec.index, pid=popen.pid,
+             socket="" if spec.socket is None else str(spec.socket), tracking=tracker.mode)
     return ServerHandle(instance=spec.instance, release=spec.release, socket=spec.socket,
                         pidfile=spec.pidfile, log=spec.log, protocol=spec.protocol,
                         identity=identity, pidfd=pidfd, record=record, popen=popen)
+
+
+def _spawn(spec: ServerSpec, tracker: Tracker,
+           record: InstanceRecord) -> subprocess.Popen[bytes]:
+    """Popen of *spec*'s argv, its output appended to its log after a line naming it."""
+    what = spec.instance if spec.process == WEB else \
+        f"{spec.process} {spec.index} ({spec.instance})"
+    # A web server starts with a umask that keeps its socket from being 0777 before
+    # secure_socket(); a process has no socket and keeps the daemon's.
+    umask = -1 if spec.socket is None else socket_umask(spec.socket_mode)
+    with spec.log.open("ab") as out:
+        out.write(f"--- relman: starting {what}: {' '.join(spec.argv)}\n".encode())
+        out.flush()
+        try:
+            return subprocess.Popen(
+                tracker.wrap(spec.argv, record), cwd=spec.cwd,
+                env={**spec.env, **tracker.tags(spec.instance)}, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                umask=umask,
+            )
+        except OSError as e:
+            spec.pidfile.unlink(missing_ok=True)
+            raise Unhealthy(f"cannot start {spec.argv[0]}: {e.strerror}") from None
 
 
 def secure_socket(spec: ServerSpec) -> None:
@@ -114,6 +131,8 @@ def secure_socket(spec: ServerSpec) -> None:
     Done by relman rather than by each server's umask option, so that every kind behaves
     the same; nothing points at the socket before this runs.
     """
+    if spec.socket is None:
+        return
     group = spec.socket_group
     if group:
         try:
@@ -131,12 +150,18 @@ def secure_socket(spec: ServerSpec) -> None:
 def adopt_server(record: InstanceRecord, leader: ProcessIdentity, pidfd: int, *,
                  run_dir: Path, log_dir: Path) -> ServerHandle:
     """A handle on *record*'s instance, whose *leader* was found running. Its socket and log
-    paths are derived from the instance and release names, never read from the file."""
-    handle = ServerHandle(instance=record.instance, release=record.release,
-                          socket=run_dir / f"{record.instance}.sock",
-                          pidfile=run_dir / f"{record.instance}.pid",
-                          log=log_dir / f"{record.release}.log", protocol=record.protocol,
-                          identity=leader, pidfd=pidfd, record=record.with_identity(leader),
-                          state=ServerState.HEALTHY)
-    log.info("server.adopted", instance=handle.instance, pid=leader.pid)
+    paths are derived from the record's names, never read from the file: a web server's
+    run/<instance>.sock and log/<release>.log, a process's log/<release>.<process>.log and
+    no socket."""
+    if record.is_web:
+        socket: Path | None = run_dir / f"{record.instance}.sock"
+        log_path = log_dir / f"{record.release}.log"
+    else:
+        socket, log_path = None, log_dir / f"{record.release}.{record.process}.log"
+    handle = ServerHandle(instance=record.instance, release=record.release, socket=socket,
+                          pidfile=run_dir / f"{record.instance}.pid", log=log_path,
+                          protocol=record.protocol, identity=leader, pidfd=pidfd,
+                          record=record.with_identity(leader), state=ServerState.HEALTHY)
+    log.info("server.adopted", instance=handle.instance, process=handle.process,
+             index=handle.index, pid=leader.pid)
     return handle

@@ -1,5 +1,7 @@
-"""stop_server(): graceful SIGTERM, then SIGKILL of the process group after stop_timeout; then
-whatever is left of the instance (orphaned workers, double-forked helpers) is killed."""
+"""stop_server(): the instance's graceful stop signal (SIGTERM for the web server, a process's
+stop_signal), then SIGKILL of its process group and of every process of the instance (its
+cgroup, or its tags) after the timeout; then whatever is left of the instance (orphaned
+workers, double-forked helpers) is killed."""
 
 from __future__ import annotations
 
@@ -51,16 +53,17 @@ async def end_remnants(tracker: Tracker, record: InstanceRecord) -> int:
 async def stop_server(handle: ServerHandle, timeout: float, tracker: Tracker) -> bool:
     """Stop *handle* gracefully; True if it exited before the deadline without SIGKILL.
 
-    gunicorn stops gracefully on SIGTERM; uWSGI does with the hook kinds.py adds.
+    gunicorn stops gracefully on SIGTERM; uWSGI does with the hook kinds.py adds; a process
+    unit on the stop_signal its config names (Celery finishes its current task on TERM).
     """
     handle.expected_exit = True
     if handle.state not in (ServerState.STOPPING, ServerState.STOPPED):
         handle.advance(ServerState.STOPPING)
     graceful = True
-    if _signal(handle, signal.SIGTERM) and not await handle.wait_exited(timeout):
+    if _signal(handle, handle.stop_signal) and not await handle.wait_exited(timeout):
         graceful = False
-        log.info("server.kill_escalated", instance=handle.instance, pid=handle.pid,
-                 after=timeout)
+        log.info("server.kill_escalated", instance=handle.instance, process=handle.process,
+                 pid=handle.pid, signal=signal.Signals(handle.stop_signal).name, after=timeout)
         if handle.alive:
             with contextlib.suppress(ProcessLookupError):
                 # The leader is alive and verified (its pidfd is open), so its group is ours.
@@ -70,8 +73,10 @@ async def stop_server(handle: ServerHandle, timeout: float, tracker: Tracker) ->
     remnants = await end_remnants(tracker, handle.record)
     handle.advance(ServerState.STOPPED)
     handle.pidfile.unlink(missing_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        handle.socket.unlink()
-    log.info("server.stopped", instance=handle.instance, pid=handle.pid, graceful=graceful,
-             returncode=handle.returncode, remnants=remnants)
+    if handle.socket is not None:
+        with contextlib.suppress(FileNotFoundError):
+            handle.socket.unlink()
+    log.info("server.stopped", instance=handle.instance, process=handle.process,
+             pid=handle.pid, graceful=graceful, returncode=handle.returncode,
+             remnants=remnants)
     return graceful

@@ -209,7 +209,7 @@ class App:
                                report: Report) -> tuple[ServerHandle, str]:
         """A new healthy server for *manifest*, and what its health check said."""
         spec = self.server_spec(manifest)
-        report("start", f"starting {spec.instance} on {spec.socket.name}")
+        report("start", f"starting {spec.instance} on {spec.listener.name}")
         health = self.config.health
         try:
             with writing(spec.log):  # its first line, written before the server starts
@@ -248,10 +248,10 @@ class App:
             # An automatic rollback's switch is settled from the start (no cascades).
             self._switch(candidate, settled=auto)
             self.switch_ms = round((time.monotonic() - self.job_started) * 1000, 1)
-            self._step(Step.SWITCHED, report, f"app.sock -> {candidate.socket.name} "
+            self._step(Step.SWITCHED, report, f"app.sock -> {candidate.listener.name} "
                        f"({self.switch_ms:.0f} ms after the job began)")
             await check_live(self.config.health, self.root.app_sock, candidate.protocol)
-            replace_symlink(self.root.next_sock, candidate.socket.name)
+            replace_symlink(self.root.next_sock, candidate.listener.name)
             unmarked = self.store.get(manifest.id)  # what an undone swap puts back
             self.store.mark_live(manifest.id, known_good=True)
             self._step(Step.VERIFIED, report, "live route verified")
@@ -274,14 +274,14 @@ class App:
                 ServerState.WARM, ServerState.STOPPING, ServerState.STOPPED):
             return False  # retired: the new release serves
         if old is not None and not old.alive and candidate is not None and candidate.alive \
-                and read_link(self.root.app_sock) == candidate.socket.name:
+                and read_link(self.root.app_sock) == candidate.listener.name:
             return False  # the old server crashed meanwhile: the candidate goes on serving
         try:
             if moved := links.restore():
                 report("switch", "put back " + ", ".join(link.name for link in moved))
         finally:
             if candidate is not None and candidate is not old and \
-                    read_link(self.root.app_sock) != candidate.socket.name:
+                    read_link(self.root.app_sock) != candidate.listener.name:
                 back = old.instance if old is not None and old.alive and \
                     self.record.state.get(old.instance) is not None else None
                 # A switch back is no new switch: the one before is the last again.
@@ -289,10 +289,10 @@ class App:
                 if old is not None and old.alive and old.state is not ServerState.LIVE:
                     old.advance(ServerState.LIVE)  # it was draining
                 await self.stop_server(candidate)
-        return read_link(self.root.app_sock) != (candidate.socket.name if candidate else None)
+        return read_link(self.root.app_sock) != (candidate.listener.name if candidate else None)
 
     async def _preview(self, candidate: ServerHandle, report: Report) -> None:
-        replace_symlink(self.root.next_sock, candidate.socket.name)
+        replace_symlink(self.root.next_sock, candidate.listener.name)
         status = await check_preview(self.config.health)
         if status is not None:
             self._step(Step.PREVIEWED, report, f"nginx preview answered {status}")
@@ -326,7 +326,7 @@ class App:
                                                  f"{old.instance} had exited"))
             return
         old.advance(ServerState.DRAINING)
-        drained = await wait_drained(old.socket, timeout=self.config.swap.drain_timeout)
+        drained = await wait_drained(old.listener, timeout=self.config.swap.drain_timeout)
         self._step(Step.DRAINED, report,
                    f"{old.instance} drained in {drained.waited:.2f}s "
                    f"(deepest accept queue {drained.max_depth})")
@@ -375,7 +375,7 @@ class App:
         try:
             self.record.submit(Started(handle.instance, release), strict=True)
             self._switch(handle)
-            replace_symlink(self.root.next_sock, handle.socket.name)
+            replace_symlink(self.root.next_sock, handle.listener.name)
         except BaseException:
             await self._abandon(handle, None, links, before, report)
             raise

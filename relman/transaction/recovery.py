@@ -95,7 +95,8 @@ async def reconcile(app: App, report: Report) -> list[str]:
     before = app.record.state  # what the previous daemon recorded
     adopted = await _adopt(app, notes)
     live_name = read_link(app.root.app_sock)
-    live = next((h for h in adopted.values() if h.socket.name == live_name), None)
+    live = next((h for h in adopted.values()
+                 if h.socket is not None and h.socket.name == live_name), None)
     interrupted = app.journal.unfinished() is not None
     try:
         await undo_interrupted_job(app, notes)
@@ -127,7 +128,7 @@ def _take_live(app: App, live: ServerHandle | None, current_set_aside: bool,
         app.record.submit(Adopted(live.instance, live.release, Role.LIVE))
         app.record.submit(Relinked(live.release))
         app.derive_links(app.record.state)  # current too, if it crashed between the two
-        replace_symlink(app.root.next_sock, live.socket.name)
+        replace_symlink(app.root.next_sock, live.listener.name)
         try:
             app.store.live_manifest()  # one that was set aside is rebuilt now
         except RelmanError as e:
@@ -150,7 +151,7 @@ async def _keep_or_stop(app: App, handle: ServerHandle, before: RunState, interr
         return
     notes.append(f"stopping {handle.instance}: not live")
     # It may have been live a moment ago: let nginx's queued connections through first.
-    await wait_drained(handle.socket, timeout=app.config.swap.drain_timeout)
+    await wait_drained(handle.listener, timeout=app.config.swap.drain_timeout)
     await app.stop_server(handle)
 
 
@@ -187,7 +188,7 @@ async def _still_warm(app: App, handle: ServerHandle) -> bool:
     if manifest.state is not ReleaseState.BUILT:
         return False
     health = app.config.health
-    probe = await probe_socket(handle.socket, protocol=handle.protocol, path=health.path,
+    probe = await probe_socket(handle.listener, protocol=handle.protocol, path=health.path,
                                timeout=5)
     if not in_range(probe.status, health.expect) or not handle.alive:
         return False

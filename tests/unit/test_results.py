@@ -80,11 +80,25 @@ def test_status_json_keeps_its_keys() -> None:
                                       "workers"]
     assert data["health"] == {"status": 200, "detail": "HTTP/1.1 200 OK", "healthy": True}
     live, warm = data["servers"]
-    assert sorted(live) == ["cpu_percent", "instance", "live", "pid", "release", "rss",
-                            "socket", "started", "state", "uptime", "workers"]
-    assert sorted(warm) == ["instance", "live", "pid", "release", "socket", "started", "state"]
+    assert sorted(live) == ["cpu_percent", "index", "instance", "live", "pid", "process",
+                            "release", "rss", "socket", "started", "state", "uptime",
+                            "workers"]
+    assert sorted(warm) == ["index", "instance", "live", "pid", "process", "release", "socket",
+                            "started", "state"]
     assert data["crash_loop"] is None
     assert data["job"]["job"] == "deploy"
+
+
+def test_an_older_daemons_server_line_is_the_web_server() -> None:
+    """A server line without process and index (an older daemon's answer) is the web
+    server's, instance 1; a process unit's line has them and no socket."""
+    data = json.loads(json.dumps(SERVER.to_json()))
+    del data["process"], data["index"]
+    line = ServerLine.from_json(data)
+    assert (line.process, line.index) == ("web", 1)
+    worker = dataclasses.replace(SERVER, instance=f"{RID}.worker.2.1", process="worker",
+                                 index=2, socket="", live=False)
+    assert ServerLine.from_json(json.loads(json.dumps(worker.to_json()))) == worker
 
 
 def test_other_results_keep_their_keys() -> None:
