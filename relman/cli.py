@@ -213,14 +213,46 @@ def stop(ctx: Context, wait: bool) -> None:
 
 
 @cli.command()
+@click.argument("name", required=False)
 @WAIT
 @pass_ctx
-def restart(ctx: Context, wait: bool) -> None:
-    """Fresh app server processes for the live release, swapped in without a failed request."""
+def restart(ctx: Context, name: str | None, wait: bool) -> None:
+    """Fresh instances of the live release with today's config: everything, the web server
+    (NAME "web", swapped in without a failed request) or one process type."""
     from relman.results import RestartResult
 
-    result = ctx.call("restart", RestartResult, wait=wait)
-    ctx.emit(result.to_json(), lambda: f"restarted {result.release}")
+    result = ctx.call("restart", RestartResult, wait=wait, name=name)
+    ctx.emit(result.to_json(), lambda: f"restarted {name + ' of ' if name else ''}"
+             f"{result.release}")
+
+
+@cli.command()
+@pass_ctx
+def ps(ctx: Context) -> None:
+    """Every process: name, instance, release, pid, state, uptime, restarts, RSS, CPU."""
+    from relman.results import PsResult
+    from relman.views import render_ps
+
+    result = ctx.call("ps", PsResult)
+    ctx.emit(result.to_json(), lambda: render_ps(result))
+
+
+@cli.command()
+@click.argument("counts", nargs=-1, metavar="NAME=N...")
+@click.option("--reset", is_flag=True, help="Back to the counts of the release's settings.")
+@WAIT
+@pass_ctx
+def scale(ctx: Context, counts: tuple[str, ...], reset: bool, wait: bool) -> None:
+    """Run N instances of process NAME now, and after every deploy, rollback and daemon
+    restart until changed (`--reset`: the release's settings again)."""
+    from relman.results import ScaleResult
+    from relman.views import parse_counts, render_counts
+
+    if not counts and not reset:
+        raise UsageError("relman scale: name at least one NAME=N, or --reset")
+    result = ctx.call("scale", ScaleResult, counts=parse_counts(counts), reset=reset,
+                      wait=wait)
+    ctx.emit(result.to_json(), lambda: render_counts(result.counts))
 
 
 @cli.command()

@@ -23,9 +23,7 @@ from relman.control import KEEPALIVE, ControlServer, Send
 from relman.errors import LockHeld, RelmanError, StateWriteFailed, UsageError, writing
 from relman.lock import Busy, FileLock
 from relman.releases.prune import prune
-from relman.supervisor.figures import ProcessFigures
-from relman.supervisor.health import in_range, probe_socket
-from relman.transaction import App, CrashRecovery, Report, reconcile
+from relman.transaction import App, CrashRecovery, Observer, Report, reconcile
 from relman.transaction.repair import set_aside_current
 
 log = structlog.get_logger(__name__)
@@ -54,9 +52,8 @@ class Daemon:
         self.flip_set_aside = False  # a flip of current seen while jobs were pending
         self.control = ControlServer(self.root.control_sock, self.handle)
         self.jobs: set[asyncio.Task[Any]] = set()
-        self.recovery = CrashRecovery(self.app, self.schedule_job)
-        self.figures = ProcessFigures()
-        self.figures_lock = asyncio.Lock()
+        self.recovery = CrashRecovery(self.app, self.schedule_job, self.spawn)
+        self.observer = Observer(self.app, self.started)
 
     @property
     def config(self) -> Config:
@@ -130,12 +127,26 @@ class Daemon:
             await asyncio.sleep(usec / 2e6)
 
     def status_line(self) -> str:
-        live = self.app.live
-        if self.recovery.crash_loop:
-            return f"{self.config.app.name}: {self.recovery.crash_loop}"
-        if live is None or not live.alive:
-            return f"{self.config.app.name}: no live server"
-        return f"{self.config.app.name}: live {live.release} (pid {live.pid})"
+        return self.observer.status_line(self.recovery.crash_loop)
+
+    def spawn(self, work: Callable[[], Awaitable[object]], delay: float = 0.0) -> None:
+        """Run *work* in the background after *delay* seconds, not as a job (a crash
+        restart of a process must not wait behind a build); nothing once stopping."""
+        async def run() -> None:
+            try:
+                await work()
+            except Exception:
+                log.exception("task.failed")
+            self.notify(STATUS=self.status_line())
+
+        def start() -> None:
+            if self.stopping.is_set():
+                return
+            task = asyncio.create_task(run())
+            self.jobs.add(task)
+            task.add_done_callback(self.jobs.discard)
+
+        asyncio.get_running_loop().call_later(delay, start)
 
     def schedule_job(self, what: str, work: Callable[[Report], Awaitable[object]],
                      delay: float) -> None:
@@ -212,7 +223,10 @@ class Daemon:
             who += f" via ssh from {client['ssh']}"
         commands: dict[str, Callable[[], Awaitable[results.Result]]] = {
             "ping": self._ping,
-            "status": self.status,
+            "status": lambda: self.observer.status(self.recovery.crash_loop),
+            "ps": self.observer.ps,
+            "scale": lambda: self.job("scale", who, args, send,
+                                      lambda rep: self._scale(args, who, rep)),
             "deploy": lambda: self.job(f"deploy {args.get('ref')}", who, args, send,
                                        lambda rep: self._deploy(str(args.get("ref", "")), who,
                                                                 rep)),
@@ -220,7 +234,7 @@ class Daemon:
                                          lambda rep: self._rollback(args.get("release"), who,
                                                                     rep)),
             "restart": lambda: self.job("restart", who, args, send,
-                                        lambda rep: self._restart(who, rep)),
+                                        lambda rep: self._restart(who, rep, args.get("name"))),
             "start": lambda: self.job("start", who, args, send,
                                       lambda rep: self._start(who, rep)),
             "stop": lambda: self.job("stop", who, args, send, lambda _rep: self._stop(who)),
@@ -303,13 +317,24 @@ class Daemon:
         return results.RollbackResult(release=manifest.id, sha=manifest.sha,
                                       switch_ms=self.app.switch_ms)
 
-    async def _restart(self, who: str, report: Report) -> results.RestartResult:
-        manifest = await self.app.restart(who, report)
+    async def _restart(self, who: str, report: Report, name: object
+                       ) -> results.RestartResult:
+        manifest = await self.app.restart(who, report, str(name) if name else None)
         return results.RestartResult(release=manifest.id, switch_ms=self.app.switch_ms)
+
+    async def _scale(self, args: dict[str, Any], who: str, report: Report
+                     ) -> results.ScaleResult:
+        counts = {str(k): int(v) for k, v in dict(args.get("counts") or {}).items()}
+        change = await self.app.scale(counts, reset=bool(args.get("reset")), who=who,
+                                      report=report)
+        return results.ScaleResult(release=self.app.store.live_id(),
+                                   counts=self.observer.counts(),
+                                   started=change.started, stopped=change.stopped)
 
     async def _start(self, who: str, report: Report) -> results.StartResult:
         handle = await self.app.start(report, who=who)
-        return results.StartResult(release=handle.release, pid=handle.pid)
+        release = handle.release if handle else self.app.store.live_id() or ""
+        return results.StartResult(release=release, pid=handle.pid if handle else 0)
 
     async def _stop(self, who: str) -> results.StopResult:
         await self.app.stop(who)
@@ -319,6 +344,7 @@ class Daemon:
         store = self.app.store
         target = store.rollback_target()
         running = frozenset(h.release for h in self.app.supervisor.handles.values() if h.alive)
+        running |= {i.release for i in self.app.record.state.instances}
         # In a thread: removing a large tree or venv must not stall the control socket.
         result = await asyncio.to_thread(
             prune, self.root, store.manifests(), keep=self.config.app.keep_releases,
@@ -329,38 +355,6 @@ class Daemon:
 
     async def _ping(self) -> results.Pong:
         return results.Pong(pid=os.getpid(), version=__version__)
-
-    async def status(self) -> results.Status:
-        """Daemon, live release, processes (pids, workers, RSS, CPU, uptime), health, job."""
-        handles = list(self.app.supervisor.handles.values())
-        async with self.figures_lock:  # psutil scans every process: not in the event loop
-            figures = await asyncio.to_thread(lambda: [
-                self.figures.of(os.getpid(), with_children=False),
-                *(self.figures.of(h.pid) for h in handles)])
-        servers = tuple(h.describe(f, live=h is self.app.live)
-                        for h, f in zip(handles, figures[1:], strict=True))
-        health = None
-        live = self.app.live
-        if live is not None and live.alive:
-            probe = await probe_socket(live.listener, protocol=live.protocol,
-                                       path=self.config.health.path, timeout=5)
-            health = results.Health(status=probe.status, detail=probe.detail,
-                                    healthy=in_range(probe.status, self.config.health.expect))
-        entry = self.app.journal.entry
-        target = self.app.store.rollback_target()
-        own = figures[0] or results.Figures(workers=0, rss=0, cpu_percent=0.0,
-                                            uptime=round(time.time() - self.started, 1))
-        return results.Status(
-            app=self.config.app.name,
-            daemon=results.DaemonInfo(pid=os.getpid(), version=__version__, figures=own),
-            live=live.release if live is not None and live.alive else None,
-            current=self.app.store.live_id(),
-            rollback_target=target.id if target else None,
-            health=health,
-            servers=servers,
-            job=results.JobInfo(**entry.to_json()) if entry else None,
-            crash_loop=self.recovery.crash_loop or None,
-        )
 
 
 def _take(lock: FileLock, holder: dict[str, Any]) -> None:

@@ -108,6 +108,12 @@ class Unhealthy(DeployFailed):
     code = "unhealthy"
 
 
+class ProcessFailed(DeployFailed):
+    """A new process instance did not stay up its start_seconds."""
+
+    code = "process-failed"
+
+
 class PreviewFailed(DeployFailed):
     code = "preview-failed"
 

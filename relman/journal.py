@@ -25,6 +25,7 @@ class Step(StrEnum):
     PREVIEWED = "previewed"
     SWITCHED = "switched"
     VERIFIED = "verified"
+    HANDED_OVER = "handed_over"  # the [processes] instances are the new release's
     DRAINED = "drained"
     STOPPED_OLD = "stopped_old"
     DONE = "done"

@@ -180,7 +180,8 @@ class RestartResult(Result):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StartResult(Result):
     release: str
-    pid: int
+    pid: int = 0  # the web server's; 0 without one (kind = "none")
+    started: tuple[str, ...] = ()  # process instances started
 
 
 @final
@@ -248,6 +249,38 @@ class ServerLine(Result):
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessCount(Result):
+    """One process type of the live release: how many should run and how many do."""
+
+    name: str
+    wanted: int
+    running: int
+    scaled: bool = False  # *wanted* is `relman scale`'s, not the release's settings
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PsResult(Result):
+    """`relman ps`: every instance, web server included, and the counts per type."""
+
+    release: str | None = None  # the live release
+    instances: tuple[ServerLine, ...] = ()
+    counts: tuple[ProcessCount, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScaleResult(Result):
+    """`relman scale`: the counts now, and the instances it started and stopped."""
+
+    release: str | None = None
+    counts: tuple[ProcessCount, ...] = ()
+    started: tuple[str, ...] = ()
+    stopped: tuple[str, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobInfo(Result):
     """The job in progress, as its journal entry says (relman/journal.py)."""
 
@@ -278,3 +311,4 @@ class Status(Result):
     servers: tuple[ServerLine, ...] = ()
     job: JobInfo | None = None
     crash_loop: str | None = None  # what the crash-loop detector says, while it lasts
+    processes: tuple[ProcessCount, ...] = ()

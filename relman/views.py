@@ -20,7 +20,7 @@ from relman.releases.ids import is_release_id
 
 if TYPE_CHECKING:
     from relman.config import Config
-    from relman.results import Status
+    from relman.results import ProcessCount, PsResult, Status
 
 
 def time_ago(ts: float, now: float | None = None) -> str:
@@ -90,6 +90,45 @@ def render_status(s: Status) -> str:
         job = s.job
         lines.append(f"job:      {job.job} {job.release or job.ref} "
                      f"by {job.who}, at step {job.step}")
+    return "\n".join(lines)
+
+
+def parse_counts(words: tuple[str, ...]) -> dict[str, int]:
+    """`worker=3 beat=1` as {"worker": 3, "beat": 1}; UsageError (exit 2) naming the word."""
+    counts: dict[str, int] = {}
+    for word in words:
+        name, sep, number = word.partition("=")
+        if not sep or not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
+            raise UsageError(f"relman scale: {word!r} is not NAME=N (a process name, '=', a "
+                             "count)")
+        if not re.fullmatch(r"\d{1,4}", number):
+            raise UsageError(f"relman scale: {word!r}: the count must be a whole number "
+                             "from 0 to 9999")
+        counts[name] = int(number)
+    return counts
+
+
+def render_counts(counts: tuple[ProcessCount, ...]) -> str:
+    if not counts:
+        return "no processes ([processes.NAME] in the config)"
+    return "\n".join(f"{c.name}: {c.running}/{c.wanted} running"
+                     + (" (scaled)" if c.scaled else "") for c in counts)
+
+
+def render_ps(result: PsResult) -> str:
+    """`relman ps` for people: one line per instance, web server first."""
+    lines = [f"{'NAME':<12} {'#':>2}  {'RELEASE':<26} {'PID':>7}  {'STATE':<9} {'UP':>5} "
+             f"{'RESTARTS':>8} {'RSS':>7} {'CPU%':>5}"]
+    for i in result.instances:
+        f = i.figures
+        lines.append(f"{i.process:<12} {i.index:>2}  {i.release:<26} {i.pid:>7}  "
+                     f"{i.state:<9} {time_ago(i.started):>5} {i.restarts:>8} "
+                     f"{(f.rss // 2**20 if f else 0):>5}Mi {(f.cpu_percent if f else 0):>5.1f}")
+    if len(lines) == 1:
+        lines.append("(nothing runs)")
+    if result.counts:
+        lines.append("")
+        lines.append(render_counts(result.counts))
     return "\n".join(lines)
 
 

@@ -3,5 +3,6 @@ joins the release store and the supervisor."""
 
 from relman.transaction.app import App, Report
 from relman.transaction.recovery import CrashRecovery, reconcile
+from relman.transaction.status import Observer
 
-__all__ = ["App", "CrashRecovery", "Report", "reconcile"]
+__all__ = ["App", "CrashRecovery", "Observer", "Report", "reconcile"]

@@ -16,7 +16,15 @@ import structlog
 
 from relman.atomic import set_aside, write_json_atomic
 from relman.errors import RelmanError
-from relman.transaction.runstate import Event, Instance, Role, RunState, Switch, advance
+from relman.transaction.runstate import (
+    WEB,
+    Event,
+    Instance,
+    Role,
+    RunState,
+    Switch,
+    advance,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -25,8 +33,10 @@ Clock = Callable[[], float]
 
 def to_json(state: RunState) -> dict[str, Any]:
     return {"linked": state.linked,
-            "instances": [{"name": i.name, "release": i.release, "role": str(i.role)}
+            "instances": [{"name": i.name, "release": i.release, "role": str(i.role),
+                           "process": i.process, "index": i.index}
                           for i in state.instances],
+            "scale": dict(state.scale),
             "switch": {"release": state.switch.release, "at": state.switch.at,
                        "until": state.switch.until, "settled": state.switch.settled},
             "warm_until": state.warm_until}
@@ -43,14 +53,22 @@ def from_json(data: Any) -> RunState:
     for item in data.get("instances") or []:
         if not isinstance(item, dict):
             raise TypeError("an instance is not an object")
+        index = item.get("index", 1)
+        if not isinstance(index, int) or isinstance(index, bool) or index < 1:
+            raise TypeError(f"index {index!r} is not a positive integer")
         instances.append(Instance(str(item["name"]), str(item["release"]),
-                                  Role(item["role"])))
+                                  Role(item["role"]), str(item.get("process") or WEB), index))
+    scale = data.get("scale") or {}
+    if not isinstance(scale, dict) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in scale.values()):
+        raise TypeError("scale is not an object of counts")
     return RunState(linked=str(data.get("linked") or ""), instances=tuple(instances),
                     switch=Switch(release=str(switch.get("release") or ""),
                                   at=float(switch.get("at") or 0.0),
                                   until=float(switch.get("until") or 0.0),
                                   settled=bool(switch.get("settled"))),
-                    warm_until=float(data.get("warm_until") or 0.0))
+                    warm_until=float(data.get("warm_until") or 0.0),
+                    scale=tuple(sorted((str(k), v) for k, v in scale.items())))
 
 
 def from_switch_json(data: Any, run_dir: Path) -> RunState:

@@ -4,26 +4,21 @@ a release that crash-loops right after its switch."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import shutil
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-import psutil
 import structlog
 
 from relman.atomic import read_link, replace_symlink
 from relman.errors import RelmanError, UnknownRelease
-from relman.journal import Step, after
 from relman.releases import ReleaseState
 from relman.supervisor import ServerHandle, ServerState
 from relman.supervisor.drain import wait_drained
 from relman.supervisor.health import in_range, probe_socket
 from relman.supervisor.restart import Exit, RestartPolicy, decide, quick_exits
-from relman.transaction.app import JOB_ENV, App, Report
+from relman.transaction.app import App, Report
+from relman.transaction.interrupted import AUTO_WHO, undo_interrupted_job
 from relman.transaction.repair import relink_current, set_aside_unreadable_state
 from relman.transaction.runstate import (
     Adopted,
@@ -41,50 +36,9 @@ log = structlog.get_logger(__name__)
 # Live checks that must fail in a row, within swap.verify_window of a switch, before the
 # daemon rolls the release back (one failed check is a blip, three are a broken release).
 LIVE_CHECK_FAILURES: Final = 3
-AUTO_WHO: Final = "relman (auto: "  # who, in the journal and history, of automatic rollbacks
 
 Schedule = Callable[[str, Callable[[Report], Awaitable[Any]], float], None]
-
-
-def kill_job_processes(job_id: str) -> int:
-    """SIGKILL what an interrupted job left running (a pip install, a migration): every
-    process whose environment carries RELMAN_JOB=<job_id>, which all its descendants inherit.
-    """
-    killed = 0
-    for proc in psutil.process_iter(["pid"]):
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if proc.pid != os.getpid() and proc.environ().get(JOB_ENV) == job_id:
-                os.kill(proc.pid, signal.SIGKILL)
-                killed += 1
-    return killed
-
-
-async def undo_interrupted_job(app: App, notes: list[str]) -> None:
-    """Kill what the interrupted job left running and mark its half-built release failed."""
-    entry = app.journal.unfinished()
-    if entry is None:
-        return
-    notes.append(f"interrupted {entry.job} of {entry.release or entry.ref} after step "
-                 f"{entry.step}")
-    # A scan of every process: in a thread, off the event loop.
-    if entry.job_id and (killed := await asyncio.to_thread(kill_job_processes, entry.job_id)):
-        notes.append(f"killed {killed} process(es) the interrupted job left running")
-    app.store.record("job_interrupted", job=entry.job, release=entry.release,
-                     ref=entry.ref, who=entry.who, step=str(entry.step))
-    # An automatic rollback that got past its switch: the release it rolled back from was
-    # about to be marked failed (that waits for the rollback to succeed). Do it now.
-    switched = entry.job == "rollback" and entry.who.startswith(AUTO_WHO) and \
-        not after(Step.SWITCHED, entry.step)
-    for manifest in app.store.manifests():
-        if manifest.id == entry.release and manifest.state is ReleaseState.UNFINISHED:
-            app.store.mark(manifest, ReleaseState.FAILED, error="interrupted")
-            shutil.rmtree(app.root.release_dir(manifest.id), ignore_errors=True)
-            notes.append(f"half-built release {manifest.id} marked failed and removed")
-        if switched and manifest.id == entry.previous_release and \
-                manifest.state is ReleaseState.BUILT:
-            app.store.mark(manifest, ReleaseState.FAILED, error=entry.who[len(AUTO_WHO):-1])
-            notes.append(f"{manifest.id}, rolled back from automatically, marked failed")
-    app.journal.end()
+Spawn = Callable[[Callable[[], Awaitable[Any]], float], None]
 
 
 async def reconcile(app: App, report: Report) -> list[str]:
@@ -95,8 +49,8 @@ async def reconcile(app: App, report: Report) -> list[str]:
     before = app.record.state  # what the previous daemon recorded
     adopted = await _adopt(app, notes)
     live_name = read_link(app.root.app_sock)
-    live = next((h for h in adopted.values()
-                 if h.socket is not None and h.socket.name == live_name), None)
+    live = next((h for h in adopted.values() if h.is_web and h.listener.name == live_name),
+                None)
     interrupted = app.journal.unfinished() is not None
     try:
         await undo_interrupted_job(app, notes)
@@ -111,9 +65,32 @@ async def reconcile(app: App, report: Report) -> list[str]:
         except RelmanError as e:
             notes.append(f"could not start the live release: {e.message}")
     for handle in adopted.values():
-        if handle is not live:
+        if handle is not live and handle.is_web:
             await _keep_or_stop(app, handle, before, interrupted, notes)
+    await _converge_processes(app, notes)
     return notes
+
+
+async def _converge_processes(app: App, notes: list[str]) -> None:
+    """The live release's processes run at their counts (adopted ones kept, same pids);
+    any other release's (a handover the crash interrupted) are stopped."""
+    try:
+        manifest = app.live_manifest()
+    except RelmanError as e:
+        notes.append(f"processes: {e.message}")
+        return
+    try:
+        async with app.processes.lock:
+            if manifest is None:
+                change = await app.processes.converge_none()
+            else:
+                change = await app.processes.converge(manifest)
+    except RelmanError as e:
+        notes.append(f"could not start the live release's processes: {e.message}")
+        return
+    if change.started or change.stopped:
+        notes.append(f"processes: started {len(change.started)}, stopped "
+                     f"{len(change.stopped)}")
 
 
 def _take_live(app: App, live: ServerHandle | None, current_set_aside: bool,
@@ -168,7 +145,10 @@ async def _adopt(app: App, notes: list[str]) -> dict[str, ServerHandle]:
             app.record.submit(Gone(instance.name))
     for handle in adopted.values():
         known = app.record.state.get(handle.instance)
-        if known is None:  # spawned by a daemon that died before it recorded it
+        if not handle.is_web:  # converge decides which stay
+            app.record.submit(Adopted(handle.instance, handle.release, Role.LIVE,
+                                      handle.process, handle.index))
+        elif known is None:  # spawned by a daemon that died before it recorded it
             app.record.submit(Adopted(handle.instance, handle.release, Role.CANDIDATE))
         elif known.role is Role.LIVE:  # live only if run/app.sock still leads to it
             app.record.submit(Adopted(handle.instance, handle.release, Role.RETIRING))
@@ -199,8 +179,9 @@ async def _still_warm(app: App, handle: ServerHandle) -> bool:
 class CrashRecovery:
     """Restart policy for the live server, with crash-loop detection and auto-rollback."""
 
-    def __init__(self, app: App, schedule: Schedule) -> None:
-        self.app, self.schedule = app, schedule
+    def __init__(self, app: App, schedule: Schedule, spawn: Spawn) -> None:
+        self.app, self.schedule, self.spawn = app, schedule, spawn
+        self.process_exits: dict[tuple[str, str], list[Exit]] = {}  # (release, name)
         self.exits: list[Exit] = []
         self.release = ""
         self.crash_loop = ""  # what status and sd_notify STATUS report while it lasts
@@ -211,6 +192,7 @@ class CrashRecovery:
         # that dies in between still owes the release its rollback.
         self.requested = ("", 0.0)
         app.on_live_crash = self.on_live_crash
+        app.on_process_crash = self.on_process_crash
 
     def on_probation(self) -> bool:
         """Whether the live release may still be rolled back automatically."""
@@ -341,5 +323,52 @@ class CrashRecovery:
             self.note_exit(release, started, None)
             self.after_exit(release)
             return {"release": release, "error": e.message}
-        app.store.record("server_restarted", release=release, pid=handle.pid)
-        return {"release": release, "pid": handle.pid}
+        if handle is not None:
+            app.processes.restarts[(release, handle.process, handle.index)] += 1
+        pid = handle.pid if handle is not None else 0
+        app.store.record("server_restarted", release=release, pid=pid)
+        return {"release": release, "pid": pid}
+
+    async def on_process_crash(self, handle: ServerHandle) -> None:
+        """A live process instance exited: restart it per [restart] with backoff; a crash
+        loop right after its release's switch rolls the release back, as the server's."""
+        app = self.app
+        release, name = handle.release, handle.process
+        exits = self.process_exits.setdefault((release, name), [])
+        exits.append(Exit(handle.started_mono, time.monotonic(), handle.returncode))
+        del exits[:-20]
+        decision = decide(exits, RestartPolicy(app.config.restart.policy),
+                          app.config.restart.backoff_max)
+        log.warning("process.exit_decided", release=release, process=name, index=handle.index,
+                    restart=decision.restart, delay=decision.delay,
+                    crash_loop=decision.crash_loop, reason=decision.reason)
+        app.store.record("process_crashed", release=release, process=name,
+                         index=handle.index, reason=decision.reason,
+                         restart=decision.restart, delay=decision.delay)
+        if decision.crash_loop:
+            self.crash_loop = (f"{release} process {name} crash-loops: "
+                               f"{quick_exits(exits)} exits within seconds of starting")
+            app.store.record("crash_loop", release=release, process=name,
+                             detail=self.crash_loop)
+            if (self.on_probation() and app.store.live_id() == release
+                    and app.store.rollback_target() is not None):
+                self.request_rollback(release, f"process {name} of {release} crash-looped "
+                                      "right after its switch")
+                return
+        if decision.restart:
+            index = handle.index
+            self.spawn(lambda: self.restart_process(release, name, index), decision.delay)
+
+    async def restart_process(self, release: str, name: str, index: int) -> None:
+        """Start instance *index* of *name* again, if *release* is still live and the slot
+        is still empty (a handover, a scale or a stop may have come first)."""
+        app = self.app
+        async with app.processes.lock:
+            if app.store.live_id() != release or app.record.state.linked != release:
+                return
+            change = await app.processes.converge(app.store.get(release),
+                                                  slots=[(name, index)])
+        if change.started:
+            app.processes.restarts[(release, name, index)] += 1
+            app.store.record("process_restarted", release=release, process=name, index=index,
+                             instance=change.started[0])

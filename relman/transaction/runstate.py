@@ -1,7 +1,8 @@
-"""RunState: the one record of what runs (STYLE practice 20): every server instance and its
-role, the release `current` was linked to, the last switch with its probation, and the warm
-instance's deadline. It changes only through advance(), fed events; it is pure (the clock
-is an argument), so probation and warm windows are unit-tested without sleeping.
+"""RunState: the one record of what runs (STYLE practice 20): every server and process
+instance and its role, the release `current` was linked to, the last switch with its
+probation, the warm instance's deadline and the counts `relman scale` set. It changes only
+through advance(), fed events; it is pure (the clock is an argument), so probation and warm
+windows are unit-tested without sleeping.
 
 Times are wall-clock (time.time()): a record outlives the daemon, and must mean the same
 to the next one, which time.monotonic() does not promise across a reboot.
@@ -9,7 +10,7 @@ to the next one, which time.monotonic() does not promise across a reboot.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Final
@@ -24,11 +25,24 @@ class Role(StrEnum):
     RETIRING = "retiring"    # was live: draining, then stopped or kept warm
 
 
+WEB: Final = "web"  # the process name of the [server]
+
+
 @dataclass(frozen=True, slots=True)
 class Instance:
-    name: str  # <release>.<generation>
+    """One unit: the web server (`<release>.<gen>`) or instance *index* of a process type
+    (`<release>.<process>.<index>.<gen>`). Its slot, (process, index), is what a newer
+    instance replaces: a role is unique per slot (one live web server, one live worker 2)."""
+
+    name: str
     release: str
     role: Role
+    process: str = WEB
+    index: int = 1
+
+    @property
+    def slot(self) -> tuple[str, int]:
+        return (self.process, self.index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +67,16 @@ class RunState:
     instances: tuple[Instance, ...] = ()
     switch: Switch = field(default_factory=Switch)
     warm_until: float = 0.0  # when the warm instance's keep_warm window ends
+    scale: tuple[tuple[str, int], ...] = ()  # `relman scale` counts, by process name
 
     def role(self, role: Role) -> Instance | None:
-        return next((i for i in self.instances if i.role is role), None)
+        """The web instance in *role*."""
+        return next((i for i in self.instances if i.role is role and i.process == WEB), None)
+
+    def processes(self, release: str | None = None) -> tuple[Instance, ...]:
+        """The process instances (not the web server), of *release* if given."""
+        return tuple(i for i in self.instances if i.process != WEB
+                     and (release is None or i.release == release))
 
     @property
     def live(self) -> Instance | None:
@@ -68,6 +89,10 @@ class RunState:
     def get(self, name: str) -> Instance | None:
         return next((i for i in self.instances if i.name == name), None)
 
+    @property
+    def scaled(self) -> dict[str, int]:
+        return dict(self.scale)
+
 
 # --- events -------------------------------------------------------------------------------
 
@@ -78,26 +103,32 @@ class Started:
     name: str
     release: str
     role: Role = Role.CANDIDATE
+    process: str = WEB
+    index: int = 1
 
 
 @dataclass(frozen=True, slots=True)
 class Adopted:
-    """A restarted daemon found *name* running: it takes *role* (an instance already in
-    the record keeps its place and changes role)."""
+    """A restarted daemon found *name* running, or a handover promotes it: it takes *role*
+    (an instance already in the record keeps its place and changes role)."""
 
     name: str
     release: str
     role: Role
+    process: str = WEB
+    index: int = 1
 
 
 @dataclass(frozen=True, slots=True)
 class SwitchedTo:
-    """run/app.sock and `current` now lead to *name*. A switch to another release than the
+    """run/app.sock and `current` now lead to *name* (with no web server, kind = "none":
+    *name* is "" and `current` leads to *release*). A switch to another release than the
     live one opens its probation of *window* seconds, unless *settled*."""
 
     name: str
     window: float
     settled: bool = False
+    release: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +180,17 @@ class Relinked:
     release: str
 
 
+@dataclass(frozen=True, slots=True)
+class Scaled:
+    """`relman scale`: these counts hold until changed, across deploys and rollbacks; a
+    count of None goes back to the release's settings (`--reset`: every name)."""
+
+    counts: tuple[tuple[str, int | None], ...] = ()
+    reset: bool = False
+
+
 Event = (Started | Adopted | SwitchedTo | SwitchedBack | KeptWarm | Retired | Gone | Settled
-         | Relinked)
+         | Relinked | Scaled)
 
 
 class IllegalEvent(Exception):
@@ -163,37 +203,45 @@ def _set_role(instances: tuple[Instance, ...], name: str, role: Role) -> tuple[I
     return tuple(replace(i, role=role) if i.name == name else i for i in instances)
 
 
-def _demote(instances: tuple[Instance, ...], role: Role, keep: str) -> tuple[Instance, ...]:
-    """Every instance in *role* but *keep* becomes RETIRING."""
-    return tuple(replace(i, role=Role.RETIRING) if i.role is role and i.name != keep else i
+def _demote(instances: tuple[Instance, ...], role: Role, keep: str,
+            slot: tuple[str, int] = (WEB, 1)) -> tuple[Instance, ...]:
+    """Every instance of *slot* in *role* but *keep* becomes RETIRING."""
+    return tuple(replace(i, role=Role.RETIRING)
+                 if i.role is role and i.name != keep and i.slot == slot else i
                  for i in instances)
 
 
 def _switched_to(state: RunState, event: SwitchedTo, now: float) -> RunState:
-    target = state.get(event.name)
-    if target is None:
-        raise IllegalEvent(f"no instance {event.name} to switch to")
     before = state.live
-    instances = _set_role(_demote(state.instances, Role.LIVE, event.name), event.name,
-                          Role.LIVE)
+    if event.name:
+        target = state.get(event.name)
+        if target is None or target.process != WEB:
+            raise IllegalEvent(f"no web instance {event.name} to switch to")
+        release = target.release
+        instances = _set_role(_demote(state.instances, Role.LIVE, event.name), event.name,
+                              Role.LIVE)
+    elif event.release:  # no web server: `current` is the switch
+        release, instances = event.release, state.instances
+    else:
+        raise IllegalEvent("a switch to nothing")
     switch = state.switch
     # A restart of the live release is no new switch; nor is starting the linked release
     # again after its server crashed.
-    if (before.release if before is not None else state.linked) != target.release:
-        switch = Switch(release=target.release, at=now, until=now + event.window,
+    if (before.release if before is not None else state.linked) != release:
+        switch = Switch(release=release, at=now, until=now + event.window,
                         settled=event.settled)
     warm_until = state.warm_until if any(i.role is Role.WARM for i in instances) else 0.0
-    return replace(state, linked=target.release, instances=instances, switch=switch,
+    return replace(state, linked=release, instances=instances, switch=switch,
                    warm_until=warm_until)
 
 
 def _started(state: RunState, event: Started | Adopted, _now: float) -> RunState:
     instances = state.instances
     if event.role in (Role.LIVE, Role.WARM):
-        instances = _demote(instances, event.role, event.name)
+        instances = _demote(instances, event.role, event.name, (event.process, event.index))
     if state.get(event.name) is None:
-        return replace(state, instances=(*instances,
-                                         Instance(event.name, event.release, event.role)))
+        return replace(state, instances=(*instances, Instance(
+            event.name, event.release, event.role, event.process, event.index)))
     if isinstance(event, Started):
         raise IllegalEvent(f"instance {event.name} started twice")
     return replace(state, instances=_set_role(instances, event.name, event.role))
@@ -234,10 +282,22 @@ def _relinked(state: RunState, event: Relinked, _now: float) -> RunState:
     return replace(state, linked=event.release)
 
 
+def _scaled(state: RunState, event: Scaled, _now: float) -> RunState:
+    counts = {} if event.reset else dict(state.scale)
+    for name, count in event.counts:
+        if count is None:
+            counts.pop(name, None)
+        elif count < 0:
+            raise IllegalEvent(f"{name}={count}: a count is never negative")
+        else:
+            counts[name] = count
+    return replace(state, scale=tuple(sorted(counts.items())))
+
+
 _HANDLERS: Final[dict[type, Callable[[RunState, Any, float], RunState]]] = {
     Started: _started, Adopted: _started, SwitchedTo: _switched_to,
     SwitchedBack: _switched_back, KeptWarm: _kept_warm, Retired: _leaving, Gone: _leaving,
-    Settled: _settled, Relinked: _relinked,
+    Settled: _settled, Relinked: _relinked, Scaled: _scaled,
 }
 
 
@@ -260,6 +320,14 @@ def on_probation(state: RunState, now: float, window: float) -> bool:
     release = live.release if live is not None else state.linked
     return (bool(switch.release) and switch.release == release and not switch.settled
             and switch.at <= now < min(switch.until, switch.at + window))
+
+
+def process_counts(configured: Mapping[str, int], scale: tuple[tuple[str, int], ...]
+                   ) -> dict[str, int]:
+    """How many instances of each process type should run: the release's settings, with
+    `relman scale`'s counts over them (for the types the release has)."""
+    scaled = dict(scale)
+    return {name: scaled.get(name, count) for name, count in configured.items()}
 
 
 def warm_left(state: RunState, name: str, now: float) -> float:
