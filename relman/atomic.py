@@ -52,6 +52,27 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o640) -> None:
         fsync_dir(path.parent)
 
 
+def create_once(path: Path, data: bytes, mode: int = 0o600) -> bytes:
+    """Publish *data* at *path* unless a file is already there, whole (a hard link of a
+    synced temp file, which never replaces one); returns what *path* holds either way, so
+    two processes racing to create it agree on one content."""
+    tmp = _tmp_name(path)
+    with writing(path):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with _removed_on_failure(tmp):
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                data = path.read_bytes()
+        tmp.unlink()
+        fsync_dir(path.parent)
+    return data
+
+
 def write_json_atomic(path: Path, obj: Any, mode: int = 0o640) -> None:
     """write_atomic() of *obj* as indented JSON."""
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), mode)
