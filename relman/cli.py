@@ -293,6 +293,9 @@ def nginx_config(ctx: Context, listen: str, server_name: str) -> None:
     from relman.nginxconf import render_server_block
 
     server = ctx.config.server
+    if server.kind == "none":
+        raise UsageError(f'{ctx.path}: server.kind = "none": there is no web server for nginx '
+                         "to proxy")
     protocol = "uwsgi" if server.kind == "uwsgi" and server.protocol == "uwsgi" else "http"
     text = render_server_block(name=ctx.config.app.name, root=ctx.root.root,
                                protocol=protocol, listen=listen, server_name=server_name)

@@ -253,7 +253,9 @@ def check_all(config: Config) -> list[dict[str, Any]]:
     if nginx:
         proc = subprocess.run([nginx, "-t"], capture_output=True, text=True, check=False)
         results.append(_nginx_check(proc.returncode, proc.stderr, root_user=os.geteuid() == 0))
-    if root.app_sock.exists():
+    if config.server.kind == "none":
+        results.append(_check("live socket", True, 'none: server.kind = "none" (no web server)'))
+    elif root.app_sock.exists():
         probe = asyncio.run(probe_socket(root.app_sock, protocol=config.server.protocol,
                                          path=config.health.path, timeout=5))
         lo, hi = config.health.expect

@@ -150,3 +150,13 @@ def test_plain_releases_listing_still_works(app: Path,
     code, out, _ = relman(capsys, app, "--json", "releases")
     assert code == 0
     assert [row["id"] for row in json.loads(out)] == [A, B, C]
+
+
+def test_nginx_config_refuses_kind_none(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                        ) -> None:
+    """An app with no web server has no nginx block: exit 2, saying why."""
+    config = write_config(tmp_path, "none.toml", 'kind = "none"',
+                          '[processes.bot]\ncommand = "python -m bot"\n')
+    code, out, err = relman(capsys, config, "nginx-config")
+    assert (code, out) == (2, "")
+    assert 'server.kind = "none": there is no web server for nginx to proxy' in err
