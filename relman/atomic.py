@@ -37,17 +37,22 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def _write_synced(tmp: Path, data: bytes, mode: int) -> None:
+    """Write *data* to the temp file *tmp* and fsync it."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o640) -> None:
     """Replace *path* with *data*: temp file in the same directory, fsync, rename, fsync dir.
     A full (or read-only, or failing) file system raises StateWriteFailed naming *path*."""
     tmp = _tmp_name(path)
     with writing(path):
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with _removed_on_failure(tmp):
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_synced(tmp, data, mode)
             os.replace(tmp, path)
         fsync_dir(path.parent)
 
@@ -58,12 +63,8 @@ def create_once(path: Path, data: bytes, mode: int = 0o600) -> bytes:
     two processes racing to create it agree on one content."""
     tmp = _tmp_name(path)
     with writing(path):
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with _removed_on_failure(tmp):
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_synced(tmp, data, mode)
             try:
                 os.link(tmp, path)
             except FileExistsError:
