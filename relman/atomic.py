@@ -37,19 +37,41 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def _write_synced(tmp: Path, data: bytes, mode: int) -> None:
+    """Write *data* to the temp file *tmp* and fsync it."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o640) -> None:
     """Replace *path* with *data*: temp file in the same directory, fsync, rename, fsync dir.
     A full (or read-only, or failing) file system raises StateWriteFailed naming *path*."""
     tmp = _tmp_name(path)
     with writing(path):
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with _removed_on_failure(tmp):
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_synced(tmp, data, mode)
             os.replace(tmp, path)
         fsync_dir(path.parent)
+
+
+def create_once(path: Path, data: bytes, mode: int = 0o600) -> bytes:
+    """Publish *data* at *path* unless a file is already there, whole (a hard link of a
+    synced temp file, which never replaces one); returns what *path* holds either way, so
+    two processes racing to create it agree on one content."""
+    tmp = _tmp_name(path)
+    with writing(path):
+        with _removed_on_failure(tmp):
+            _write_synced(tmp, data, mode)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                data = path.read_bytes()
+        tmp.unlink()
+        fsync_dir(path.parent)
+    return data
 
 
 def write_json_atomic(path: Path, obj: Any, mode: int = 0o640) -> None:

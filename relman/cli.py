@@ -170,13 +170,25 @@ def rollback(ctx: Context, release: str | None, wait: bool) -> None:
 
 
 @cli.command()
+@click.option("--settings", "settings_id", metavar="ID",
+              help="The settings release ID runs with (env values as hashes).")
+@click.option("--diff", nargs=2, metavar="A B", help="What changed from release A to B.")
 @pass_ctx
-def releases(ctx: Context) -> None:
+def releases(ctx: Context, settings_id: str | None, diff: tuple[str, str] | None) -> None:
     """List releases: id, ref, sha, age, state, live and rollback-target markers."""
-    from relman.views import release_rows, render_releases
+    from relman import views
 
-    rows = release_rows(ctx.root_only)
-    ctx.emit(rows, lambda: render_releases(rows))
+    if settings_id and diff:
+        raise click.UsageError("--settings and --diff cannot be used together")
+    if settings_id:
+        data = views.release_settings(ctx.root_only, settings_id)
+        ctx.emit(data, lambda: views.render_settings(data))
+    elif diff:
+        lines = views.release_diff(ctx.root_only, *diff)
+        ctx.emit(lines, lambda: "\n".join(lines) or "no differences")
+    else:
+        rows = views.release_rows(ctx.root_only)
+        ctx.emit(rows, lambda: views.render_releases(rows))
 
 
 @cli.command()
@@ -313,6 +325,9 @@ def nginx_config(ctx: Context, listen: str, server_name: str) -> None:
     from relman.nginxconf import render_server_block
 
     server = ctx.config.server
+    if server.kind == "none":
+        raise UsageError(f'{ctx.path}: server.kind = "none": there is no web server for nginx '
+                         "to proxy")
     protocol = "uwsgi" if server.kind == "uwsgi" and server.protocol == "uwsgi" else "http"
     text = render_server_block(name=ctx.config.app.name, root=ctx.root.root,
                                protocol=protocol, listen=listen, server_name=server_name)

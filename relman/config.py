@@ -1,52 +1,50 @@
-"""relman.toml -> frozen dataclasses, validated once at the edge (DESIGN section 3).
+"""relman.toml -> frozen dataclasses, validated once at the edge (DESIGN sections 3 and 8).
 
 Each key is a dataclass field whose metadata (TOML type name, doc line) is the one source for
 parsing, schema() (the man page) and example_config(), as gunicorn's `Setting` classes are.
+What each type name accepts, and the checks keys share, live in relman.config_values.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
-import math
 import re
-import shlex
 import tomllib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from pathlib import Path, PurePath, PurePosixPath
-from string import Formatter
-from typing import Any, Final, final, get_type_hints
-from urllib.parse import urlsplit
+from pathlib import Path
+from signal import Signals
+from typing import Any, Final, get_type_hints
 
+from relman.config_values import (
+    CONVERTERS,
+    BadValue,
+    Check,
+    FrozenEnv,
+    FrozenMap,
+    at_least,
+    check_mode,
+    kind_of,
+    one_of,
+    placeholders,
+    relative,
+    toml_text,
+    url,
+)
+from relman.config_values import key as _key
 from relman.errors import ConfigError
 
+__all__ = [
+    "NAME_RE", "PROCESS_NAME_RE", "STOP_SIGNALS", "TABLES", "AppConfig", "BuildConfig",
+    "Config", "FrozenEnv", "HealthConfig", "ProcessConfig", "ReleaseConfig", "RestartConfig",
+    "ServerConfig", "SwapConfig", "check_server", "example_config", "load_config",
+    "parse_table", "schema",
+]
+
 NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]*")
-
-
-def _key(default: object, type_name: str, doc: str) -> Any:
-    """A config key with a default: a dataclass field carrying its type name and doc line."""
-    return field(default=default, metadata={"type": type_name, "doc": doc})
-
-
-@final
-class FrozenEnv(Mapping[str, str]):
-    """A read-only, hashable str -> str mapping (server.env) that copies and pickles."""
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Mapping[str, str] | None = None) -> None:
-        self._items: dict[str, str] = dict(items or {})
-
-    def __getitem__(self, key: str) -> str:
-        return self._items[key]
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-    def __len__(self) -> int:
-        return len(self._items)
-    def __repr__(self) -> str:  # names only: values may be secrets
-        return f"FrozenEnv({sorted(self._items)!r})"
-    def __hash__(self) -> int:
-        return hash(frozenset(self._items.items()))
+# No dots: a process unit's instance name is <release>.<name>.<index>.<gen>.
+PROCESS_NAME_RE: Final = re.compile(r"[a-z][a-z0-9_-]*")
+STOP_SIGNALS: Final = ("TERM", "INT", "QUIT", "HUP", "USR1", "USR2")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,7 +73,7 @@ class ReleaseConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
-    kind: str = _key("gunicorn", "string", "gunicorn | uwsgi | command")
+    kind: str = _key("gunicorn", "string", "gunicorn | uwsgi | command | none")
     app: str = _key("", "string", "WSGI target module:callable (uwsgi: or wsgi_file)")
     wsgi_file: str = _key("", "string", "uwsgi --wsgi-file, relative to the release")
     protocol: str = _key("http", "string", 'http | uwsgi ("uwsgi" needs kind = "uwsgi")')
@@ -114,6 +112,23 @@ class RestartConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessConfig:
+    """One [processes.NAME] table: a process type run beside the web server (DESIGN 8)."""
+    command: tuple[str, ...] = field(metadata={
+        "type": "command", "doc": "required; run in the release dir; {release} {root}"})
+    count: int = _key(1, "integer", "instances, at least 0; `relman scale` overrides it")
+    stop_signal: str = _key("TERM", "string", "TERM | INT | QUIT | HUP | USR1 | USR2")
+    stop_timeout: float = _key(30.0, "number", "graceful stop, then SIGKILL of its processes")
+    handover: str = _key("stop-first", "string", "stop-first | overlap")
+    start_seconds: float = _key(1.0, "number", "seconds it must stay up to count as started")
+
+    @property
+    def signal(self) -> Signals:
+        """stop_signal as a signal number."""
+        return Signals["SIG" + self.stop_signal]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """One app's validated relman.toml; `path` is the file it was loaded from."""
     path: Path
@@ -124,173 +139,64 @@ class Config:
     health: HealthConfig
     swap: SwapConfig
     restart: RestartConfig
+    # [processes.NAME] tables in file order; a read-only mapping.
+    processes: Mapping[str, ProcessConfig] = FrozenMap()
 
 
 # Table name -> dataclass in file order, read from Config itself so the two cannot drift.
+# [processes] is a table of tables, of ProcessConfig: parse_table() knows it apart.
+PROCESSES: Final = "processes"
 TABLES: Final[dict[str, type[Any]]] = {
-    name: cls for name, cls in get_type_hints(Config).items() if name != "path"}
+    name: cls for name, cls in get_type_hints(Config).items() if name not in ("path", PROCESSES)}
+_ALL_TABLES: Final = (*TABLES, PROCESSES)
 
 
-class _BadValueError(Exception):
-    """Why a value is wrong; load_config() adds the file and the key."""
+def _signal_name(name: str) -> str | None:
+    if name in STOP_SIGNALS:
+        return None
+    if name.removeprefix("SIG") in STOP_SIGNALS:
+        return f"write {name.removeprefix('SIG')!r}, without SIG"
+    return f"must be one of {' | '.join(STOP_SIGNALS)}, not {name!r}"
 
 
-def _kind(value: object) -> str:
-    kinds = ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
-             (list, "an array"), (dict, "a table"))
-    return next((name for cls, name in kinds if isinstance(value, cls)), "a date or time")
-
-
-def _typed(what: str, types: tuple[type, ...], make: Callable[[Any], Any] = str) -> Any:
-    """A converter: accepts instances of *types* and builds the field value with *make*."""
-    def convert(value: object) -> Any:
-        if isinstance(value, bool) or not isinstance(value, types):  # TOML's true is not 1
-            raise _BadValueError(f"expected {what}, got {_kind(value)}")
-        return make(value)
-    return convert
-
-
-def _each(convert: Callable[[object], Any]) -> Callable[[list[Any]], tuple[Any, ...]]:
-    """A converter for arrays: applies *convert* to every item, naming the item on error."""
-    def each(items: list[Any]) -> tuple[Any, ...]:
-        converted = []
-        for i, item in enumerate(items, 1):
-            try:
-                converted.append(convert(item))
-            except _BadValueError as e:
-                raise _BadValueError(f"item {i}: {e}") from None
-        return tuple(converted)
-    return each
-
-
-_STRINGS: Final = _each(_typed("a string", (str,)))
-
-
-def _argv(value: str | list[Any], *, empty_ok: bool = False) -> tuple[str, ...]:
-    """A command: a string split as a POSIX shell would (no expansion), or an argv array."""
-    try:
-        argv = _STRINGS(value) if isinstance(value, list) else tuple(shlex.split(value))
-    except ValueError as e:  # from shlex: an unclosed quote or a trailing backslash
-        raise _BadValueError(f"cannot split {value!r}: {e}") from None
-    if not argv and not empty_ok:
-        raise _BadValueError("empty command")
-    return argv
-
-
-def _env(table: dict[str, Any]) -> FrozenEnv:
-    for name, text in table.items():
-        if not isinstance(text, str):
-            raise _BadValueError(f"{name}: expected a string, got {_kind(text)}")
-        if not name or "=" in name or "\0" in name + text:  # execve() refuses these
-            raise _BadValueError(f"{name!r}: not a valid environment variable")
-    return FrozenEnv(table)
-
-
-def _octal(text: str) -> int:
-    if not re.fullmatch(r"[0-7]{3,4}", text):
-        raise _BadValueError(f'must be 3 or 4 octal digits like "0660", not {text!r}')
-    return int(text, 8)
-
-
-_ARGV: Final = _typed("a string or an array of strings", (str, list), _argv)
-_CONVERTERS: Final[dict[str, Callable[[object], Any]]] = {
-    "string": _typed("a string", (str,)),
-    "integer": _typed("an integer", (int,), int),
-    "number": _typed("a number", (int, float), lambda v: float(v) if abs(v) < 1e18 else math.inf),
-    "path": _typed("a string", (str,), Path),
-    "array of strings": _typed("an array of strings", (list,), _STRINGS),
-    "string or array of strings": _typed("a string or an array of strings", (str, list),
-                                         lambda v: (v,) if isinstance(v, str) else _STRINGS(v)),
-    "command": _typed("a string or an array of strings", (str, list),
-                      lambda v: _argv(v, empty_ok=True)),
-    "array of commands": _typed("an array of commands", (list,), _each(_ARGV)),
-    "table of strings": _typed("a table of strings", (dict,), _env),
-    # A string, because TOML's 660 is decimal (0o1224): a wrong mode, silently.
-    "octal string": _typed('a string of octal digits like "0660"', (str,), _octal),
-    "array of two integers": _typed("an array of two integers", (list,),
-                                    _each(_typed("an integer", (int,), int))),
-}
-Check = Callable[[Any], "str | None"]
-
-
-def _one_of(*choices: str) -> Check:
-    return lambda v: None if v in choices else f"must be one of {' | '.join(choices)}, not {v!r}"
-
-
-def _relative(path: str) -> str | None:
-    parts = PurePosixPath(path).parts
-    if not path or path.startswith("/") or ".." in parts:
-        return f"{path!r} must be a relative path without '..'"
-    if not parts:  # ".", "./": the release (or shared/) itself, which a link would replace
-        return f"{path!r} names the directory itself, not a path inside it"
-    return "must not contain a NUL character" if "\0" in path else None
-
-
-def _url(url: str) -> str | None:
-    """Why health.nginx_url cannot be requested, if it cannot (urllib raises late)."""
-    if not url.startswith(("http://", "https://")):
-        return "must start with http:// or https://"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
-    except ValueError as e:  # "Invalid IPv6 URL", "Port out of range 0-65535"
-        return f"{url!r} is not a valid URL: {e}"
-    return None if parts.hostname else f"{url!r} has no host"
-
-
-def _placeholders(argv: tuple[str, ...]) -> str | None:
-    """Why supervisor.kinds' str.format_map would fail on *argv*, if it would."""
-    try:
-        names = {f for part in argv for _, f, _, _ in Formatter().parse(part) if f is not None}
-    except ValueError as e:  # a stray brace
-        return f"{e}; write {{{{ or }}}} for a literal brace"
-    unknown = sorted(names - {"socket", "release", "root"})
-    return f"unknown placeholder {{{unknown[0]}}}" if unknown else None
-
-
-def _check_mode(mode: int) -> str | None:
-    problems = ((mode > 0o777, "sets setuid, setgid or sticky bits; at most 0777"),
-                (mode & 0o007 == 0o007, "gives rwx to other users (never 0777)"),
-                (mode & 0o600 != 0o600, "must let the owner read and write"))
-    return next((f"{mode:04o} {why}" for bad, why in problems if bad), None)
-
-
-def _at_least(low: float, *, above: bool = False) -> Check:
-    """A number check: finite and at least (or above) *low*."""
-    return lambda v: None if (v > low if above else v >= low) and v < math.inf else (
-        f"must be a finite number above {low:g}" if above else f"must be at least {low:g}")
-
-
-_POSITIVE: Final = _at_least(0, above=True)
-_AT_LEAST_0: Final = _at_least(0)
+_POSITIVE: Final = at_least(0, above=True)
+_AT_LEAST_0: Final = at_least(0)
+_PROCESS_PLACEHOLDERS: Final = placeholders("release", "root")
 _CHECKS: Final[dict[str, Check]] = {
     "app.name": lambda v: None if NAME_RE.fullmatch(v) else f"must match {NAME_RE.pattern}",
     "app.repo": lambda v: None if v else "must not be empty",
     "app.root": lambda v: None if v.is_absolute() else "must be an absolute path",
     "app.keep_releases": lambda v: None if v >= 1 else "must be at least 1",
     "build.python": lambda v: None if v else "must not be empty",
-    "build.requirements": lambda v: next(filter(None, map(_relative, v)), None),
-    "build.shared": lambda v: next(filter(None, map(_relative, v)), None),
-    "server.kind": _one_of("gunicorn", "uwsgi", "command"),
+    "build.requirements": lambda v: next(filter(None, map(relative, v)), None),
+    "build.shared": lambda v: next(filter(None, map(relative, v)), None),
+    "server.kind": one_of("gunicorn", "uwsgi", "command", "none"),
     "server.app": lambda v: "must not start with -" if v.startswith("-") else None,
-    "server.wsgi_file": lambda v: _relative(v) if v else None,
-    "server.protocol": _one_of("http", "uwsgi"),
+    "server.wsgi_file": lambda v: relative(v) if v else None,
+    "server.protocol": one_of("http", "uwsgi"),
     "server.workers": lambda v: None if 1 <= v <= 512 else "must be between 1 and 512",
-    "server.command": _placeholders,
-    "server.env_file": lambda v: _relative(v) if v else None,
-    "server.socket_mode": _check_mode,
+    "server.command": placeholders("socket", "release", "root"),
+    "server.env_file": lambda v: relative(v) if v else None,
+    "server.socket_mode": check_mode,
     "health.path": lambda v: None if v.startswith("/") else "must start with /",
     "health.expect": lambda v: None if len(v) == 2 and 100 <= v[0] <= v[1] <= 599
     else "must be [low, high] with 100 <= low <= high <= 599",
     "health.timeout": _POSITIVE,
-    "health.nginx_url": lambda v: _url(v) if v else None,
+    "health.nginx_url": lambda v: url(v) if v else None,
     "swap.drain_timeout": _POSITIVE,
     "swap.stop_timeout": _POSITIVE,
     "swap.keep_warm": _AT_LEAST_0,
     "swap.verify_window": _AT_LEAST_0,
     "swap.live_check_interval": _POSITIVE,
-    "restart.policy": _one_of("always", "on-failure", "never"),
+    "restart.policy": one_of("always", "on-failure", "never"),
     "restart.backoff_max": _POSITIVE,
+    # Checked as processes.NAME.KEY, named in errors as processes.worker.KEY.
+    "processes.NAME.command": lambda v: _PROCESS_PLACEHOLDERS(v) if v else "empty command",
+    "processes.NAME.count": lambda v: None if v >= 0 else "must be at least 0",
+    "processes.NAME.stop_signal": _signal_name,
+    "processes.NAME.stop_timeout": _POSITIVE,
+    "processes.NAME.handover": one_of("stop-first", "overlap"),
+    "processes.NAME.start_seconds": _AT_LEAST_0,
 }
 
 # Rules across [server] keys: (is broken, key to blame, reason). A key that the chosen kind
@@ -309,6 +215,9 @@ _SERVER_RULES: Final[tuple[tuple[Callable[[ServerConfig], bool], str, str], ...]
     (lambda s: s.kind != "uwsgi" and s.protocol == "uwsgi", "server.protocol",
      '"uwsgi" needs kind = "uwsgi"'),
 )
+# With kind = "none" there is no web server: only these [server] keys mean anything (the
+# environment is every process's). Any other key away from its default is an error.
+_USED_WITHOUT_SERVER: Final = frozenset({"kind", "env", "env_file"})
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -316,9 +225,12 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _load_table(path: Path, table: str, cls: type[Any], raw: object) -> Any:
+def _load_table(path: Path, table: str, cls: type[Any], raw: object,
+                checks: str | None = None) -> Any:
+    """*raw* as a *cls*; errors name keys under *table*, checks are looked up under
+    *checks* (default *table*): "processes.worker" is checked as "processes.NAME"."""
     if not isinstance(raw, dict):
-        raise ConfigError(path, table, f"expected a table, got {_kind(raw)}")
+        raise ConfigError(path, table, f"expected a table, got {kind_of(raw)}")
     keys = {key.name: key for key in fields(cls)}
     for name in raw:
         if name not in keys:
@@ -328,15 +240,51 @@ def _load_table(path: Path, table: str, cls: type[Any], raw: object) -> Any:
         dotted = f"{table}.{name}"
         if name in raw:
             try:
-                values[name] = _CONVERTERS[key.metadata["type"]](raw[name])
-            except _BadValueError as e:
+                values[name] = CONVERTERS[key.metadata["type"]](raw[name])
+            except BadValue as e:
                 raise ConfigError(path, dotted, str(e)) from None
-            reason = _CHECKS.get(dotted, lambda _: None)(values[name])
+            reason = _CHECKS.get(f"{checks or table}.{name}", lambda _: None)(values[name])
             if reason:
                 raise ConfigError(path, dotted, reason)
         elif key.default is MISSING:
             raise ConfigError(path, dotted, "required")
     return cls(**values)
+
+
+def _load_processes(path: Path, raw: object) -> Mapping[str, ProcessConfig]:
+    if not isinstance(raw, dict):
+        raise ConfigError(path, PROCESSES, f"expected a table of [processes.NAME] tables, "
+                          f"got {kind_of(raw)}")
+    processes = {}
+    for name, table in raw.items():
+        dotted = f"{PROCESSES}.{name}"
+        if name == "web":
+            raise ConfigError(path, dotted, '"web" is the [server]; name the process otherwise')
+        if not PROCESS_NAME_RE.fullmatch(name):
+            raise ConfigError(path, dotted, f"a process name must match {PROCESS_NAME_RE.pattern}")
+        processes[name] = _load_table(path, dotted, ProcessConfig, table, f"{PROCESSES}.NAME")
+    return FrozenMap(processes)
+
+
+def parse_table(path: Path, table: str, raw: object) -> Any:
+    """The table *table* of a config read as plain data (tomllib's, or a manifest's JSON),
+    converted and checked key by key; a ConfigError naming *path* and the key otherwise."""
+    if table == PROCESSES:
+        return _load_processes(path, raw)
+    return _load_table(path, table, TABLES[table], raw)
+
+
+def check_server(path: Path, server: ServerConfig) -> None:
+    """The rules across [server] keys; a ConfigError naming the key to blame."""
+    for broken, key, reason in _SERVER_RULES:
+        if broken(server):
+            raise ConfigError(path, key, reason)
+    if server.kind == "none":
+        for unused in fields(ServerConfig):
+            if unused.name not in _USED_WITHOUT_SERVER and \
+                    getattr(server, unused.name) != unused.default:
+                raise ConfigError(path, f"server.{unused.name}",
+                                  'not used with kind = "none" (no web server)')
 
 
 def load_config(path: Path) -> Config:
@@ -350,44 +298,47 @@ def load_config(path: Path) -> Config:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:  # with line and column
         raise ConfigError(path, "", f"invalid TOML: {e}") from None
     for table in data:
-        if table not in TABLES:
-            raise ConfigError(path, table, "unknown table" + _did_you_mean(table, TABLES))
-    config = Config(path=path, **{name: _load_table(path, name, cls, data.get(name, {}))
-                                  for name, cls in TABLES.items()})
-    for broken, key, reason in _SERVER_RULES:
-        if broken(config.server):
-            raise ConfigError(path, key, reason)
+        if table not in _ALL_TABLES:
+            raise ConfigError(path, table, "unknown table" + _did_you_mean(table, _ALL_TABLES))
+    config = Config(path=path, **{name: parse_table(path, name, data.get(name, {}))
+                                  for name in _ALL_TABLES})
+    check_server(path, config.server)
     return config
 
 
-def _toml(value: object, type_name: str = "") -> str:
-    """*value* as TOML text (the subset config values use)."""
-    if type_name == "octal string":
-        return f'"{value:04o}"'
-    if isinstance(value, str | PurePath):
-        return json.dumps(str(value), ensure_ascii=False)  # JSON escapes are valid TOML ones
-    if isinstance(value, tuple | list):
-        return "[" + ", ".join(_toml(item) for item in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{_toml(k)} = {_toml(v)}" for k, v in value.items()) + "}"
-    return str(value)
+def _rows(table: str, cls: type[Any]) -> list[tuple[str, str, str, str]]:
+    return [(f"{table}.{key.name}", key.metadata["type"],
+             "" if key.default is MISSING else toml_text(key.default, key.metadata["type"]),
+             key.metadata["doc"]) for key in fields(cls)]
 
 
 def schema() -> list[tuple[str, str, str, str]]:
-    """(dotted key, type name, default as TOML text or "" if required, doc) for every key."""
-    return [(f"{table}.{key.name}", key.metadata["type"],
-             "" if key.default is MISSING else _toml(key.default, key.metadata["type"]),
-             key.metadata["doc"]) for table, cls in TABLES.items() for key in fields(cls)]
+    """(dotted key, type name, default as TOML text or "" if required, doc) for every key;
+    the keys of a [processes.NAME] table as processes.NAME.KEY."""
+    tables: list[tuple[str, type[Any]]] = [*TABLES.items(), (f"{PROCESSES}.NAME", ProcessConfig)]
+    return [row for table, cls in tables for row in _rows(table, cls)]
+
+
+# The commented-out [processes.worker] of example_config(): uncommented, it loads.
+EXAMPLE_PROCESS: Final = {"command": ["celery", "-A", "app", "worker"], "count": 2}
 
 
 def example_config(*, name: str, repo: str, root: Path, app: str = "wsgi:application") -> str:
-    """A commented relman.toml with every key at its default; load_config() accepts it."""
+    """A commented relman.toml with every key at its default, and a [processes.worker] table
+    commented out; load_config() accepts it, and accepts it with that table uncommented."""
     given = {"app.name": name, "app.repo": repo, "app.root": root, "server.app": app}
     lines = ["# relman.toml: see relman.toml(5). Every key is shown at its default."]
     for dotted, type_name, default, doc in schema():
-        section, key = dotted.split(".")
+        section, _, key = dotted.rpartition(".")
+        if section == f"{PROCESSES}.NAME":
+            if "# [processes.worker]" not in lines:
+                lines += ["", "# Processes beside the web server ([processes.NAME], NAME "
+                          f"matching {PROCESS_NAME_RE.pattern}), such as:", "# [processes.worker]"]
+            value = toml_text(EXAMPLE_PROCESS[key]) if key in EXAMPLE_PROCESS else default
+            lines.append(f"# {key} = {value}".ljust(37) + f" # {doc}")
+            continue
         if f"[{section}]" not in lines:
             lines += ["", f"[{section}]"]
-        value = _toml(given[dotted], type_name) if dotted in given else default
+        value = toml_text(given[dotted], type_name) if dotted in given else default
         lines.append(f"{key} = {value}".ljust(37) + f" # {doc}")
     return "\n".join(lines) + "\n"

@@ -42,6 +42,63 @@ def release_rows(root: AppRoot) -> list[dict[str, Any]]:
             for m in manifests]
 
 
+def _manifest(root: AppRoot, release: str) -> registry.Manifest:
+    """The manifest of *release*, or UnknownRelease."""
+    try:
+        found = registry.load(root, release) if is_release_id(release) else None
+    except registry.Unreadable as e:
+        raise UnknownRelease(f"release {release}: its manifest is unreadable: {e.reason}") \
+            from None
+    if found is None:
+        raise UnknownRelease(f"release {release!r}: no such release")
+    return found
+
+
+def release_settings(root: AppRoot, release: str) -> dict[str, Any]:
+    """`relman releases --settings ID`: the settings the release recorded (None if none)."""
+    return {"release": release, "settings": dict(_manifest(root, release).settings) or None}
+
+
+def render_settings(data: dict[str, Any]) -> str:
+    """Recorded settings as relman.toml would spell them (env values as their hashes), in
+    the order of relman.toml(5) (the manifest's JSON has its keys sorted)."""
+    from relman.config import schema
+    from relman.config_values import toml_text
+
+    settings = data["settings"]
+    if not settings:
+        return (f"release {data['release']} has no recorded settings (built before releases "
+                "recorded them): it runs with the config's")
+    rank = {key: n for n, (key, *_) in enumerate(schema())}
+    lines = [f"# settings of release {data['release']}; env values are shown as keyed hashes"]
+    tables = [(name, name, settings[name]) for name in ("server", "health") if name in settings]
+    processes = settings.get("processes")
+    if isinstance(processes, dict):
+        tables += [(f"processes.{name}", "processes.NAME", table)
+                   for name, table in processes.items()]
+    for title, kind, table in tables:
+        items = table.items() if isinstance(table, dict) else [("(value)", table)]
+        lines += ["", f"[{title}]"] + [
+            f"{key} = {toml_text(value)}" for key, value in
+            sorted(items, key=lambda kv: (rank.get(f"{kind}.{kv[0]}", len(rank)), kv[0]))]
+    return "\n".join(lines)
+
+
+def release_diff(root: AppRoot, old: str, new: str) -> list[str]:
+    """`relman releases --diff A B`: what changed from release *old* to *new*, as lines: ref,
+    sha and dependencies first, then the settings (relman.settings.settings_diff)."""
+    from relman.settings import settings_diff
+
+    a, b = _manifest(root, old), _manifest(root, new)
+    lines = [f"{name} {getattr(a, name) or '-'} -> {getattr(b, name) or '-'}"
+             for name in ("ref", "sha", "deps_hash") if getattr(a, name) != getattr(b, name)]
+    unrecorded = [m.id for m in (a, b) if not m.settings]
+    if unrecorded:
+        return lines + [f"settings of {rid}: not recorded (built before releases recorded "
+                        "them)" for rid in unrecorded]
+    return lines + settings_diff(a.settings, b.settings)
+
+
 def server_log(root: AppRoot, release: str | None) -> Path:
     """The server log `relman logs` shows: of *release*, else of the live release."""
     if release:
@@ -235,7 +292,9 @@ def check_all(config: Config) -> list[dict[str, Any]]:
     if nginx:
         proc = subprocess.run([nginx, "-t"], capture_output=True, text=True, check=False)
         results.append(_nginx_check(proc.returncode, proc.stderr, root_user=os.geteuid() == 0))
-    if root.app_sock.exists():
+    if config.server.kind == "none":
+        results.append(_check("live socket", True, 'none: server.kind = "none" (no web server)'))
+    elif root.app_sock.exists():
         probe = asyncio.run(probe_socket(root.app_sock, protocol=config.server.protocol,
                                          path=config.health.path, timeout=5))
         lo, hi = config.health.expect

@@ -82,6 +82,11 @@ class AppRoot:
         return self.state / "journal.json"
 
     @property
+    def settings_key(self) -> Path:
+        """settings.key: the key of the env value hashes in manifests (relman.settings)."""
+        return self.state / "settings.key"
+
+    @property
     def switch_record(self) -> Path:
         """switch.json: what older daemons kept of the last switch (read once, into run.json)."""
         return self.state / "switch.json"

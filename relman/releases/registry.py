@@ -48,11 +48,15 @@ class Manifest:
     # When it last went live (wall clock): every verified switch to it sets it, deploys,
     # rollbacks and automatic rollbacks alike. The rollback target follows this order.
     last_live: float = 0.0
+    # The settings the release runs with (relman.settings.settings_to_json(): plain JSON,
+    # env values as hashes); {} for a manifest from before releases recorded them.
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["state"] = str(self.state)
         data["timings"] = dict(self.timings)
+        data["settings"] = dict(self.settings)
         return data
 
     @classmethod
@@ -62,6 +66,10 @@ class Manifest:
         known = set(cls.__dataclass_fields__)
         fields = {k: v for k, v in data.items() if k in known}
         fields["state"] = ReleaseState(fields.get("state", "unfinished"))
+        # Settings that are not an object are no reason to lose the release: it runs with
+        # the config's, as one from before settings were recorded does (ReleaseStore.settings).
+        if not isinstance(fields.get("settings", {}), Mapping):
+            del fields["settings"]
         return cls(**fields)
 
 

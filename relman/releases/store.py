@@ -10,7 +10,7 @@ from pathlib import Path
 
 import structlog
 
-from relman.atomic import read_link, set_aside
+from relman.atomic import create_once, read_link, set_aside
 from relman.config import Config
 from relman.envfile import read_env_file
 from relman.errors import DeployFailed, NotRunning, StateWriteFailed, UnknownRelease, writing
@@ -19,8 +19,16 @@ from relman.releases.commands import OnLine, clean_env
 from relman.releases.ids import is_release_id, make_release_id
 from relman.releases.layout import AppRoot
 from relman.releases.registry import Manifest, ReleaseState
+from relman.settings import (
+    Settings,
+    settings_diff,
+    settings_from_json,
+    settings_of,
+    settings_to_json,
+)
 
 log = structlog.get_logger(__name__)
+KEY_BYTES = 32
 
 
 class ReleaseStore:
@@ -229,6 +237,47 @@ class ReleaseStore:
     def mark(self, manifest: Manifest, state: ReleaseState, **changes: object) -> Manifest:
         current = self._load(manifest.id) or manifest
         return self.save(registry.advance(current, state, **changes))
+
+    def settings_key(self) -> bytes:
+        """The key of the env value hashes in manifests (state/settings.key, 0600), made
+        once. An unreadable one is set aside and replaced: the env values of releases
+        recorded under it then show as changed in diffs, never wrongly as equal."""
+        path = self.root.settings_key
+        key = b""
+        try:
+            key = path.read_bytes()
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            self.set_aside(path, "a directory")
+        else:
+            if len(key) != KEY_BYTES:
+                self.set_aside(path, f"{len(key)} bytes, not {KEY_BYTES}")
+                key = b""
+        if not key:
+            key = create_once(path, os.urandom(KEY_BYTES), 0o600)
+        return key
+
+    def settings(self, manifest: Manifest) -> Settings:
+        """The settings *manifest*'s release runs with: those it recorded, else (a manifest
+        from before they were recorded, or settings that cannot be read) the config's."""
+        if manifest.settings:
+            try:
+                return settings_from_json(manifest.settings, self.config)
+            except ValueError as e:
+                log.warning("settings.unreadable", release=manifest.id, error=str(e))
+        return settings_of(self.config)
+
+    def record_settings(self, manifest: Manifest, config: Config | None = None
+                        ) -> tuple[Manifest, list[str]]:
+        """Record *config*'s (default: the store's) settings in *manifest*, saved; the new
+        manifest and what changed from the settings it had (nothing for a first record)."""
+        new = settings_to_json(settings_of(config or self.config), self.settings_key())
+        current = self._load(manifest.id) or manifest
+        if current.settings == new:
+            return current, []
+        changes = settings_diff(current.settings, new) if current.settings else []
+        return self.save(replace(current, settings=new)), changes
 
     def mark_live(self, release_id: str, *, known_good: bool) -> None:
         current = self._load(release_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from relman import atomic
-from relman.atomic import read_link, replace_symlink, set_aside, write_atomic
+from relman.atomic import create_once, read_link, replace_symlink, set_aside, write_atomic
 from relman.errors import StateWriteFailed
 from relman.lock import Busy, FileLock, locked, read_holder
 from testing.fullfs import fill, free, small_tmpfs
@@ -75,6 +75,17 @@ def hammer(check: Callable[[], None]) -> tuple[threading.Event, threading.Thread
     thread.start()
     ready.wait(5)
     return stop, thread, problems
+
+
+def test_create_once_publishes_only_the_first(tmp_path: Path) -> None:
+    """create_once() writes a missing file with its mode; a second call gets the first's
+    content back and changes nothing; no temp file is left."""
+    path = tmp_path / "settings.key"
+    assert create_once(path, b"first", 0o600) == b"first"
+    assert create_once(path, b"second", 0o600) == b"first"
+    assert path.read_bytes() == b"first"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["settings.key"]
 
 
 def test_reader_never_sees_a_partial_file(tmp_path: Path) -> None:

@@ -80,3 +80,17 @@ def test_a_fresh_root_passes_the_live_socket_check(tmp_path: Path) -> None:
     assert checks["live socket"]["detail"] == "nothing deployed yet (relman deploy REF)"
     (root.run / "app.sock").symlink_to("gone.1.sock")  # deployed once, then stopped
     assert not {c["check"]: c for c in check_all(config)}["live socket"]["ok"]
+
+
+def test_kind_none_has_no_live_socket_to_check(tmp_path: Path) -> None:
+    """An app of processes only passes `check` without a socket, deployed or not."""
+    path = tmp_path / "relman.toml"
+    path.write_text(f'[app]\nname = "shop"\nrepo = "/srv/git/shop"\nroot = "{tmp_path}/root"\n'
+                    '[server]\nkind = "none"\n[processes.bot]\ncommand = "python -m bot"\n')
+    config = load_config(path)
+    root = AppRoot(config.app.root)
+    root.create()
+    (root.root / "current").symlink_to("releases/20261123T031500Z-1a2b3c4")
+    checks = {c["check"]: c for c in check_all(config)}
+    assert checks["live socket"] == {"check": "live socket", "ok": True,
+                                     "detail": 'none: server.kind = "none" (no web server)'}

@@ -18,6 +18,7 @@ from relman.config import (
     BuildConfig,
     Config,
     HealthConfig,
+    ProcessConfig,
     ReleaseConfig,
     RestartConfig,
     ServerConfig,
@@ -240,7 +241,7 @@ BAD_VALUES: list[tuple[dict[str, str | None], str, str]] = [
      "item 1: expected a string or an array of strings, got an integer"),
     ({"release.command": "[]"}, "release.command", "unknown key (did you mean 'commands'?)"),
     ({"server.kind": '"waitress"'}, "server.kind",
-     "must be one of gunicorn | uwsgi | command, not 'waitress'"),
+     "must be one of gunicorn | uwsgi | command | none, not 'waitress'"),
     ({"server.app": None}, "server.app", 'required for kind = "gunicorn"'),
     ({"server.app": '"--reload"'}, "server.app", "must not start with -"),
     ({"server.kind": '"uwsgi"', "server.wsgi_file": '"wsgi.py"'}, "server.app",
@@ -418,9 +419,10 @@ def test_config_is_frozen_hashable_and_copyable(tmp_path: Path) -> None:
 def test_schema_lists_every_field_with_doc_and_type() -> None:
     """schema() has one row per dataclass field, each with a type name and a doc line."""
     expected = [f"{table}.{f.name}" for table, cls in TABLES.items() for f in fields(cls)]
+    expected += [f"processes.NAME.{f.name}" for f in fields(ProcessConfig)]
     rows = schema()
     assert [row[0] for row in rows] == expected
-    assert len(expected) == 32
+    assert len(expected) == 38
     for key, type_name, _default, doc in rows:
         assert type_name, key
         assert doc, key
@@ -431,16 +433,23 @@ def test_schema_defaults_are_toml_of_the_dataclass_defaults(tmp_path: Path) -> N
     """Every default in schema() is TOML text that loads back to the field's default."""
     rows = {key: default for key, _type, default, _doc in schema()}
     assert [key for key, default in rows.items() if not default] == [
-        "app.name", "app.repo", "app.root"
+        "app.name", "app.repo", "app.root", "processes.NAME.command"
     ]
     assert rows["server.socket_mode"] == '"0660"'
     assert rows["health.expect"] == "[200, 399]"
-    changes = {key: default for key, default in rows.items() if default}
+    changes = {key: default for key, default in rows.items()
+               if default and not key.startswith("processes.")}
     changes["server.app"] = '"wsgi:application"'
     config = load_config(write(tmp_path, config_text(changes)))
     assert config.build == BuildConfig()
     assert config.server == ServerConfig(app="wsgi:application")
     assert config.health == HealthConfig()
+    process = {key.rpartition(".")[2]: default for key, default in rows.items()
+               if key.startswith("processes.NAME.") and default}
+    text = config_text(changes) + "[processes.worker]\ncommand = \"run\"\n" + "".join(
+        f"{key} = {default}\n" for key, default in process.items())
+    assert load_config(write(tmp_path, text)).processes == {
+        "worker": ProcessConfig(command=("run",))}
 
 
 def test_tables_follow_config_fields() -> None:
@@ -457,11 +466,26 @@ def test_example_config_loads_with_defaults(tmp_path: Path) -> None:
     assert config.server == ServerConfig(app="wsgi:application")
     assert (config.build, config.health) == (BuildConfig(), HealthConfig())
     assert (config.swap, config.restart) == (SwapConfig(), RestartConfig())
+    assert config.processes == {}
     for key, _type, _default, doc in schema():
-        table, name = key.split(".")
-        assert f"[{table}]" in text
-        assert f"\n{name} = " in text
+        table, _, name = key.rpartition(".")
+        if table == "processes.NAME":
+            assert f"\n# {name} = " in text
+        else:
+            assert f"[{table}]" in text
+            assert f"\n{name} = " in text
         assert doc in text
+
+
+def test_example_config_process_table_loads_uncommented(tmp_path: Path) -> None:
+    """The commented-out [processes.worker] of example_config() loads once uncommented."""
+    text = example_config(name="shop", repo="/srv/git/shop.git", root=Path("/srv/shop"))
+    head, _, tail = text.partition("# [processes.worker]\n")
+    uncommented = head + "[processes.worker]\n" + "".join(
+        line.removeprefix("# ") + "\n" for line in tail.splitlines())
+    config = load_config(write(tmp_path, uncommented))
+    assert config.processes == {
+        "worker": ProcessConfig(command=("celery", "-A", "app", "worker"), count=2)}
 
 
 def test_example_config_quotes_awkward_values(tmp_path: Path) -> None:
