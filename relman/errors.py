@@ -191,7 +191,7 @@ BY_CODE: dict[str, type[RelmanError]] = {
     cls.code: cls
     for cls in (
         RelmanError, UsageError, ConfigError, BadRef, UnknownRelease, DeployFailed, FetchFailed,
-        BuildFailed, ReleasePhaseFailed, Unhealthy, PreviewFailed, LiveCheckFailed,
+        BuildFailed, ReleasePhaseFailed, Unhealthy, ProcessFailed, PreviewFailed, LiveCheckFailed,
         NoRollbackTarget, NotRunning, StateWriteFailed, DaemonUnreachable, LockHeld,
         DaemonBug, BadAnswer,
     )

@@ -245,6 +245,7 @@ class ServerLine(Result):
     figures: Figures | None = field(default=None, metadata=FLAT)
     process: str = "web"  # or the NAME of [processes.NAME]; socket is then ""
     index: int = 1  # which instance of the process (1..count)
+    restarts: int = 0  # crash restarts of this slot since the daemon started
 
 
 @final

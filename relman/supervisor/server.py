@@ -75,8 +75,11 @@ class ServerHandle:
         self.identity, self.pidfd, self.popen = identity, pidfd, popen
         self.record = record  # run/<instance>.pid as written: how its processes are found
         self.state = state
-        # Wall and monotonic start times; an adopted server's come from its real start.
-        age = max(0.0, time.time() - identity.create_time) if identity.create_time else 0.0
+        # Wall and monotonic start times: now for our own child, just spawned; an adopted
+        # one's from its real start (psutil's create_time, which can be a second off: it
+        # counts from /proc/stat's boot time, in whole seconds).
+        age = max(0.0, time.time() - identity.create_time) \
+            if identity.create_time and popen is None else 0.0
         self.started = time.time() - age
         self.started_mono = time.monotonic() - age
         self.returncode: int | None = None

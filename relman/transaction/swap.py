@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from relman.atomic import read_link, replace_symlink
 from relman.config import HealthConfig
-from relman.errors import Unhealthy, writing
+from relman.errors import ProcessFailed, Unhealthy, writing
 from relman.journal import Step
 from relman.releases import Manifest, ReleaseState
 from relman.supervisor import ServerHandle, ServerState
@@ -76,10 +76,14 @@ async def swap(app: App, manifest: Manifest, report: Report, *, reuse_warm: bool
         if not web:
             app.root.app_sock.unlink(missing_ok=True)
             app.root.next_sock.unlink(missing_ok=True)
-    except BaseException:
+    except BaseException as e:
         went_back = await abandon(app, candidate, old, links, before, report)
         if went_back and unmarked:
             app.store.save(unmarked)  # not live after all: last_live as it was
+            # A new release whose process does not stay up is failed (a known-good one
+            # that cannot, in a rollback, is not: the cause is elsewhere).
+            if isinstance(e, ProcessFailed) and not unmarked.known_good:
+                app.store.mark(unmarked, ReleaseState.FAILED, error=e.message)
         if went_back and handed_over:
             async with app.processes.lock:
                 await app.processes.restore(previous)

@@ -438,7 +438,7 @@ def answer_with(path: Path, *lines: bytes) -> threading.Thread:
                      "error: expected an object, got a string", id="error-not-an-object"),
         pytest.param([b'{"type": "progress", "step": 3, "message": "x"}'],
                      "step: expected a string, got an integer", id="bad-progress"),
-        pytest.param([b'{"type": "result", "data": {"release": "r1"}}'], "pid: missing",
+        pytest.param([b'{"type": "result", "data": {"pid": 7}}'], "release: missing",
                      id="result-missing-field"),
         pytest.param([b'{"type": "result", "data": null}'],
                      "the answer: expected an object, got null", id="result-null"),

@@ -75,16 +75,16 @@ def test_status_json_keeps_its_keys() -> None:
     pid, and a server psutil could not read has none of them."""
     data = json.loads(json.dumps(STATUS.to_json()))
     assert sorted(data) == ["app", "crash_loop", "current", "daemon", "health", "job", "live",
-                            "rollback_target", "servers"]
+                            "processes", "rollback_target", "servers"]
     assert sorted(data["daemon"]) == ["cpu_percent", "pid", "rss", "uptime", "version",
                                       "workers"]
     assert data["health"] == {"status": 200, "detail": "HTTP/1.1 200 OK", "healthy": True}
     live, warm = data["servers"]
     assert sorted(live) == ["cpu_percent", "index", "instance", "live", "pid", "process",
-                            "release", "rss", "socket", "started", "state", "uptime",
-                            "workers"]
-    assert sorted(warm) == ["index", "instance", "live", "pid", "process", "release", "socket",
-                            "started", "state"]
+                            "release", "restarts", "rss", "socket", "started", "state",
+                            "uptime", "workers"]
+    assert sorted(warm) == ["index", "instance", "live", "pid", "process", "release",
+                            "restarts", "socket", "started", "state"]
     assert data["crash_loop"] is None
     assert data["job"]["job"] == "deploy"
 
@@ -111,7 +111,7 @@ def test_other_results_keep_their_keys() -> None:
                                            "venvs": ["ab12"]}}
     assert sorted(rollback.to_json()) == ["release", "sha", "switch_ms"]
     assert sorted(restart.to_json()) == ["release", "switch_ms"]
-    assert start.to_json() == {"release": RID, "pid": 4242}
+    assert start.to_json() == {"release": RID, "pid": 4242, "started": []}
     assert stop.to_json() == {"stopped": True}
     assert prune.to_json() == {"releases": [], "venvs": ["ab12"]}
     assert json.dumps(progress.to_json()) == \
