@@ -138,11 +138,16 @@ def render_status(s: Status) -> str:
     ]
     for srv in s.servers:
         figures = srv.figures
+        what = "server:  " if srv.process == "web" else f"{srv.process[:8] + ':':<9}"
         lines.append(
-            f"server:   {srv.instance} {srv.state} pid {srv.pid} "
+            f"{what} {srv.instance} {srv.state} pid {srv.pid} "
             f"workers {figures.workers if figures else '?'} "
             f"rss {figures.rss // 2**20 if figures else 0} MiB "
             f"up {figures.uptime if figures else 0:.0f}s")
+    if s.processes:
+        lines.append("processes: " + ", ".join(
+            f"{c.name} {c.running}/{c.wanted}{' (scaled)' if c.scaled else ''}"
+            for c in s.processes))
     if s.job:
         job = s.job
         lines.append(f"job:      {job.job} {job.release or job.ref} "

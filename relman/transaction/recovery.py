@@ -59,9 +59,9 @@ async def reconcile(app: App, report: Report) -> list[str]:
         notes.append(f"could not finish undoing the interrupted job: {e.message}")
     _take_live(app, live, current_set_aside, notes)
     if app.live is None and app.store.live_id() is not None:  # serving first, then tidying
-        notes.append("the live release's server was not running: starting it")
         try:
-            await app.start(report)
+            if await app.start(report) is not None:  # None: it has no web server
+                notes.append("the live release's server was not running: started it")
         except RelmanError as e:
             notes.append(f"could not start the live release: {e.message}")
     for handle in adopted.values():
