@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from testing.celery import DATA_ENV, enqueue_code, marker, wait_marker
 from testing.daemon import RELMAN
 from tests.integration.test_supervision import root_of
 
@@ -134,3 +136,31 @@ def test_logs_of_a_process(deployed):
         refused = app.relman("logs", "--process", bad)
         assert refused.returncode == 2, bad
         assert "not a process name" in refused.stderr
+
+
+def test_celery_worker_through_run_finishes_its_task_on_sigterm(make_app, celery_repo,
+                                                                 base_dir):
+    """The Celery sample app on kombu's filesystem broker (no Redis): a worker started with
+    `relman run` (venv console script) takes a task queued with `relman run`, and on
+    SIGTERM (to relman's pid: the worker is exec'd in its place) finishes it before it
+    exits 0 (warm shutdown)."""
+    data = base_dir / "celery-data"
+    app = make_app(repo=celery_repo, server={"kind": "gunicorn", "app": "app:server",
+                                             "env": {DATA_ENV: str(data)}})
+    app.relman("deploy", "v1", check=True)
+    (release,) = app.json("releases")
+    log = (base_dir / "worker.log").open("w")
+    worker = subprocess.Popen([*RELMAN, "--config", str(app.config), "run", "--", "celery",
+                               "-A", "tasks", "worker", "--pool=solo", "--loglevel=INFO"],
+                              stdout=log, stderr=subprocess.STDOUT, env=app.env)
+    try:
+        app.relman("run", "--", "python", "-c", enqueue_code("job", 2), check=True)
+        started = wait_marker(data, "started", "job")
+        assert started == f"{release['id']} {worker.pid}"
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        assert marker(data, "done", "job") == started
+    finally:
+        worker.kill()
+        worker.wait()
+        log.close()
