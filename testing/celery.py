@@ -4,12 +4,18 @@ markers waited for.
 Celery runs in the release's venv, never in relman's: these helpers drive it through a
 python of that venv (or `relman run`), and watch the marker files its task writes under
 $CELERYAPP_DATA (see tasks.py). Figures measured on the dev machine (Debian 12, Python
-3.11.2, celery 5.7.0, kombu's filesystem broker with polling_interval 0.1 s):
-- a worker is "ready" about 1 s after it starts (solo or prefork --concurrency=1);
-- it picks a queued task up within about 0.1 s;
-- on SIGTERM (warm shutdown) it finishes the task it runs, then exits 0 up to about 2.3 s
-  after the task ended: the filesystem transport has no event loop support, and celery's
-  synchronous loop waits up to 2 s for a message before it looks at the shutdown flag.
+3.11.2, celery 5.7.0, kombu 5.7.0's filesystem broker, polling_interval 0.1 s):
+- a worker is "ready" about 1 s after it starts (solo: 0.9-1.0 s; prefork
+  --concurrency=1: 1.2 s); queuing a task from a fresh python takes about 0.5 s (import);
+- a worker picks a queued task up within about 0.1 s (kombu's default poll is 1 s);
+- on SIGTERM to its main process (warm shutdown) it finishes the task it runs and exits 0,
+  2.5-3.6 s after the task ended; idle, 5 s (solo) to 7 s (prefork) after the signal. The
+  filesystem transport has no event loop support: celery's synchronous loop waits up to
+  2 s for a message before it looks at the shutdown flag, then stops its timer thread.
+  Give a worker a stop_timeout of its longest task plus 10 s;
+- SIGTERM to the whole process group of a prefork worker kills the pool child, and the
+  task with it (its done marker never appears); only the main process may get the stop
+  signal. The solo pool runs tasks in the main process and has no such child.
 """
 
 from __future__ import annotations

@@ -164,3 +164,19 @@ def test_celery_worker_through_run_finishes_its_task_on_sigterm(make_app, celery
         worker.kill()
         worker.wait()
         log.close()
+
+
+def test_run_has_the_terminal(deployed):
+    """On a terminal, the command gets that terminal (an interactive `manage.py shell`)."""
+    app = deployed
+    controller, terminal = os.openpty()
+    try:
+        done = subprocess.run([*RELMAN, "--config", str(app.config), "run", "--", "python",
+                               "-c", "import sys; sys.stderr.write(repr((sys.stdin.isatty(),"
+                               " sys.stdout.isatty())))"],
+                              stdin=terminal, stdout=terminal, stderr=subprocess.PIPE,
+                              text=True, env=app.env, timeout=60, check=False)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert (done.returncode, done.stderr) == (0, "(True, True)")
