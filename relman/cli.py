@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # Every command starts with these imports, over SSH too: what only some commands need (the
 # release store, the views, the daemon's answers, structlog, asyncio) is imported inside them.
 
-SSH_ALLOWED = frozenset({"deploy", "rollback", "releases", "status", "history", "logs"})
+SSH_ALLOWED = frozenset({"deploy", "rollback", "releases", "status", "ps", "history", "logs"})
 R = TypeVar("R", bound="Result")
 
 
@@ -272,14 +272,28 @@ def scale(ctx: Context, counts: tuple[str, ...], reset: bool, wait: bool) -> Non
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new lines.")
 @click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(min=0),
               help="How many lines to show.")
+@click.option("-p", "--process", metavar="NAME", help="A process's output ([processes.NAME]); "
+              "web is the server's.")
 @pass_ctx
-def logs(ctx: Context, release: str | None, follow_: bool, lines: int) -> None:
-    """The app server's output (of the live release, or RELEASE)."""
+def logs(ctx: Context, release: str | None, follow_: bool, lines: int, process: str | None
+         ) -> None:
+    """The app server's output (of the live release, or RELEASE), or a process's."""
     from relman.views import follow, server_log
 
-    path = server_log(ctx.root_only, release)
+    path = server_log(ctx.root_only, release, process)
     for line in follow(path, lines=lines, keep_going=follow_):
         click.echo(line)
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_ctx
+def run(ctx: Context, command: tuple[str, ...]) -> None:
+    """Run COMMAND in the live release's directory and environment (venv, env, env_file),
+    as this process: its output, terminal and exit status are the command's."""
+    from relman.oneoff import run_in_live_release
+
+    run_in_live_release(ctx.config, command, os.environ)
 
 
 @cli.command()
@@ -358,7 +372,7 @@ def ssh_command(click_ctx: click.Context) -> None:
         raise UsageError("ssh-command: cannot parse SSH_ORIGINAL_COMMAND") from None
     if words[:1] == ["relman"]:
         words = words[1:]
-    if not words or words[0] not in SSH_ALLOWED:
+    if not words or words[0] not in SSH_ALLOWED or words[0] not in cli.commands:
         allowed = ", ".join(sorted(SSH_ALLOWED))
         raise UsageError(f"ssh-command: {original or '(no command)'!r} is not allowed; "
                          f"allowed: {allowed}")

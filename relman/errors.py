@@ -8,6 +8,9 @@ RelmanError                     exit 1: failed, the previous release still serve
 │   ├── FetchFailed · BuildFailed · ReleasePhaseFailed
 │   └── Unhealthy · PreviewFailed · LiveCheckFailed
 ├── NoRollbackTarget            exit 1
+├── NothingLive                 exit 1: `relman run` before the first deploy
+├── CommandNotExecutable        exit 126: `relman run`'s command cannot be executed
+├── CommandNotFound             exit 127: `relman run`'s command is nowhere (as in a shell)
 ├── StateWriteFailed            exit 1: the file system refused a write (full, quota,
 │                               read-only, I/O error); the job ends, the live release serves
 ├── DaemonUnreachable           exit 3
@@ -130,6 +133,25 @@ class NotRunning(RelmanError):
     code = "not-running"
 
 
+class NothingLive(RelmanError):
+    code = "nothing-live"
+
+
+class CommandNotExecutable(RelmanError):
+    """`relman run`'s command exists but cannot be executed: exit 126, as in a shell."""
+
+    exit_code = 126
+    code = "command-not-executable"
+
+
+class CommandNotFound(RelmanError):
+    """`relman run`'s command is neither in the release's venv nor on PATH: exit 127, as in
+    a shell (a script can tell it from the command's own failures)."""
+
+    exit_code = 127
+    code = "command-not-found"
+
+
 class StateWriteFailed(RelmanError):
     """A write relman needs was refused by the file system: "no space left on device (PATH)"."""
 
@@ -191,8 +213,9 @@ BY_CODE: dict[str, type[RelmanError]] = {
     cls.code: cls
     for cls in (
         RelmanError, UsageError, ConfigError, BadRef, UnknownRelease, DeployFailed, FetchFailed,
-        BuildFailed, ReleasePhaseFailed, Unhealthy, ProcessFailed, PreviewFailed, LiveCheckFailed,
-        NoRollbackTarget, NotRunning, StateWriteFailed, DaemonUnreachable, LockHeld,
+        BuildFailed, ReleasePhaseFailed, Unhealthy, ProcessFailed, PreviewFailed,
+        LiveCheckFailed, NoRollbackTarget, NotRunning, NothingLive, CommandNotExecutable,
+        CommandNotFound, StateWriteFailed, DaemonUnreachable, LockHeld,
         DaemonBug, BadAnswer,
     )
 }

@@ -99,16 +99,27 @@ def release_diff(root: AppRoot, old: str, new: str) -> list[str]:
     return lines + settings_diff(a.settings, b.settings)
 
 
-def server_log(root: AppRoot, release: str | None) -> Path:
-    """The server log `relman logs` shows: of *release*, else of the live release."""
+def server_log(root: AppRoot, release: str | None, process: str | None = None) -> Path:
+    """The log `relman logs` shows: of *release*, else of the live release; the server's,
+    or that of *process* ("web" is the server)."""
     if release:
         if not is_release_id(release) or registry.load(root, release) is None:
             raise UnknownRelease(f"release {release!r}: no such release")
+    else:
+        release = root.current_release()
+        if release is None:
+            raise UsageError("nothing is deployed yet: name a release")
+    if process is None or process == "web":
         return root.server_log(release)
-    live = root.current_release()
-    if live is None:
-        raise UsageError("nothing is deployed yet: name a release")
-    return root.server_log(live)
+    from relman.config import PROCESS_NAME_RE
+
+    if not PROCESS_NAME_RE.fullmatch(process):
+        raise UsageError(f"--process {process!r}: not a process name ([a-z][a-z0-9_-]*)")
+    path = root.process_log(release, process)
+    if not path.exists():
+        raise UsageError(f"release {release} has no log of a process {process!r}: "
+                         f"{path} does not exist")
+    return path
 
 
 def render_releases(rows: list[dict[str, Any]]) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 import psutil
 import pytest
 
+from testing.celery import make_celery_repo
 from testing.daemon import RelmanDaemon, make_base_dir, write_config
 from testing.git import make_app_repo
 from testing.leftovers import kill_leftover_servers
@@ -35,19 +36,26 @@ def app_repo(base_dir: Path) -> Path:
     return make_app_repo(base_dir / "repo")
 
 
+@pytest.fixture
+def celery_repo(base_dir: Path) -> Path:
+    """A repo of the Celery sample app (testing/apps/celeryapp) at tag v1."""
+    return make_celery_repo(base_dir / "celery-repo")
+
+
 AppFactory = Callable[..., RelmanDaemon]
 
 
 @pytest.fixture
 def make_app(base_dir: Path, app_repo: Path) -> Iterator[AppFactory]:
-    """make_app(**tables) -> an initialised (not started) RelmanDaemon for the sample app."""
+    """make_app(**tables) -> an initialised RelmanDaemon (started unless start=False) for
+    the sample app, or the app in *repo* (celery_repo: the Celery sample app)."""
     made: list[RelmanDaemon] = []
 
-    def factory(name: str = "sample", start: bool = True, **tables: dict[str, Any]
-                ) -> RelmanDaemon:
+    def factory(name: str = "sample", start: bool = True, repo: Path | None = None,
+                **tables: dict[str, Any]) -> RelmanDaemon:
         tables.setdefault("server", {"kind": "gunicorn", "app": "app:server"})
         tables.setdefault("health", {"path": "/health", "timeout": 30})
-        config = write_config(base_dir / f"{name}.toml", name=name, repo=app_repo,
+        config = write_config(base_dir / f"{name}.toml", name=name, repo=repo or app_repo,
                               root=base_dir / name, **tables)
         daemon = RelmanDaemon(config)
         made.append(daemon)

@@ -342,13 +342,14 @@ def test_ssh_command_over_real_ssh(make_app, app_repo, sshd):
 
 
 REFUSED = "relman: error: ssh-command: {!r} is not allowed; allowed: deploy, history, logs, " \
-          "releases, rollback, status"
+          "ps, releases, rollback, status"
 FIXED = "relman: error: ssh-command: --config and --app are fixed by the forced command"
 
 
 def test_ssh_command_refuses_over_real_ssh(make_app, base_dir, sshd):
-    """Anything but the six commands, shell syntax and --config/--app are refused with exit
-    2 and one line, and nothing runs: no file appears or goes, no job reaches the daemon."""
+    """Anything but the allowed commands (run and scale among the refused), shell syntax and
+    --config/--app are refused with exit 2 and one line, and nothing runs: no file appears or
+    goes, no job reaches the daemon."""
     app = make_app()
     app.relman("deploy", "v1", check=True)
     key = sshd.authorize(forced_command(app.config), "ci")
@@ -363,6 +364,8 @@ def test_ssh_command_refuses_over_real_ssh(make_app, base_dir, sshd):
     one_line = {
         "relman prune": REFUSED.format("relman prune"),
         "relman restart": REFUSED.format("relman restart"),
+        f"relman run -- touch {pwned}": REFUSED.format(f"relman run -- touch {pwned}"),
+        "relman scale worker=3": REFUSED.format("relman scale worker=3"),
         f"rm -rf {canary}": REFUSED.format(f"rm -rf {canary}"),
         f"touch {pwned}": REFUSED.format(f"touch {pwned}"),
         "id": REFUSED.format("id"),
