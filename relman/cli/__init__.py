@@ -11,102 +11,21 @@ import shlex
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from relman import __version__, client
-from relman.config import Config, load_config
-from relman.config_search import find_config, hoist_global_options, lenient_root
-from relman.errors import INTERNAL_ERROR_EXIT, ConfigError, RelmanError, UsageError
-from relman.releases.layout import AppRoot
-
-if TYPE_CHECKING:
-    from relman.results import Progress, Result
+from relman import __version__
+from relman.cli import processes
+from relman.cli.context import WAIT, Context, pass_ctx
+from relman.config_search import hoist_global_options
+from relman.errors import INTERNAL_ERROR_EXIT, RelmanError, UsageError
 
 # Every command starts with these imports, over SSH too: what only some commands need (the
 # release store, the views, the daemon's answers, structlog, asyncio) is imported inside them.
 
 SSH_ALLOWED = frozenset({"deploy", "rollback", "releases", "status", "ps", "history", "logs"})
-R = TypeVar("R", bound="Result")
-
-
-class Context:
-    def __init__(self, config_path: str | None, app: str | None, as_json: bool) -> None:
-        self.config_path, self.app, self.json = config_path, app, as_json
-        self._path: Path | None = None
-        self._config: Config | None = None
-        self._root_only: AppRoot | None = None
-
-    @property
-    def path(self) -> Path:
-        if self._path is None:
-            self._path = find_config(self.config_path, os.environ, self.app, Path.cwd())
-        return self._path
-
-    @property
-    def config(self) -> Config:
-        if self._config is None:
-            self._config = load_config(self.path)
-        return self._config
-
-    @property
-    def root(self) -> AppRoot:
-        return AppRoot(self.config.app.root)
-
-    @property
-    def root_only(self) -> AppRoot:
-        """The app root, for commands that need nothing else from the config (the daemon's
-        socket, the release store): found in an invalid config too, with a warning."""
-        if self._root_only is None:
-            path = self.path
-            try:
-                self._root_only = self.root
-            except ConfigError as e:
-                # The daemon keeps its last good config on a failed reload: the commands it
-                # serves, and those that only read the root, must work in that emergency.
-                found = lenient_root(path)
-                if found is None:
-                    raise
-                click.echo(f"relman: warning: {e.message}: this file would not be loaded, a "
-                           f"running daemon keeps its last good config (app root {found})",
-                           err=True)
-                self._root_only = AppRoot(found)
-        return self._root_only
-
-    def emit(self, data: object, human: Callable[[], str] | str) -> None:
-        """*data* as JSON with --json, else *human*."""
-        if self.json:
-            click.echo(json.dumps(data, sort_keys=True, default=str))
-        else:
-            text = human() if callable(human) else human
-            if text:
-                click.echo(text)
-
-    def call(self, command: str, into: type[R], **args: object) -> R:
-        """One request to the daemon, printing its progress as it streams; its answer read
-        *into* that result class."""
-        def progress(event: Progress) -> None:
-            if self.json:
-                click.echo(json.dumps(event.to_json()), nl=True)
-            else:
-                click.echo(f"[{event.step}] {event.message}")
-            sys.stdout.flush()
-
-        return client.request(self.root_only.control_sock, command, args, client_info(),
-                              progress, into=into)
-
-
-def client_info() -> dict[str, object]:
-    user = os.environ.get("SUDO_USER") or getpass.getuser()
-    ssh = os.environ.get("SSH_CLIENT", "").split(" ")[0]
-    return {"user": user, "ssh": ssh, "pid": os.getpid()}
-
-
-pass_ctx = click.make_pass_decorator(Context)
-WAIT = click.option("--wait", is_flag=True, help="Wait for a running job instead of exit 4.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -239,64 +158,6 @@ def restart(ctx: Context, name: str | None, wait: bool) -> None:
 
 
 @cli.command()
-@pass_ctx
-def ps(ctx: Context) -> None:
-    """Every process: name, instance, release, pid, state, uptime, restarts, RSS, CPU."""
-    from relman.results import PsResult
-    from relman.views import render_ps
-
-    result = ctx.call("ps", PsResult)
-    ctx.emit(result.to_json(), lambda: render_ps(result))
-
-
-@cli.command()
-@click.argument("counts", nargs=-1, metavar="NAME=N...")
-@click.option("--reset", is_flag=True, help="Back to the counts of the release's settings.")
-@WAIT
-@pass_ctx
-def scale(ctx: Context, counts: tuple[str, ...], reset: bool, wait: bool) -> None:
-    """Run N instances of process NAME now, and after every deploy, rollback and daemon
-    restart until changed (`--reset`: the release's settings again)."""
-    from relman.results import ScaleResult
-    from relman.views import parse_counts, render_counts
-
-    if not counts and not reset:
-        raise UsageError("relman scale: name at least one NAME=N, or --reset")
-    result = ctx.call("scale", ScaleResult, counts=parse_counts(counts), reset=reset,
-                      wait=wait)
-    ctx.emit(result.to_json(), lambda: render_counts(result.counts))
-
-
-@cli.command()
-@click.argument("release", required=False)
-@click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new lines.")
-@click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(min=0),
-              help="How many lines to show.")
-@click.option("-p", "--process", metavar="NAME", help="A process's output ([processes.NAME]); "
-              "web is the server's.")
-@pass_ctx
-def logs(ctx: Context, release: str | None, follow_: bool, lines: int, process: str | None
-         ) -> None:
-    """The app server's output (of the live release, or RELEASE), or a process's."""
-    from relman.views import follow, server_log
-
-    path = server_log(ctx.root_only, release, process)
-    for line in follow(path, lines=lines, keep_going=follow_):
-        click.echo(line)
-
-
-@cli.command(context_settings={"allow_interspersed_args": False})
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@pass_ctx
-def run(ctx: Context, command: tuple[str, ...]) -> None:
-    """Run COMMAND in the live release's directory and environment (venv, env, env_file),
-    as this process: its output, terminal and exit status are the command's."""
-    from relman.oneoff import run_in_live_release
-
-    run_in_live_release(ctx.config, command, os.environ)
-
-
-@cli.command()
 @click.option("--release", help="Only entries of this release.")
 @click.option("--event", help="Only this event: deployed, rolled_back, restarted, "
               "deploy_failed, server_crashed, crash_loop, auto_rollback, pruned, ...")
@@ -423,6 +284,10 @@ def error_handler(as_json: bool) -> Iterator[None]:
                 f.write(traceback.format_exc())
         click.echo(f"relman: internal error (a bug): see {log_path}", err=True)
         raise SystemExit(INTERNAL_ERROR_EXIT) from None
+
+
+for command in (processes.ps, processes.scale, processes.logs, processes.run):
+    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:
