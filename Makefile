@@ -58,6 +58,7 @@ bench: $(VENV)/.stamp
 	-$(PY) bench/swap.py --kind uwsgi
 	-$(PY) bench/deploy_speed.py --runs 3
 	-$(PY) bench/supervise.py
+	-$(PY) bench/processes.py
 
 clean:
 	rm -rf $(VENV) .venv-newest .pytest_cache .mypy_cache .ruff_cache
