@@ -35,6 +35,9 @@ class Daemon:
 
     def __init__(self, config: Config) -> None:
         self.app = App(config)
+        self.config_bytes = b""  # the config file as last loaded
+        with contextlib.suppress(OSError):
+            self.config_bytes = config.path.read_bytes()
         self.root = self.app.root
         self.notifier = sdnotify.SystemdNotifier()
         if self.notifier.socket is not None:
@@ -105,13 +108,22 @@ class Daemon:
     def shut_down(self) -> None:
         self.stopping.set()
 
+    def refresh_config(self) -> None:
+        """Before a deploy or a restart: the config file as it is now, if it changed since
+        it was loaded (an edit made just before the command counts even when the file watch
+        has not seen it yet)."""
+        with contextlib.suppress(OSError):
+            if self.config.path.read_bytes() != self.config_bytes:
+                self.reload_config()
+
     def reload_config(self) -> None:
         """SIGHUP: load the config again; an invalid one is logged and the old one kept."""
         self.notify(RELOADING="1", MONOTONIC_USEC=str(int(time.monotonic() * 1e6)))
         try:
+            self.config_bytes = self.config.path.read_bytes()
             config = load_config(self.config.path)
-        except RelmanError as e:
-            log.warning("config.reload_failed", error=e.message)
+        except (RelmanError, OSError) as e:
+            log.warning("config.reload_failed", error=getattr(e, "message", str(e)))
         else:
             self.app.reload(config)
             log.info("config.reloaded", path=str(config.path))
@@ -296,6 +308,7 @@ class Daemon:
             beat.cancel()
 
     async def _deploy(self, ref: str, who: str, report: Report) -> results.DeployResult:
+        self.refresh_config()
         manifest = await self.app.deploy(ref, who, report)
         # Like Capistrano's cleanup, every deploy keeps the disk bounded (Kamal's is not).
         # A server still stopping counts as running: the next prune takes its release.
@@ -319,6 +332,7 @@ class Daemon:
 
     async def _restart(self, who: str, report: Report, name: object
                        ) -> results.RestartResult:
+        self.refresh_config()
         manifest = await self.app.restart(who, report, str(name) if name else None)
         return results.RestartResult(release=manifest.id, switch_ms=self.app.switch_ms)
 

@@ -21,7 +21,7 @@ from relman.errors import ProcessFailed, RelmanError, UnknownRelease, writing
 from relman.logs import tail_file
 from relman.releases import Manifest, ReleaseStore
 from relman.settings import Settings
-from relman.supervisor import ServerHandle, Supervisor
+from relman.supervisor import ServerHandle, ServerState, Supervisor
 from relman.transaction.record import RunRecord
 from relman.transaction.runstate import Adopted, Gone, Role, Started, process_counts
 from relman.transaction.specs import process_spec
@@ -152,8 +152,13 @@ class Processes:
                               after=timeout)
 
     def _promote(self, handles: Iterable[ServerHandle]) -> None:
+        """*handles* stayed up their start_seconds: they are live."""
         for h in handles:
             self.record.submit(Adopted(h.instance, h.release, Role.LIVE, h.process, h.index))
+            if h.alive and h.state is ServerState.STARTING:
+                h.advance(ServerState.HEALTHY)
+            if h.alive and h.state is ServerState.HEALTHY:
+                h.advance(ServerState.LIVE)
 
     # --- the operations ----------------------------------------------------------------
 
@@ -170,6 +175,8 @@ class Processes:
             start, stop = [s for s in start if s in slots], []
         stopped = await self.stop(h for h in self.running() if h.instance in stop)
         started = self.start_slots(manifest, settings, start, Role.LIVE)
+        await self.wait_started(started, settings)  # ProcessFailed; the others run on
+        self._promote(started)
         return Change(tuple(h.instance for h in started), stopped)
 
     async def converge_none(self) -> Change:

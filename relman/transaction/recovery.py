@@ -148,6 +148,7 @@ async def _adopt(app: App, notes: list[str]) -> dict[str, ServerHandle]:
         if not handle.is_web:  # converge decides which stay
             app.record.submit(Adopted(handle.instance, handle.release, Role.LIVE,
                                       handle.process, handle.index))
+            handle.advance(ServerState.LIVE)
         elif known is None:  # spawned by a daemon that died before it recorded it
             app.record.submit(Adopted(handle.instance, handle.release, Role.CANDIDATE))
         elif known.role is Role.LIVE:  # live only if run/app.sock still leads to it

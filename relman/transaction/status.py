@@ -15,6 +15,7 @@ from relman.supervisor import ServerHandle
 from relman.supervisor.figures import ProcessFigures
 from relman.supervisor.health import in_range, probe_socket
 from relman.transaction.app import App
+from relman.transaction.runstate import Role
 
 
 class Observer:
@@ -35,8 +36,9 @@ class Observer:
             figures = await asyncio.to_thread(lambda: [
                 self.figures.of(os.getpid(), with_children=False),
                 *(self.figures.of(h.pid) for h in handles)])
-        live = app.live
-        lines = tuple(self._line(h, f, live=h is live)
+        live, state = app.live, app.record.state
+        lines = tuple(self._line(h, f, live=h is live if h.is_web else (
+            (i := state.get(h.instance)) is not None and i.role is Role.LIVE))
                       for h, f in zip(handles, figures[1:], strict=True))
         return figures[0], lines
 
