@@ -290,3 +290,45 @@ def test_a_rollback_runs_the_release_with_its_own_settings(make_app, app_repo):
     assert "processes.worker.count 2 -> 3" in changed[-1]["changes"]
     app.relman("rollback", check=True)
     assert len(running(app)) == 2
+
+
+@pytest.mark.parametrize("step", ["switched", "verified", "handed_over", "stopped_old"])
+def test_a_daemon_killed_during_a_deploy_leaves_the_live_releases_processes(make_app, app_repo,
+                                                                            step):
+    """kill -9 of the daemon right after a step of a deploy: the next daemon runs exactly the
+    live release's processes at their counts, and never two schedulers at once."""
+    app = make_worker_app(make_app, worker=worker(2), beat=worker(1))
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    app.kill9()
+    app.start(env={"RELMAN_TEST_CRASH_AT": step})
+    app.relman("deploy", "v2")
+    app.proc.wait(30)
+    app.start()
+    live = app.json("status")["current"]
+    assert {i["release"] for i in app.json("ps")["instances"]} == {live}
+    assert len(running(app, "worker")) == 2
+    assert len(running(app, "beat")) == 1
+    beats: dict[str, int] = {}  # a beat's start and stop events never overlap another's
+    for _t, event, process, _i, release, pid in events(app):
+        if process == "beat" and event == "started":
+            assert not beats, f"beat {pid} of {release} started while {beats} ran"
+            beats[release] = pid
+        elif process == "beat" and event in ("stopped", "signal SIGTERM"):
+            beats = {r: p for r, p in beats.items() if p != pid}
+
+
+def test_a_deploy_failing_after_the_handover_gives_the_old_processes_back(make_app, app_repo):
+    """A job that fails once the processes were handed over (here: the disk refuses the next
+    journal write) switches the web back and runs the old release's processes again."""
+    app = make_worker_app(make_app)
+    app.relman("deploy", "v1", check=True)
+    v1 = release_of(app, "v1")
+    app.kill9()
+    app.start(env={"RELMAN_TEST_FAIL_AT": "deploy:handed_over"})
+    release_version(app_repo, "v2")
+    result = app.relman("deploy", "v2")
+    assert result.returncode == 1, result.stdout
+    assert serving(app, "v1")
+    assert {i["release"] for i in running(app)} == {v1}
+    assert len(running(app)) == 2
