@@ -60,8 +60,9 @@ async def swap(app: App, manifest: Manifest, report: Report, *, reuse_warm: bool
         app.journal.step(app.journal.entry.step if app.journal.entry else Step.BEGUN,
                           release=manifest.id, previous=old.instance if old else "")
         if web:
-            candidate = await healthy_candidate(app, manifest, health, report,
-                                                reuse_warm=reuse_warm)
+            candidate, detail = await healthy_candidate(app, manifest, health, report,
+                                                        reuse_warm=reuse_warm)
+            app.jobs.step(Step.HEALTHY, report, detail, candidate=candidate.instance)
             await preview(app, candidate, health, report)
         unmarked = app.store.get(manifest.id)  # what an undone swap puts back
         async with app.processes.lock:  # no crash restart between switch and handover
@@ -107,7 +108,9 @@ async def switch_verified(app: App, candidate: ServerHandle | None, manifest: Ma
 
 
 async def healthy_candidate(app: App, manifest: Manifest, health: HealthConfig,
-                             report: Report, *, reuse_warm: bool) -> ServerHandle:
+                            report: Report, *, reuse_warm: bool) -> tuple[ServerHandle, str]:
+    """The warm server of *manifest*, or a new one that passed its health check; and what
+    its check said."""
     warm = app.warm.server(manifest.id) if reuse_warm else None
     if warm is not None and warm.alive:
         candidate, detail = warm, "warm instance"
@@ -115,9 +118,12 @@ async def healthy_candidate(app: App, manifest: Manifest, health: HealthConfig,
         report("start", f"{warm.instance} is still warm: switching without a restart")
     else:
         candidate, detail = await start_candidate(app, manifest, health, report)
-        app.record.submit(Started(candidate.instance, manifest.id), strict=True)
-    app.jobs.step(Step.HEALTHY, report, detail, candidate=candidate.instance)
-    return candidate
+        try:
+            app.record.submit(Started(candidate.instance, manifest.id), strict=True)
+        except BaseException:  # not the job's yet: nobody else would stop it
+            await app.stop_server(candidate)
+            raise
+    return candidate, detail
 
 async def abandon(app: App, candidate: ServerHandle | None, old: ServerHandle | None,
                    links: Links, before: RunState, report: Report) -> bool:
