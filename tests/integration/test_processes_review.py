@@ -1,0 +1,79 @@
+"""Review of issue 9: failure paths of restarts, stops and live checks with processes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from testing.git import release_version
+from testing.waiting import wait_until
+from tests.integration.test_processes import (
+    events,
+    left_in,
+    make_worker_app,
+    pids,
+    release_of,
+    running,
+    worker,
+)
+from tests.integration.test_supervision import root_of, serving
+
+
+def stored_command(app, release: str) -> list[str]:
+    data = json.loads(app.relman("releases", "--json", "--settings", release,
+                                 check=True).stdout)
+    return data["settings"]["processes"]["worker"]["command"]
+
+
+def break_worker_command(app) -> None:
+    """Today's config: a worker command that exits at once (python: no such file)."""
+    app.config.write_text(app.config.read_text().replace('"worker.py"', '"missing.py"'))
+
+
+def test_a_failed_restart_puts_the_old_workers_and_settings_back(make_app):
+    """`relman restart` with a config whose worker cannot start: it exits 1, and the live
+    release runs as before: its workers (stop-first: started again with the settings they
+    ran with) and the settings it carries."""
+    app = make_worker_app(make_app)
+    app.relman("deploy", "v1", check=True)
+    v1 = release_of(app, "v1")
+    break_worker_command(app)
+    result = app.relman("restart")
+    assert result.returncode == 1, result.stderr
+    assert serving(app, "v1")
+    wait_until(lambda: len(running(app)) == 2, timeout=15, what="the old workers again")
+    assert stored_command(app, v1)[1] == "worker.py"
+
+
+def test_a_failed_restart_of_one_type_puts_its_workers_back(make_app):
+    """`relman restart worker` with a config whose worker cannot start: the stop-first
+    workers it stopped run again, with the settings the release carried."""
+    app = make_worker_app(make_app)
+    app.relman("deploy", "v1", check=True)
+    v1 = release_of(app, "v1")
+    break_worker_command(app)
+    result = app.relman("restart", "worker")
+    assert result.returncode == 1, result.stderr
+    wait_until(lambda: len(running(app)) == 2, timeout=15, what="the old workers again")
+    assert stored_command(app, v1)[1] == "worker.py"
+
+
+def test_stop_leaves_nothing_even_with_a_crash_restart_pending(make_app, app_repo):
+    """A worker in crash-loop backoff when `relman stop` comes: its pending restart must
+    not start it again after the stop."""
+    app = make_worker_app(make_app, worker=worker(1, start_seconds=0.2))
+    release_version(app_repo, "v1b", extra={"WORKER_EXIT_AFTER": "0.4"})
+    app.relman("deploy", "v1b", check=True)
+
+    def backing_off() -> bool:
+        return any(e["event"] == "process_crashed" and e.get("delay", 0) >= 2
+                   for e in app.json("history"))
+
+    wait_until(backing_off, timeout=30, what="a restart 2 s or more away")
+    app.relman("stop", check=True)
+    stopped = time.time()
+    assert app.json("ps")["instances"] == []
+    time.sleep(3.5)  # the pending restart's delay, and its start
+    assert not [e for e in events(app) if e[0] > stopped and e[1] == "started"]
+    assert app.json("ps")["instances"] == []
+    assert left_in(root_of(app) / "releases") == []
