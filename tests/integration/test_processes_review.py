@@ -11,7 +11,6 @@ from tests.integration.test_processes import (
     events,
     left_in,
     make_worker_app,
-    pids,
     release_of,
     running,
     worker,
