@@ -124,9 +124,9 @@ class App:
                 self.store.mark(manifest, ReleaseState.FAILED, error=str(e) or "release phase")
                 raise
             self.jobs.step(Step.RELEASED, report, "release phase done")
-            manifest = self._settings_changed(manifest, self.live_manifest(), "deploy",
-                                              report)
-            await swap(self, manifest, report)
+            live = self.live_manifest()
+            manifest = self._settings_changed(manifest, live, "deploy", report)
+            await swap(self, manifest, report, previous=live)
         except BaseException as e:
             self.jobs.failed(e, report)
             raise
@@ -187,13 +187,22 @@ class App:
                              f"{self.config.path} (processes: "
                              f"{', '.join(['web', *self.config.processes])})")
         self.jobs.begin(JournalEntry(job="restart", release=manifest.id, who=who))
+        before = manifest  # the settings it runs with: a failed restart keeps them
         try:
             manifest = self._settings_changed(manifest, manifest, "restart", report)
             if name is None or name == "web":
-                await swap(self, manifest, report, reuse_warm=False, processes=name is None)
+                await swap(self, manifest, report, reuse_warm=False, processes=name is None,
+                           previous=before)
             else:
                 async with self.processes.lock:
-                    change = await self.processes.hand_over(manifest, only=name, rolling=True)
+                    try:
+                        change = await self.processes.hand_over(manifest, only=name,
+                                                                rolling=True)
+                    except BaseException:
+                        self.store.save(replace(self.store.get(manifest.id),
+                                                settings=before.settings))
+                        await self.processes.restore(before)
+                        raise
                 self.jobs.step(Step.HANDED_OVER, report, f"{len(change.started)} {name} "
                                "instance(s) restarted")
         except BaseException as e:

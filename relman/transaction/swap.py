@@ -4,6 +4,7 @@ step fails, put everything back as it was (abandon)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from relman.atomic import read_link, replace_symlink
@@ -41,15 +42,17 @@ async def start_candidate(app: App, manifest: Manifest, health: HealthConfig,
     return handle, f"{spec.instance} answers {health.path}: {probe.detail}"
 
 async def swap(app: App, manifest: Manifest, report: Report, *, reuse_warm: bool = True,
-                auto: bool = False, processes: bool = True) -> None:
+                auto: bool = False, processes: bool = True,
+                previous: Manifest | None = None) -> None:
     """DESIGN section 5, steps 1 to 7, with the processes handed over between the
     verified switch and the old server's retirement. The job owns its candidate until
     the old server is retired: any failure before that (a process that does not stay
     up, a full disk, a bug) stops the candidate and puts the links and the processes
-    back, so the old release serves as before (see abandon)."""
+    back, so the old release serves as before (see abandon). *previous*: the live
+    release's manifest as it ran, when the job recorded new settings in it already."""
     old = app.live
     links, before = Links.read(app.root), app.record.state
-    previous = app.live_manifest()
+    previous = previous or app.live_manifest()
     settings = app.store.settings(manifest)
     health = app.health(settings)
     web = settings.server.kind != "none"
@@ -64,6 +67,8 @@ async def swap(app: App, manifest: Manifest, report: Report, *, reuse_warm: bool
                                                 reuse_warm=reuse_warm)
             await preview(app, candidate, health, report)
         unmarked = app.store.get(manifest.id)  # what an undone swap puts back
+        if previous is not None and previous.id == manifest.id:  # a restart, a redeploy
+            unmarked = replace(unmarked, settings=previous.settings)  # as it ran
         async with app.processes.lock:  # no crash restart between switch and handover
             await switch_verified(app, candidate, manifest, health, report, auto=auto)
             if processes:
