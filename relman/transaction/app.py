@@ -56,6 +56,9 @@ class App:
         self.processes = Processes(self.store, self.supervisor, self.record)
         self.on_live_crash: Callable[[ServerHandle], Awaitable[None]] | None = None
         self.on_process_crash: Callable[[ServerHandle], Awaitable[None]] | None = None
+        # `relman stop` ran, and no start, switch or restart since: a crash restart that
+        # was pending then starts nothing.
+        self.stopped = False
 
     def reload(self, config: Config) -> None:
         """Run with *config* from now on (SIGHUP, a changed file)."""
@@ -223,6 +226,7 @@ class App:
         state = self.record.submit(SwitchedTo(handle.instance if handle else "",
                                               self.config.swap.verify_window, settled=settled,
                                               release=release), strict=True)
+        self.stopped = False
         self.derive_links(state)
         if handle is not None and handle.state is not ServerState.LIVE:
             handle.advance(ServerState.LIVE)
@@ -264,6 +268,7 @@ class App:
         a crash or a restart). The web server, or None without one."""
         manifest = self.store.live_manifest()
         settings = self.store.settings(manifest)
+        self.stopped = False
         handle = self.live if self.live is not None and self.live.alive else None
         if handle is None and settings.server.kind != "none":
             handle = await self._start_web(manifest, settings, report)
@@ -320,6 +325,7 @@ class App:
     async def stop(self, who: str) -> None:
         """Stop the web server and every process: the app is down until `relman start`."""
         self.warm.cancel()
+        self.stopped = True
         async with self.processes.lock:
             await self.processes.stop(self.processes.running())
         for handle in list(self.supervisor.handles.values()):

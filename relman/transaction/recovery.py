@@ -313,6 +313,8 @@ class CrashRecovery:
         app = self.app
         if app.live is not None and app.live.alive:
             return {"release": app.live.release}
+        if app.stopped:  # `relman stop` came after the crash: it stays down
+            return {}
         release = app.store.live_id()
         if release is None:
             return {}
@@ -365,7 +367,8 @@ class CrashRecovery:
         is still empty (a handover, a scale or a stop may have come first)."""
         app = self.app
         async with app.processes.lock:
-            if app.store.live_id() != release or app.record.state.linked != release:
+            if app.store.live_id() != release or app.record.state.linked != release \
+                    or app.stopped:
                 return
             change = await app.processes.converge(app.store.get(release),
                                                   slots=[(name, index)])
