@@ -76,3 +76,24 @@ def test_stop_leaves_nothing_even_with_a_crash_restart_pending(make_app, app_rep
     assert not [e for e in events(app) if e[0] > stopped and e[1] == "started"]
     assert app.json("ps")["instances"] == []
     assert left_in(root_of(app) / "releases") == []
+
+
+def test_live_checks_after_a_rollback_use_the_target_s_own_health_settings(make_app,
+                                                                          app_repo):
+    """v1 ran with health.path "/" (its /health fails); today's config checks /health. A
+    rollback to v1 runs it with its own settings: its switch is verified with "/", and the
+    live checks of its verify window must use "/" too, not roll it back by themselves."""
+    app = make_app(health={"path": "/", "timeout": 30},
+                   swap={"verify_window": 60, "live_check_interval": 0.2})
+    (app_repo / "UNHEALTHY").write_text("")
+    release_version(app_repo, "v1b")
+    app.relman("deploy", "v1b", check=True)
+    app.config.write_text(app.config.read_text().replace('path = "/"', 'path = "/health"'))
+    (app_repo / "UNHEALTHY").unlink()
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    app.relman("rollback", check=True)
+    assert serving(app, "v1b")
+    time.sleep(3)  # 15 live check intervals
+    assert not [e for e in app.json("history") if e["event"] == "auto_rollback"]
+    assert serving(app, "v1b")
