@@ -12,7 +12,7 @@ import structlog
 
 from relman.atomic import replace_symlink
 from relman.config import Config, HealthConfig
-from relman.errors import NoRollbackTarget, Unhealthy, UsageError, writing
+from relman.errors import NoRollbackTarget, RelmanError, Unhealthy, UsageError, writing
 from relman.journal import Journal, JournalEntry, Step
 from relman.releases import Manifest, ReleaseState, ReleaseStore
 from relman.settings import Settings, settings_diff
@@ -85,6 +85,13 @@ class App:
         release's)."""
         return replace(settings.health, nginx_url=self.config.health.nginx_url,
                        nginx_host=self.config.health.nginx_host)
+
+    def release_health(self, release: str) -> HealthConfig:
+        """The [health] *release* runs with (its settings'; today's if unreadable)."""
+        try:
+            return self.health(self.store.settings(self.store.get(release)))
+        except RelmanError:
+            return self.config.health
 
     def server_spec(self, manifest: Manifest) -> ServerSpec:
         """The spec of a new instance of *manifest*'s server, with the settings it carries."""
