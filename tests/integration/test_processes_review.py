@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
+import pytest
+
+from testing.daemon import RELMAN
 from testing.git import release_version
 from testing.waiting import wait_until
 from tests.integration.test_processes import (
     events,
     left_in,
     make_worker_app,
+    pids,
     release_of,
     running,
     worker,
@@ -97,3 +102,59 @@ def test_live_checks_after_a_rollback_use_the_target_s_own_health_settings(make_
     time.sleep(3)  # 15 live check intervals
     assert not [e for e in app.json("history") if e["event"] == "auto_rollback"]
     assert serving(app, "v1b")
+
+
+def never_two(seen, name: str = "beat") -> bool:
+    """No two instances of *name* ran at once (from their started/stopped events)."""
+    running_now: set[int] = set()
+    for _t, what, process, _i, _r, pid in seen:
+        if process != name:
+            continue
+        if what == "started":
+            running_now.add(pid)
+            if len(running_now) > 1:
+                return False
+        elif what in ("stopped", "crashing", "failing"):
+            running_now.discard(pid)
+    return True
+
+
+@pytest.mark.parametrize("step", ["healthy", "switched", "verified", "handed_over",
+                                  "mid-stop"])
+def test_daemon_killed_mid_handover_converges_to_the_live_release(make_app, app_repo,
+                                                                  step):
+    """kill -9 of the daemon around the handover: the next daemon runs the processes of
+    the release that serves (app.sock), at their counts, and never two beats at once."""
+    app = make_worker_app(make_app, beat=worker(1), worker=worker(2, handover="overlap"))
+    (app_repo / "WORKER_STOP_DELAY").write_text("1")
+    release_version(app_repo, "v1b")
+    app.relman("deploy", "v1b", check=True)
+    release_version(app_repo, "v2")
+    before = pids(app) | pids(app, "beat")
+    app.kill9()
+    if step == "mid-stop":
+        app.start()
+        client = subprocess.Popen([*RELMAN, "--config", str(app.config), "deploy", "v2"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: any(e[1].startswith("signal") and e[2] == "beat"
+                               for e in events(app)), timeout=60, what="the old beat stopping")
+        app.kill9()
+        client.wait(30)
+    else:
+        app.start(env={"RELMAN_TEST_CRASH_AT": step})
+        app.relman("deploy", "v2")
+        assert app.proc is not None
+        app.proc.wait(30)
+    app.start()
+    version = "v1b" if step == "healthy" else "v2"  # past its switch, app.sock leads to v2
+    live = release_of(app, version)
+    assert serving(app, version)
+    wait_until(lambda: {(i["process"], i["release"]) for i in app.json("ps")["instances"]
+                        if i["process"] != "web"} == {("beat", live), ("worker", live)}
+               and len(running(app)) == 2 and len(running(app, "beat")) == 1, timeout=30,
+               what="the live release's processes only")
+    time.sleep(1.5)
+    assert never_two(events(app))
+    if step == "healthy":  # never touched
+        assert pids(app) | pids(app, "beat") == before
+    assert app.json("status")["job"] is None
