@@ -158,3 +158,22 @@ def test_daemon_killed_mid_handover_converges_to_the_live_release(make_app, app_
     if step == "healthy":  # never touched
         assert pids(app) | pids(app, "beat") == before
     assert app.json("status")["job"] is None
+
+
+def test_a_failed_redeploy_of_a_rollback_target_keeps_its_settings(make_app, app_repo):
+    """Deploying v1 again (reused as built) with a config whose worker cannot start fails,
+    and must leave v1 as the rollback target it was: with the settings it ran with, so a
+    rollback to it still works."""
+    app = make_worker_app(make_app)
+    app.relman("deploy", "v1", check=True)
+    v1 = release_of(app, "v1")
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    break_worker_command(app)
+    result = app.relman("deploy", "v1")
+    assert result.returncode == 1, result.stderr
+    assert serving(app, "v2")
+    assert stored_command(app, v1)[1] == "worker.py"
+    app.relman("rollback", check=True)
+    assert serving(app, "v1")
+    assert len(running(app)) == 2
