@@ -177,3 +177,18 @@ def test_a_failed_redeploy_of_a_rollback_target_keeps_its_settings(make_app, app
     app.relman("rollback", check=True)
     assert serving(app, "v1")
     assert len(running(app)) == 2
+
+
+def test_a_redeploy_whose_server_fails_its_health_check_keeps_the_settings(make_app,
+                                                                          app_repo):
+    """The same with a config whose web server cannot start (fails before the switch)."""
+    app = make_worker_app(make_app)
+    app.relman("deploy", "v1", check=True)
+    v1 = release_of(app, "v1")
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    app.config.write_text(app.config.read_text().replace('"app:server"', '"nosuch:server"'))
+    result = app.relman("deploy", "v1")
+    assert result.returncode == 1, result.stderr
+    data = json.loads(app.relman("releases", "--json", "--settings", v1, check=True).stdout)
+    assert data["settings"]["server"]["app"] == "app:server"
