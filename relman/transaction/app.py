@@ -134,9 +134,9 @@ class App:
                 self.store.mark(manifest, ReleaseState.FAILED, error=str(e) or "release phase")
                 raise
             self.jobs.step(Step.RELEASED, report, "release phase done")
-            live = self.live_manifest()
+            live, unrecorded = self.live_manifest(), manifest
             manifest = self._settings_changed(manifest, live, "deploy", report)
-            await swap(self, manifest, report, previous=live)
+            await swap(self, manifest, report, previous=live, unrecorded=unrecorded)
         except BaseException as e:
             self.jobs.failed(e, report)
             raise
@@ -202,7 +202,7 @@ class App:
             manifest = self._settings_changed(manifest, manifest, "restart", report)
             if name is None or name == "web":
                 await swap(self, manifest, report, reuse_warm=False, processes=name is None,
-                           previous=before)
+                           previous=before, unrecorded=before)
             else:
                 async with self.processes.lock:
                     try:
