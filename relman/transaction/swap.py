@@ -125,8 +125,14 @@ async def healthy_candidate(app: App, manifest: Manifest, health: HealthConfig,
         report("start", f"{warm.instance} is still warm: switching without a restart")
     else:
         candidate, detail = await start_candidate(app, manifest, health, report)
-        app.record.submit(Started(candidate.instance, manifest.id), strict=True)
-    app.jobs.step(Step.HEALTHY, report, detail, candidate=candidate.instance)
+    try:
+        if candidate is not warm:
+            app.record.submit(Started(candidate.instance, manifest.id), strict=True)
+        app.jobs.step(Step.HEALTHY, report, detail, candidate=candidate.instance)
+    except BaseException:
+        # swap() never got it: it is nobody's (the warm one too, its timer cancelled).
+        await app.stop_server(candidate)
+        raise
     return candidate
 
 async def abandon(app: App, candidate: ServerHandle | None, old: ServerHandle | None,
