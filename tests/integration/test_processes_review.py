@@ -192,3 +192,36 @@ def test_a_redeploy_whose_server_fails_its_health_check_keeps_the_settings(make_
     assert result.returncode == 1, result.stderr
     data = json.loads(app.relman("releases", "--json", "--settings", v1, check=True).stdout)
     assert data["settings"]["server"]["app"] == "app:server"
+
+
+def test_a_release_whose_worker_command_cannot_be_run_is_failed(make_app, app_repo):
+    """A new release's worker whose program does not exist (exec fails at once) rolls the
+    release back like one that exits: the release is marked failed, the old workers run."""
+    app = make_worker_app(make_app)
+    app.relman("deploy", "v1", check=True)
+    app.config.write_text(app.config.read_text().replace('"python", "worker.py"',
+                                                         '"no-such-program", "worker.py"'))
+    release_version(app_repo, "v2")
+    result = app.relman("deploy", "v2")
+    assert result.returncode == 1, result.stderr
+    assert serving(app, "v1")
+    wait_until(lambda: len(running(app)) == 2, timeout=15, what="the old workers again")
+    assert {r["ref"]: r["state"] for r in app.json("releases")}["v2"] == "failed"
+
+
+def test_restart_of_one_type_records_only_what_it_applies(make_app):
+    """`relman restart worker` applies today's [processes.worker] only: a [server] change
+    in the file is neither recorded as the release's settings nor in the history (the web
+    server still runs as before, and a crash restart of it must not pick it up)."""
+    app = make_worker_app(make_app)
+    app.relman("deploy", "v1", check=True)
+    v1 = release_of(app, "v1")
+    text = app.config.read_text().replace("workers = 1", "workers = 2")
+    app.config.write_text(text.replace('"count": 2', '"count": 3').replace("count = 2",
+                                                                           "count = 3"))
+    app.relman("restart", "worker", check=True)
+    assert len(running(app)) == 3
+    changed = [e for e in app.json("history") if e["event"] == "settings_changed"]
+    assert changed[-1]["changes"] == ["processes.worker.count 2 -> 3"]
+    data = json.loads(app.relman("releases", "--json", "--settings", v1, check=True).stdout)
+    assert data["settings"]["server"]["workers"] == 1
