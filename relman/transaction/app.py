@@ -100,10 +100,20 @@ class App:
                            self.supervisor.next_instance(manifest.id))
 
     def _settings_changed(self, manifest: Manifest, before: Manifest | None, job: str,
-                          report: Report) -> Manifest:
+                          report: Report, only: str | None = None) -> Manifest:
         """Record today's config as *manifest*'s settings; changes from *before*'s go to
-        the history ("server.workers 2 -> 4")."""
-        manifest, _ = self.store.record_settings(manifest, self.config)
+        the history ("server.workers 2 -> 4"). With *only* (a restart of "web" or of one
+        process type), only what that restart applies: the rest stays as it ran."""
+        config = self.config
+        if only is not None:
+            ran = self.store.settings(manifest)
+            if only == "web":
+                config = replace(config, processes=ran.processes)
+            else:
+                config = replace(config, server=ran.server, health=ran.health,
+                                 processes={**ran.processes,
+                                            only: config.processes[only]})
+        manifest, _ = self.store.record_settings(manifest, config)
         if before is not None and before.settings:
             changes = settings_diff(before.settings, manifest.settings)
             if changes:
@@ -199,7 +209,7 @@ class App:
         self.jobs.begin(JournalEntry(job="restart", release=manifest.id, who=who))
         before = manifest  # the settings it runs with: a failed restart keeps them
         try:
-            manifest = self._settings_changed(manifest, manifest, "restart", report)
+            manifest = self._settings_changed(manifest, manifest, "restart", report, name)
             if name is None or name == "web":
                 await swap(self, manifest, report, reuse_warm=False, processes=name is None,
                            previous=before, unrecorded=before)
