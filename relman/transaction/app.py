@@ -12,7 +12,7 @@ import structlog
 
 from relman.atomic import replace_symlink
 from relman.config import Config, HealthConfig
-from relman.errors import NoRollbackTarget, Unhealthy, UsageError, writing
+from relman.errors import NoRollbackTarget, RelmanError, Unhealthy, UsageError, writing
 from relman.journal import Journal, JournalEntry, Step
 from relman.releases import Manifest, ReleaseState, ReleaseStore
 from relman.settings import Settings, settings_diff
@@ -56,6 +56,9 @@ class App:
         self.processes = Processes(self.store, self.supervisor, self.record)
         self.on_live_crash: Callable[[ServerHandle], Awaitable[None]] | None = None
         self.on_process_crash: Callable[[ServerHandle], Awaitable[None]] | None = None
+        # `relman stop` ran, and no start, switch or restart since: a crash restart that
+        # was pending then starts nothing.
+        self.stopped = False
 
     def reload(self, config: Config) -> None:
         """Run with *config* from now on (SIGHUP, a changed file)."""
@@ -83,6 +86,13 @@ class App:
         return replace(settings.health, nginx_url=self.config.health.nginx_url,
                        nginx_host=self.config.health.nginx_host)
 
+    def release_health(self, release: str) -> HealthConfig:
+        """The [health] *release* runs with (its settings'; today's if unreadable)."""
+        try:
+            return self.health(self.store.settings(self.store.get(release)))
+        except RelmanError:
+            return self.config.health
+
     def server_spec(self, manifest: Manifest) -> ServerSpec:
         """The spec of a new instance of *manifest*'s server, with the settings it carries."""
         return server_spec(self.store.settings(manifest).server, self.config.swap.stop_timeout,
@@ -90,10 +100,20 @@ class App:
                            self.supervisor.next_instance(manifest.id))
 
     def _settings_changed(self, manifest: Manifest, before: Manifest | None, job: str,
-                          report: Report) -> Manifest:
+                          report: Report, only: str | None = None) -> Manifest:
         """Record today's config as *manifest*'s settings; changes from *before*'s go to
-        the history ("server.workers 2 -> 4")."""
-        manifest, _ = self.store.record_settings(manifest, self.config)
+        the history ("server.workers 2 -> 4"). With *only* (a restart of "web" or of one
+        process type), only what that restart applies: the rest stays as it ran."""
+        config = self.config
+        if only is not None:
+            ran = self.store.settings(manifest)
+            if only == "web":
+                config = replace(config, processes=ran.processes)
+            else:
+                config = replace(config, server=ran.server, health=ran.health,
+                                 processes={**ran.processes,
+                                            only: config.processes[only]})
+        manifest, _ = self.store.record_settings(manifest, config)
         if before is not None and before.settings:
             changes = settings_diff(before.settings, manifest.settings)
             if changes:
@@ -124,9 +144,9 @@ class App:
                 self.store.mark(manifest, ReleaseState.FAILED, error=str(e) or "release phase")
                 raise
             self.jobs.step(Step.RELEASED, report, "release phase done")
-            manifest = self._settings_changed(manifest, self.live_manifest(), "deploy",
-                                              report)
-            await swap(self, manifest, report)
+            live, unrecorded = self.live_manifest(), manifest
+            manifest = self._settings_changed(manifest, live, "deploy", report)
+            await swap(self, manifest, report, previous=live, unrecorded=unrecorded)
         except BaseException as e:
             self.jobs.failed(e, report)
             raise
@@ -187,13 +207,22 @@ class App:
                              f"{self.config.path} (processes: "
                              f"{', '.join(['web', *self.config.processes])})")
         self.jobs.begin(JournalEntry(job="restart", release=manifest.id, who=who))
+        before = manifest  # the settings it runs with: a failed restart keeps them
         try:
-            manifest = self._settings_changed(manifest, manifest, "restart", report)
+            manifest = self._settings_changed(manifest, manifest, "restart", report, name)
             if name is None or name == "web":
-                await swap(self, manifest, report, reuse_warm=False, processes=name is None)
+                await swap(self, manifest, report, reuse_warm=False, processes=name is None,
+                           previous=before, unrecorded=before)
             else:
                 async with self.processes.lock:
-                    change = await self.processes.hand_over(manifest, only=name, rolling=True)
+                    try:
+                        change = await self.processes.hand_over(manifest, only=name,
+                                                                rolling=True)
+                    except BaseException:
+                        self.store.save(replace(self.store.get(manifest.id),
+                                                settings=before.settings))
+                        await self.processes.restore(before)
+                        raise
                 self.jobs.step(Step.HANDED_OVER, report, f"{len(change.started)} {name} "
                                "instance(s) restarted")
         except BaseException as e:
@@ -214,6 +243,7 @@ class App:
         state = self.record.submit(SwitchedTo(handle.instance if handle else "",
                                               self.config.swap.verify_window, settled=settled,
                                               release=release), strict=True)
+        self.stopped = False
         self.derive_links(state)
         if handle is not None and handle.state is not ServerState.LIVE:
             handle.advance(ServerState.LIVE)
@@ -255,6 +285,7 @@ class App:
         a crash or a restart). The web server, or None without one."""
         manifest = self.store.live_manifest()
         settings = self.store.settings(manifest)
+        self.stopped = False
         handle = self.live if self.live is not None and self.live.alive else None
         if handle is None and settings.server.kind != "none":
             handle = await self._start_web(manifest, settings, report)
@@ -311,6 +342,7 @@ class App:
     async def stop(self, who: str) -> None:
         """Stop the web server and every process: the app is down until `relman start`."""
         self.warm.cancel()
+        self.stopped = True
         async with self.processes.lock:
             await self.processes.stop(self.processes.running())
         for handle in list(self.supervisor.handles.values()):

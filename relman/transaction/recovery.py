@@ -228,9 +228,11 @@ class CrashRecovery:
         if switch != self.watched_switch:
             self.watched_switch, self.live_failures = switch, 0
         # Through run/app.sock, not nginx: whether the release works, not whether nginx does.
+        # With the [health] the release runs with (a rollback target's own).
+        health = app.release_health(live.release)
         probe = await probe_socket(app.root.app_sock, protocol=live.protocol,
-                                   path=app.config.health.path, timeout=10)
-        if in_range(probe.status, app.config.health.expect) or app.live is not live:
+                                   path=health.path, timeout=10)
+        if in_range(probe.status, health.expect) or app.live is not live:
             self.live_failures = 0
             return
         self.live_failures += 1
@@ -241,7 +243,7 @@ class CrashRecovery:
             return
         self.live_failures = 0
         reason = (f"{live.release} failed its live check {LIVE_CHECK_FAILURES} times in a row "
-                  f"after its switch ({app.config.health.path}: {detail})")
+                  f"after its switch ({health.path}: {detail})")
         if app.store.rollback_target() is None:
             app.store.record("live_check_failing", release=live.release, reason=reason)
             return
@@ -313,6 +315,8 @@ class CrashRecovery:
         app = self.app
         if app.live is not None and app.live.alive:
             return {"release": app.live.release}
+        if app.stopped:  # `relman stop` came after the crash: it stays down
+            return {}
         release = app.store.live_id()
         if release is None:
             return {}
@@ -365,7 +369,8 @@ class CrashRecovery:
         is still empty (a handover, a scale or a stop may have come first)."""
         app = self.app
         async with app.processes.lock:
-            if app.store.live_id() != release or app.record.state.linked != release:
+            if app.store.live_id() != release or app.record.state.linked != release \
+                    or app.stopped:
                 return
             change = await app.processes.converge(app.store.get(release),
                                                   slots=[(name, index)])

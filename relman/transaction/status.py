@@ -75,10 +75,11 @@ class Observer:
         health = None
         live = app.live
         if live is not None and live.alive:
+            checks = app.release_health(live.release)  # the [health] it runs with
             probe = await probe_socket(live.listener, protocol=live.protocol,
-                                       path=app.config.health.path, timeout=5)
+                                       path=checks.path, timeout=5)
             health = results.Health(status=probe.status, detail=probe.detail,
-                                    healthy=in_range(probe.status, app.config.health.expect))
+                                    healthy=in_range(probe.status, checks.expect))
         entry = app.journal.entry
         target = app.store.rollback_target()
         own = own or results.Figures(workers=0, rss=0, cpu_percent=0.0,

@@ -4,6 +4,7 @@ step fails, put everything back as it was (abandon)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from relman.atomic import read_link, replace_symlink
@@ -41,15 +42,20 @@ async def start_candidate(app: App, manifest: Manifest, health: HealthConfig,
     return handle, f"{spec.instance} answers {health.path}: {probe.detail}"
 
 async def swap(app: App, manifest: Manifest, report: Report, *, reuse_warm: bool = True,
-                auto: bool = False, processes: bool = True) -> None:
+                auto: bool = False, processes: bool = True,
+                previous: Manifest | None = None, unrecorded: Manifest | None = None
+                ) -> None:
     """DESIGN section 5, steps 1 to 7, with the processes handed over between the
     verified switch and the old server's retirement. The job owns its candidate until
     the old server is retired: any failure before that (a process that does not stay
     up, a full disk, a bug) stops the candidate and puts the links and the processes
-    back, so the old release serves as before (see abandon)."""
+    back, so the old release serves as before (see abandon). *previous*: the live
+    release's manifest as it ran, when the job recorded new settings in it already;
+    *unrecorded*: *manifest* before the job recorded today's settings in it (an undone
+    swap puts back the settings a known release ran with)."""
     old = app.live
     links, before = Links.read(app.root), app.record.state
-    previous = app.live_manifest()
+    previous = previous or app.live_manifest()
     settings = app.store.settings(manifest)
     health = app.health(settings)
     web = settings.server.kind != "none"
@@ -85,6 +91,10 @@ async def swap(app: App, manifest: Manifest, report: Report, *, reuse_warm: bool
             # that cannot, in a rollback, is not: the cause is elsewhere).
             if isinstance(e, ProcessFailed) and not unmarked.known_good:
                 app.store.mark(unmarked, ReleaseState.FAILED, error=e.message)
+        if went_back and unrecorded is not None and unrecorded.settings:
+            # A release that ran before (a restart, a redeploy) keeps the settings it ran
+            # with: those of a failed attempt would be a rollback's, or a crash restart's.
+            app.store.save(replace(app.store.get(manifest.id), settings=unrecorded.settings))
         if went_back and handed_over:
             async with app.processes.lock:
                 await app.processes.restore(previous)
