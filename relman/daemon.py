@@ -22,7 +22,6 @@ from relman.config import Config, load_config
 from relman.control import KEEPALIVE, ControlServer, Send
 from relman.errors import LockHeld, RelmanError, StateWriteFailed, UsageError, writing
 from relman.lock import Busy, FileLock
-from relman.releases.prune import prune
 from relman.transaction import App, CrashRecovery, Observer, Report, reconcile
 from relman.transaction.repair import set_aside_current
 
@@ -355,17 +354,7 @@ class Daemon:
         return results.StopResult(stopped=True)
 
     async def _prune(self) -> results.PruneResult:
-        store = self.app.store
-        target = store.rollback_target()
-        running = frozenset(h.release for h in self.app.supervisor.handles.values() if h.alive)
-        running |= {i.release for i in self.app.record.state.instances}
-        # In a thread: removing a large tree or venv must not stall the control socket.
-        result = await asyncio.to_thread(
-            prune, self.root, store.manifests(), keep=self.config.app.keep_releases,
-            live=store.live_id(), target=target.id if target else None, running=running)
-        if result.releases or result.venvs:
-            store.record("pruned", releases=list(result.releases), venvs=list(result.venvs))
-        return result
+        return await self.app.prune()
 
     async def _ping(self) -> results.Pong:
         return results.Pong(pid=os.getpid(), version=__version__)

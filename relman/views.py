@@ -32,6 +32,22 @@ def time_ago(ts: float, now: float | None = None) -> str:
     return f"{delta}s"
 
 
+def history_detail(entry: dict[str, Any]) -> str:
+    """What a history line says beyond its event, release and who: the error, the settings
+    changed, the counts scaled, the process concerned."""
+    parts = [str(entry.get("error") or "")]
+    if entry.get("process") and entry.get("event") != "restarted":
+        parts.append(f"{entry['process']} {entry.get('index', '')}".rstrip())
+    if isinstance(entry.get("changes"), list):
+        parts.append("; ".join(map(str, entry["changes"])))
+    if isinstance(entry.get("counts"), dict):
+        parts.append(" ".join(f"{k}={v}" for k, v in entry["counts"].items())
+                     + (" (reset)" if entry.get("reset") else ""))
+    elif entry.get("reset"):
+        parts.append("--reset")
+    return " ".join(p for p in parts if p)
+
+
 def release_rows(root: AppRoot) -> list[dict[str, Any]]:
     """Every manifest, oldest first, marked live and rollback target: `relman releases`."""
     manifests = registry.load_all(root)

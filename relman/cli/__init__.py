@@ -168,14 +168,14 @@ def history(ctx: Context, release: str | None, event: str | None, since: float |
             limit: int) -> None:
     """The audit log: what happened, when, by whom."""
     from relman.releases import history as audit
-    from relman.views import time_ago
+    from relman.views import history_detail, time_ago
 
     since_ts = time.time() - since * 3600 if since else None
     entries = list(audit.read(ctx.root_only.history, event=event, release=release, since=since_ts))
     entries = entries[-limit:]
     ctx.emit(entries, lambda: "\n".join(
         f"{time_ago(e['time']):>8}  {e['event']:<16} {e.get('release') or e.get('ref') or '':<26}"
-        f" {e.get('who') or ''} {e.get('error') or ''}".rstrip() for e in entries))
+        f" {e.get('who') or ''} {history_detail(e)}".rstrip() for e in entries))
 
 
 @cli.command()

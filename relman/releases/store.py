@@ -268,11 +268,13 @@ class ReleaseStore:
                 log.warning("settings.unreadable", release=manifest.id, error=str(e))
         return settings_of(self.config)
 
-    def record_settings(self, manifest: Manifest, config: Config | None = None
-                        ) -> tuple[Manifest, list[str]]:
-        """Record *config*'s (default: the store's) settings in *manifest*, saved; the new
-        manifest and what changed from the settings it had (nothing for a first record)."""
-        new = settings_to_json(settings_of(config or self.config), self.settings_key())
+    def record_settings(self, manifest: Manifest, config: Config | None = None, *,
+                        settings: Settings | None = None) -> tuple[Manifest, list[str]]:
+        """Record *settings* (default: *config*'s, or the store's) in *manifest*, saved; the
+        new manifest and what changed from the settings it had (nothing for a first
+        record)."""
+        new = settings_to_json(settings or settings_of(config or self.config),
+                               self.settings_key())
         current = self._load(manifest.id) or manifest
         if current.settings == new:
             return current, []

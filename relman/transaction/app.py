@@ -3,6 +3,7 @@ the supervisor."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -12,10 +13,13 @@ import structlog
 
 from relman.atomic import replace_symlink
 from relman.config import Config, HealthConfig
+from relman.config_values import FrozenMap
 from relman.errors import NoRollbackTarget, RelmanError, Unhealthy, UsageError, writing
 from relman.journal import Journal, JournalEntry, Step
 from relman.releases import Manifest, ReleaseState, ReleaseStore
-from relman.settings import Settings, settings_diff
+from relman.releases.prune import prune
+from relman.results import PruneResult
+from relman.settings import Settings, settings_diff, settings_of
 from relman.supervisor import ServerHandle, ServerSpec, ServerState, Supervisor, Tracker
 from relman.transaction.jobs import JOB_ENV, JobLog, Report
 from relman.transaction.links import Links
@@ -100,24 +104,23 @@ class App:
                            self.supervisor.next_instance(manifest.id))
 
     def _settings_changed(self, manifest: Manifest, before: Manifest | None, job: str,
-                          report: Report, only: str | None = None) -> Manifest:
-        """Record today's config as *manifest*'s settings; changes from *before*'s go to
-        the history ("server.workers 2 -> 4"). With *only* (a restart of "web" or of one
-        process type), only what that restart applies: the rest stays as it ran."""
-        config = self.config
+                          who: str, report: Report, only: str | None = None) -> Manifest:
+        """Record today's config as *manifest*'s settings (with *only*, just what it
+        restarts: "web" is [server] and [health], a process name its table); changes from
+        *before*'s go to the history ("server.workers 2 -> 4")."""
+        fresh = settings_of(self.config)
         if only is not None:
-            ran = self.store.settings(manifest)
+            kept = self.store.settings(manifest)
             if only == "web":
-                config = replace(config, processes=ran.processes)
+                fresh = replace(kept, server=fresh.server, health=fresh.health)
             else:
-                config = replace(config, server=ran.server, health=ran.health,
-                                 processes={**ran.processes,
-                                            only: config.processes[only]})
-        manifest, _ = self.store.record_settings(manifest, config)
+                processes = {**kept.processes, only: fresh.processes[only]}
+                fresh = replace(kept, processes=FrozenMap(processes))
+        manifest, _ = self.store.record_settings(manifest, settings=fresh)
         if before is not None and before.settings:
             changes = settings_diff(before.settings, manifest.settings)
             if changes:
-                self.store.record("settings_changed", release=manifest.id, job=job,
+                self.store.record("settings_changed", release=manifest.id, job=job, who=who,
                                   previous=before.id, changes=changes)
                 report("settings", "; ".join(changes))
         return manifest
@@ -145,7 +148,7 @@ class App:
                 raise
             self.jobs.step(Step.RELEASED, report, "release phase done")
             live, unrecorded = self.live_manifest(), manifest
-            manifest = self._settings_changed(manifest, live, "deploy", report)
+            manifest = self._settings_changed(manifest, live, "deploy", who, report)
             await swap(self, manifest, report, previous=live, unrecorded=unrecorded)
         except BaseException as e:
             self.jobs.failed(e, report)
@@ -202,6 +205,9 @@ class App:
         (no failed request) and handover: of everything, the web server (*name* "web") or
         one process type (rolling, one instance at a time, for an overlap type)."""
         manifest = self.store.live_manifest()  # rebuilt if it was lost: NotRunning if not
+        if name == "web" and self.store.settings(manifest).server.kind == "none":
+            raise UsageError("relman restart web: this app has no web server "
+                             '([server] kind = "none")')
         if name not in (None, "web") and name not in self.config.processes:
             raise UsageError(f"relman restart {name}: no process named {name!r} in "
                              f"{self.config.path} (processes: "
@@ -209,7 +215,8 @@ class App:
         self.jobs.begin(JournalEntry(job="restart", release=manifest.id, who=who))
         before = manifest  # the settings it runs with: a failed restart keeps them
         try:
-            manifest = self._settings_changed(manifest, manifest, "restart", report, name)
+            manifest = self._settings_changed(manifest, manifest, "restart", who, report,
+                                              only=name)
             if name is None or name == "web":
                 await swap(self, manifest, report, reuse_warm=False, processes=name is None,
                            previous=before, unrecorded=before)
@@ -338,6 +345,21 @@ class App:
         report("scale", f"{len(change.started)} started, {len(change.stopped)} stopped")
         self.store.record("scaled", release=manifest.id, who=who, counts=counts, reset=reset)
         return change
+
+    async def prune(self) -> PruneResult:
+        """Remove releases and venvs beyond keep_releases: never the live release, the
+        rollback target, or a release that runs or is recorded as running."""
+        store = self.store
+        target = store.rollback_target()
+        running = frozenset({h.release for h in self.supervisor.handles.values() if h.alive}
+                            | {i.release for i in self.record.state.instances})
+        # In a thread: removing a large tree or venv must not stall the control socket.
+        result = await asyncio.to_thread(
+            prune, self.root, store.manifests(), keep=self.config.app.keep_releases,
+            live=store.live_id(), target=target.id if target else None, running=running)
+        if result.releases or result.venvs:
+            store.record("pruned", releases=list(result.releases), venvs=list(result.venvs))
+        return result
 
     async def stop(self, who: str) -> None:
         """Stop the web server and every process: the app is down until `relman start`."""

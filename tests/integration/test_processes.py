@@ -332,3 +332,25 @@ def test_a_deploy_failing_after_the_handover_gives_the_old_processes_back(make_a
     assert serving(app, "v1")
     assert {i["release"] for i in running(app)} == {v1}
     assert len(running(app)) == 2
+
+
+def test_restart_of_one_type_records_only_its_settings(make_app):
+    """`relman restart worker` with server.workers and the worker count changed in the
+    config: the worker runs with the new count, the web server and its recorded settings
+    keep theirs; the history and `history` in text say what changed."""
+    app = make_worker_app(make_app)
+    app.relman("deploy", "v1", check=True)
+    web = running(app, "web")[0]["pid"]
+    text = app.config.read_text()
+    app.config.write_text(text.replace('"workers": 1', '"workers": 2')
+                          .replace("workers = 1", "workers = 2").replace("count = 2", "count = 3"))
+    app.relman("restart", "worker", check=True)
+    assert len(running(app)) == 3
+    assert running(app, "web")[0]["pid"] == web
+    v1 = release_of(app, "v1")
+    settings = app.json("releases", "--settings", v1)["settings"]
+    assert settings["server"]["workers"] == 1
+    assert settings["processes"]["worker"]["count"] == 3
+    changed = [e for e in app.json("history") if e["event"] == "settings_changed"][-1]
+    assert changed["changes"] == ["processes.worker.count 2 -> 3"]
+    assert "processes.worker.count 2 -> 3" in app.relman("history", check=True).stdout
