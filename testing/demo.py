@@ -151,8 +151,8 @@ def show_handover(h: Handover, version: dict[str, str]) -> None:
         pids = ", ".join(f"#{i} pid {pid}" for i, (_r, pid) in sorted(found.items()))
         return f"{'+'.join(releases) or '-'} {pids}"
 
-    label = f"worker handed over in the {h.label} (stop-first)"
-    print(f"  {label:<44}{'ok' if h.ok() else 'NOT AS EXPECTED'}")
+    label = f"worker handover in {h.label} (stop-first)"
+    print(f"  {label:<44}{'ok' if h.ok() else 'NOT AS EXPECTED':>6}")
     took = ", ".join(f"{t:.2f}" for _pid, t in sorted(h.stopped.items()))
     print(f"    old: {named(h.before)}: SIGTERM, task finished, exited in {took} s")
     print(f"    new: {named(h.after)}: started {h.gap * 1000:.0f} ms after the last old one "
