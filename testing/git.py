@@ -59,9 +59,11 @@ def commit_dated(repo: Path, message: str, date: str, *, tag: str | None = None)
     return sha
 
 
-def make_app_repo(path: Path) -> Path:
-    """A repo holding the sample app at tag v1 (VERSION says v1)."""
+def make_app_repo(path: Path, *, extra: dict[str, str] | None = None) -> Path:
+    """A repo holding the sample app (and any *extra* files) at tag v1 (VERSION says v1)."""
     shutil.copytree(SAMPLE, path, ignore=shutil.ignore_patterns("__pycache__"))
+    for name, text in (extra or {}).items():
+        (path / name).write_text(text)
     git(path, "init", "-q", "-b", "main")
     commit(path, "v1", tag="v1")
     return path
