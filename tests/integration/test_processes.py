@@ -3,8 +3,10 @@ deploy and rollback, supervised, scaled, restarted and stopped by a real daemon.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -354,3 +356,24 @@ def test_restart_of_one_type_records_only_its_settings(make_app):
     changed = [e for e in app.json("history") if e["event"] == "settings_changed"][-1]
     assert changed["changes"] == ["processes.worker.count 2 -> 3"]
     assert "processes.worker.count 2 -> 3" in app.relman("history", check=True).stdout
+
+
+def test_sd_notify_status_counts_the_processes(make_app, base_dir):
+    """systemd's STATUS= line says how many instances of each type run and should."""
+    path = base_dir / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(5)
+    app = make_app(start=False, processes={"worker": worker(2)},
+                   server={"kind": "gunicorn", "app": "app:server", "workers": 1})
+    app.start(env={"NOTIFY_SOCKET": str(path)})
+    app.relman("deploy", "v1", check=True)
+    statuses: list[str] = []
+
+    def seen() -> bool:
+        with contextlib.suppress(TimeoutError):
+            statuses.append(sock.recv(4096).decode())
+        return any("worker 2/2" in s for s in statuses if s.startswith("STATUS="))
+
+    wait_until(seen, timeout=20)
+    sock.close()
