@@ -107,7 +107,7 @@ class App:
                           who: str, report: Report, only: str | None = None) -> Manifest:
         """Record today's config as *manifest*'s settings (with *only*, just what it
         restarts: "web" is [server] and [health], a process name its table); changes from
-        *before*'s go to the history ("server.workers 2 -> 4")."""
+        *before*'s go to the history ("server.workers 2 -> 4") if the job succeeds."""
         fresh = settings_of(self.config)
         if only is not None:
             kept = self.store.settings(manifest)
@@ -120,8 +120,9 @@ class App:
         if before is not None and before.settings:
             changes = settings_diff(before.settings, manifest.settings)
             if changes:
-                self.store.record("settings_changed", release=manifest.id, job=job, who=who,
-                                  previous=before.id, changes=changes)
+                # Into the history once the job is done: a failed one applied nothing.
+                self.jobs.on_success("settings_changed", release=manifest.id, job=job,
+                                     who=who, previous=before.id, changes=changes)
                 report("settings", "; ".join(changes))
         return manifest
 

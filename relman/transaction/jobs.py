@@ -31,6 +31,7 @@ class JobLog:
         self.journal, self.store = journal, store
         self.started = 0.0  # monotonic time the job began
         self.switch_ms = 0.0  # daemon work from the job's start to its switch, last swap
+        self._on_success: list[tuple[str, dict[str, object]]] = []  # history, if it succeeds
 
     def begin(self, entry: JournalEntry) -> None:
         job_id = uuid.uuid4().hex[:12]
@@ -49,7 +50,12 @@ class JobLog:
         self.switch_ms = round((time.monotonic() - self.started) * 1000, 1)
         return self.switch_ms
 
+    def on_success(self, event: str, **fields: object) -> None:
+        """A history line the job writes only if it succeeds."""
+        self._on_success.append((event, fields))
+
     def end(self) -> None:
+        self._on_success = []
         self.store.discard_probe()
         self.store.job_env = {}
         self.journal.end()
@@ -72,6 +78,8 @@ class JobLog:
 
     def finish(self, event: str, report: Report, manifest: Manifest, **fields: object) -> None:
         self.done_anyway(lambda: self.journal.step(Step.DONE))
+        for pending, pending_fields in self._on_success:
+            self.store.record(pending, **pending_fields)
         self.store.record(event, release=manifest.id, sha=manifest.sha,
                           switch_ms=self.switch_ms, **fields)
         self.end()

@@ -198,6 +198,14 @@ class Processes:
             return await self._roll(manifest, settings, counts, old, overlap)
         stopped = await self.stop(h for h in old if h.process not in overlap)
         slots = [(n, i) for n, count in counts.items() for i in range(1, count + 1)]
+        new = await self._start_steady(manifest, settings, slots)
+        stopped += await self.stop(h for h in old if h.process in overlap)
+        return Change(tuple(h.instance for h in new), stopped)
+
+    async def _start_steady(self, manifest: Manifest, settings: Settings,
+                            slots: Sequence[Slot]) -> list[ServerHandle]:
+        """New instances of *slots*, live once they all stayed up their start_seconds;
+        if one does not, they are stopped and ProcessFailed is raised."""
         new = self.start_slots(manifest, settings, slots, Role.CANDIDATE)
         try:
             await self.wait_started(new, settings)
@@ -205,8 +213,7 @@ class Processes:
             await self.stop(new)
             raise
         self._promote(new)
-        stopped += await self.stop(h for h in old if h.process in overlap)
-        return Change(tuple(h.instance for h in new), stopped)
+        return new
 
     async def _roll(self, manifest: Manifest, settings: Settings, counts: dict[str, int],
                     old: list[ServerHandle], overlap: set[str]) -> Change:
@@ -218,14 +225,12 @@ class Processes:
             mine = [h for h in old if h.process == name]
             if name not in overlap:
                 stopped += await self.stop(mine)
+                new = await self._start_steady(manifest, settings,
+                                               [(name, i) for i in range(1, count + 1)])
+                started += [h.instance for h in new]
+                continue
             for index in range(1, count + 1):
-                new = self.start_slots(manifest, settings, [(name, index)], Role.CANDIDATE)
-                try:
-                    await self.wait_started(new, settings)
-                except BaseException:
-                    await self.stop(new)
-                    raise
-                self._promote(new)
+                new = await self._start_steady(manifest, settings, [(name, index)])
                 started += [h.instance for h in new]
                 stopped += await self.stop(h for h in mine if h.index == index)
             stopped += await self.stop(h for h in mine if h.index > count and h.alive)
