@@ -7,7 +7,8 @@ Everything lives under $CELERYAPP_DATA (default: ./data), shared by every releas
   started/X   written when task X starts: "<release> <pid>"
   done/X      written when task X has finished: "<release> <pid>"
   beat/       beat's schedule file
-  ticks/      one file per run of the `tick` task (beat sends it every $CELERYAPP_TICK s)
+  ticks/      one file per run of the `tick` task (beat sends it every $CELERYAPP_TICK s):
+              "<release> <pid> <origin>", origin naming the sender: "gen<beat's pid>@<host>"
 """
 
 import os
@@ -42,10 +43,11 @@ app.conf.update(
 )
 
 
-def _mark(kind: str, name: str) -> None:
+def _mark(kind: str, name: str, *extra: str) -> None:
     path = DATA / kind / name
     tmp = path.with_name(f".{name}.tmp")
-    tmp.write_text(f"{os.environ.get('RELMAN_RELEASE')} {os.getpid()}\n")
+    tmp.write_text(" ".join([str(os.environ.get("RELMAN_RELEASE")), str(os.getpid()), *extra])
+                   + "\n")
     tmp.replace(path)
 
 
@@ -58,7 +60,7 @@ def sleep_then_mark(name: str, seconds: float) -> str:
     return name
 
 
-@app.task
-def tick() -> None:
-    """beat's task: one file per tick, named by the time."""
-    _mark("ticks", f"tick-{time.time():.3f}")
+@app.task(bind=True)
+def tick(self) -> None:
+    """beat's task: one file per tick, named by the time; it names the beat that sent it."""
+    _mark("ticks", f"tick-{time.time():.3f}", str(self.request.origin))
