@@ -36,7 +36,7 @@ def test_processes_load_in_file_order_with_defaults(tmp_path: Path) -> None:
     """Each [processes.NAME] table becomes a ProcessConfig, in file order, defaults filled."""
     config = load(tmp_path, """
 [processes.worker]
-command = "celery -A shop worker --hostname {release}@%h"
+command = "celery -A shop worker --workdir {release}"
 count = 3
 stop_signal = "QUIT"
 stop_timeout = 60
@@ -48,7 +48,7 @@ command = ["celery", "-A", "shop", "beat", "--schedule", "{root}/shared/beat"]
 """)
     assert list(config.processes) == ["worker", "beat"]
     assert config.processes["worker"] == ProcessConfig(
-        command=("celery", "-A", "shop", "worker", "--hostname", "{release}@%h"), count=3,
+        command=("celery", "-A", "shop", "worker", "--workdir", "{release}"), count=3,
         stop_signal="QUIT", stop_timeout=60.0, handover="overlap", start_seconds=0.0)
     beat = config.processes["beat"]
     assert beat.command[-1] == "{root}/shared/beat"

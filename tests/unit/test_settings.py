@@ -56,7 +56,7 @@ nginx_url = "http://127.0.0.1/"
 nginx_host = "shop.example.com"
 
 [processes.worker]
-command = "celery -A shop worker --hostname {{release}}"
+command = "celery -A shop worker --workdir {{release}}"
 count = 3
 stop_signal = "QUIT"
 stop_timeout = 60
@@ -106,7 +106,7 @@ def test_settings_json_is_the_config_files_spelling(tmp_path: Path) -> None:
     assert data["server"]["args"] == ["--harakiri", "30"]
     assert data["health"]["expect"] == [200, 204]
     assert data["processes"]["worker"] == {
-        "command": ["celery", "-A", "shop", "worker", "--hostname", "{release}"], "count": 3,
+        "command": ["celery", "-A", "shop", "worker", "--workdir", "{release}"], "count": 3,
         "stop_signal": "QUIT", "stop_timeout": 60.0, "handover": "overlap",
         "start_seconds": 0.0}
     assert list(data["processes"]) == ["worker", "beat"]
