@@ -229,7 +229,7 @@ class App:
                     except BaseException:
                         self.store.save(replace(self.store.get(manifest.id),
                                                 settings=before.settings))
-                        await self.processes.restore(before)
+                        await self.processes.restore(before, since=self.jobs.started)
                         raise
                 self.jobs.step(Step.HANDED_OVER, report, f"{len(change.started)} {name} "
                                "instance(s) restarted")

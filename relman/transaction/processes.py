@@ -237,10 +237,14 @@ class Processes:
         stopped += await self.stop(h for h in old if h.process not in counts and h.alive)
         return Change(tuple(started), tuple(stopped))
 
-    async def restore(self, manifest: Manifest | None) -> None:
+    async def restore(self, manifest: Manifest | None, *, since: float | None = None) -> None:
         """After a failed handover: the instances of *manifest* (the release live again)
-        run as before. A failure here is logged: the job's own error is the one to show."""
+        run as before; those started after *since* (monotonic: a rolling restart's new ones,
+        with the settings that failed) are replaced. A failure here is logged: the job's own
+        error is the one to show."""
         try:
+            if since is not None:
+                await self.stop(h for h in self.running() if h.started_mono >= since)
             if manifest is None:
                 await self.stop(self.running())
             else:

@@ -377,3 +377,22 @@ def test_sd_notify_status_counts_the_processes(make_app, base_dir):
 
     wait_until(seen, timeout=20)
     sock.close()
+
+
+def test_a_rolling_restart_failing_partway_puts_every_slot_back(make_app):
+    """`restart worker` (overlap, rolling) with a command that only instance 1 survives:
+    slot 1 was replaced before slot 2 failed; both end with the command that ran before."""
+    app = make_worker_app(make_app, worker=worker(2, handover="overlap", start_seconds=0.3))
+    app.relman("deploy", "v1", check=True)
+    old = pids(app)
+    text = app.config.read_text()
+    broken = text.replace('"python", "worker.py"', '"sh", "-c", '
+                          '"test $RELMAN_INSTANCE = 1 && NEW=1 exec python worker.py \\"$0\\"", ')
+    assert broken != text
+    app.config.write_text(broken.replace('", , "{root}', '", "{root}'))
+    result = app.relman("restart", "worker")
+    assert result.returncode == 1, result.stdout + result.stderr
+    wait_until(lambda: len(running(app)) == 2)
+    for line in running(app):
+        assert "NEW" not in psutil.Process(line["pid"]).environ()
+    assert pids(app) & old  # slot 2 was never replaced
