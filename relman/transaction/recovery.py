@@ -185,7 +185,7 @@ class CrashRecovery:
         self.process_exits: dict[tuple[str, str], list[Exit]] = {}  # (release, name)
         self.exits: list[Exit] = []
         self.release = ""
-        self.crash_loop = ""  # what status and sd_notify STATUS report while it lasts
+        self.looping = ("", "")  # (release, what a crash loop of it is): see crash_loop
         self.live_failures = 0
         self.watched_switch = ("", 0.0)  # the switch the live check failures belong to
         # The switch whose automatic rollback is scheduled or running. It is settled on disk
@@ -194,6 +194,13 @@ class CrashRecovery:
         self.requested = ("", 0.0)
         app.on_live_crash = self.on_live_crash
         app.on_process_crash = self.on_process_crash
+
+    @property
+    def crash_loop(self) -> str:
+        """What status and sd_notify STATUS report while the live release crash-loops (a
+        loop of a release no longer live is over)."""
+        release, what = self.looping
+        return what if release and release == self.app.store.live_id() else ""
 
     def on_probation(self) -> bool:
         """Whether the live release may still be rolled back automatically."""
@@ -251,7 +258,7 @@ class CrashRecovery:
 
     def note_exit(self, release: str, started: float, returncode: int | None) -> None:
         if release != self.release:
-            self.release, self.exits, self.crash_loop = release, [], ""
+            self.release, self.exits = release, []
         self.exits.append(Exit(started, time.monotonic(), returncode))
         del self.exits[:-20]
 
@@ -270,9 +277,9 @@ class CrashRecovery:
         app.store.record("server_crashed", release=release, reason=decision.reason,
                          restart=decision.restart, delay=decision.delay)
         if decision.crash_loop:
-            self.crash_loop = (f"{release} crash-loops: {quick_exits(self.exits)} exits within "
-                               f"seconds of starting")
-            app.store.record("crash_loop", release=release, detail=self.crash_loop)
+            self.looping = (release, f"{release} crash-loops: {quick_exits(self.exits)} "
+                            "exits within seconds of starting")
+            app.store.record("crash_loop", release=release, detail=self.looping[1])
         target = app.store.rollback_target()
         if decision.crash_loop and self.on_probation() and target is not None:
             self.request_rollback(release, f"{release} crash-looped right after its switch")
@@ -351,10 +358,10 @@ class CrashRecovery:
                          index=handle.index, reason=decision.reason,
                          restart=decision.restart, delay=decision.delay)
         if decision.crash_loop:
-            self.crash_loop = (f"{release} process {name} crash-loops: "
-                               f"{quick_exits(exits)} exits within seconds of starting")
+            self.looping = (release, f"{release} process {name} crash-loops: "
+                            f"{quick_exits(exits)} exits within seconds of starting")
             app.store.record("crash_loop", release=release, process=name,
-                             detail=self.crash_loop)
+                             detail=self.looping[1])
             if (self.on_probation() and app.store.live_id() == release
                     and app.store.rollback_target() is not None):
                 self.request_rollback(release, f"process {name} of {release} crash-looped "
