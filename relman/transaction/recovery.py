@@ -168,7 +168,7 @@ async def _still_warm(app: App, handle: ServerHandle) -> bool:
         return False
     if manifest.state is not ReleaseState.BUILT:
         return False
-    health = app.config.health
+    health = app.release_health(handle.release)  # the [health] it ran with
     probe = await probe_socket(handle.listener, protocol=handle.protocol, path=health.path,
                                timeout=5)
     if not in_range(probe.status, health.expect) or not handle.alive:
