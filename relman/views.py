@@ -36,7 +36,7 @@ def history_detail(entry: dict[str, Any]) -> str:
     """What a history line says beyond its event, release and who: the error, the settings
     changed, the counts scaled, the process concerned."""
     parts = [str(entry.get("error") or "")]
-    if entry.get("process") and entry.get("event") != "restarted":
+    if entry.get("process") and entry.get("process") != "all":
         parts.append(f"{entry['process']} {entry.get('index', '')}".rstrip())
     if isinstance(entry.get("changes"), list):
         parts.append("; ".join(map(str, entry["changes"])))

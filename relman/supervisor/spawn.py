@@ -143,7 +143,9 @@ def secure_socket(spec: ServerSpec) -> None:
         except PermissionError:
             raise UsageError(
                 f"server.socket_group: cannot give the socket to group {group!r}",
-                hint=f"the deploy user must be a member: usermod -aG {group} USER") from None
+                hint=f"the daemon (pid {os.getpid()}) must run with that group: usermod "
+                     f"-aG {group} USER, then restart the daemon (a running process keeps "
+                     "the groups it started with)") from None
     os.chmod(spec.socket, spec.socket_mode)
 
 

@@ -37,6 +37,7 @@ class JobLog:
         job_id = uuid.uuid4().hex[:12]
         self.journal.begin(replace(entry, job_id=job_id))  # first: it may fail (a full disk)
         self.started = time.monotonic()
+        self.switch_ms = 0.0  # a job that switches nothing (restart NAME) says 0
         self.store.job_env = {JOB_ENV: job_id}
 
     def step(self, step: Step, report: Report, message: str, **changes: str) -> None:

@@ -9,6 +9,7 @@ crash restart never races a handover, a scale or a stop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import structlog
 
 from relman.config import ProcessConfig
-from relman.errors import ProcessFailed, RelmanError, UnknownRelease, writing
+from relman.errors import ProcessFailed, RelmanError, Unhealthy, UnknownRelease, writing
 from relman.logs import tail_file
 from relman.releases import Manifest, ReleaseStore
 from relman.settings import Settings
@@ -95,17 +96,28 @@ class Processes:
 
     # --- starting and stopping ---------------------------------------------------------
 
-    def start_slots(self, manifest: Manifest, settings: Settings, slots: Sequence[Slot],
-                    role: Role) -> list[ServerHandle]:
-        """Start one instance per slot of *manifest*, recorded in *role*."""
+    async def start_slots(self, manifest: Manifest, settings: Settings,
+                          slots: Sequence[Slot], role: Role) -> list[ServerHandle]:
+        """Start one instance per slot of *manifest*, recorded in *role*. One that cannot
+        be started at all (its program is not on the release's PATH) is ProcessFailed, and
+        those this call started are stopped."""
         env = self.store.app_env()
-        started = []
+        started: list[ServerHandle] = []
         for name, index in slots:
             instance = self.supervisor.next_instance(manifest.id, name, index)
             spec = process_spec(settings.processes[name], self.root, manifest, env,
                                 name=name, index=index, instance=instance)
-            with writing(spec.log):
-                handle = self.supervisor.start(spec)
+            try:
+                with writing(spec.log):
+                    handle = self.supervisor.start(spec)
+            except Unhealthy as e:  # the spawn failed (no such program, not executable)
+                await self.stop(started)
+                with contextlib.suppress(OSError), spec.log.open("a") as out:
+                    out.write(f"--- relman: {e.message}\n")
+                raise ProcessFailed(
+                    f"process {name} of {manifest.id}: {e.message}; [processes.{name}] "
+                    f"command runs in the release with its venv first on PATH (a program "
+                    f"the app needs belongs in its requirements)") from None
             started.append(handle)
             self.record.submit(Started(handle.instance, manifest.id, role, name, index))
         return started
@@ -174,7 +186,7 @@ class Processes:
         if slots is not None:
             start, stop = [s for s in start if s in slots], []
         stopped = await self.stop(h for h in self.running() if h.instance in stop)
-        started = self.start_slots(manifest, settings, start, Role.LIVE)
+        started = await self.start_slots(manifest, settings, start, Role.LIVE)
         await self.wait_started(started, settings)  # ProcessFailed; the others run on
         self._promote(started)
         return Change(tuple(h.instance for h in started), stopped)
@@ -206,7 +218,7 @@ class Processes:
                             slots: Sequence[Slot]) -> list[ServerHandle]:
         """New instances of *slots*, live once they all stayed up their start_seconds;
         if one does not, they are stopped and ProcessFailed is raised."""
-        new = self.start_slots(manifest, settings, slots, Role.CANDIDATE)
+        new = await self.start_slots(manifest, settings, slots, Role.CANDIDATE)
         try:
             await self.wait_started(new, settings)
         except BaseException:

@@ -396,3 +396,25 @@ def test_a_rolling_restart_failing_partway_puts_every_slot_back(make_app):
     for line in running(app):
         assert "NEW" not in psutil.Process(line["pid"]).environ()
     assert pids(app) & old  # slot 2 was never replaced
+
+
+def test_a_worker_program_missing_from_the_release_fails_it_without_cgroups(make_app,
+                                                                             app_repo):
+    """Without cgroups (a deploy user's daemon) the spawn itself fails: the deploy exits 1
+    naming the process, the release is failed, the old workers run again."""
+    app = make_worker_app(make_app)
+    app.kill9()
+    app.start(env={"RELMAN_CGROUPS": "off"})
+    app.relman("deploy", "v1", check=True)
+    app.config.write_text(app.config.read_text().replace('"python", "worker.py"',
+                                                         '"no-such-program", "worker.py"'))
+    release_version(app_repo, "v2")
+    result = app.relman("deploy", "v2")
+    assert result.returncode == 1, result.stderr
+    assert "process worker" in result.stderr
+    assert "no-such-program" in result.stderr
+    assert serving(app, "v1")
+    wait_until(lambda: len(running(app)) == 2)
+    assert {r["ref"]: r["state"] for r in app.json("releases")}["v2"] == "failed"
+    v2 = release_of(app, "v2")
+    assert "no-such-program" in (root_of(app) / "log" / f"{v2}.worker.log").read_text()
