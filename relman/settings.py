@@ -108,6 +108,8 @@ def _processes(data: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _show(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # stop_timeout 70 -> 40, as the file says it
     return "(unset)" if value is _UNSET else json.dumps(value, ensure_ascii=False)
 
 
