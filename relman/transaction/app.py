@@ -305,6 +305,7 @@ class App:
             change = await self.processes.converge(manifest)
         if change.started:
             report("start", f"started {len(change.started)} process instance(s)")
+        await self.processes.settle(change)
         return handle
 
     async def _start_web(self, manifest: Manifest, settings: Settings,
@@ -343,6 +344,7 @@ class App:
         self.record.submit(Scaled(tuple(counts.items()), reset=reset), strict=True)
         async with self.processes.lock:
             change = await self.processes.converge(manifest)
+        await self.processes.settle(change)
         report("scale", f"{len(change.started)} started, {len(change.stopped)} stopped")
         self.store.record("scaled", release=manifest.id, who=who, counts=counts, reset=reset)
         return change

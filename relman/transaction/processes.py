@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -35,10 +35,13 @@ OVERLAP = "overlap"
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """What a converge or a handover did."""
+    """What a converge or a handover did; *new* are a converge's new instances, live once
+    settle() saw them stay up."""
 
     started: tuple[str, ...] = ()
     stopped: tuple[str, ...] = ()
+    new: tuple[ServerHandle, ...] = field(default=(), compare=False, repr=False)
+    settings: Settings | None = field(default=None, compare=False, repr=False)
 
 
 def plan_converge(counts: dict[str, int], release: str,
@@ -187,9 +190,15 @@ class Processes:
             start, stop = [s for s in start if s in slots], []
         stopped = await self.stop(h for h in self.running() if h.instance in stop)
         started = await self.start_slots(manifest, settings, start, Role.LIVE)
-        await self.wait_started(started, settings)  # ProcessFailed; the others run on
-        self._promote(started)
-        return Change(tuple(h.instance for h in started), stopped)
+        return Change(tuple(h.instance for h in started), stopped, tuple(started), settings)
+
+    async def settle(self, change: Change) -> None:
+        """A converge's new instances are live once they stayed up their start_seconds;
+        else ProcessFailed (the others run on). Awaited outside the lock: one instance's
+        start_seconds never delays another's crash restart."""
+        if change.new and change.settings is not None:
+            await self.wait_started(change.new, change.settings)
+            self._promote(change.new)
 
     async def converge_none(self) -> Change:
         """Nothing is live: no process runs."""
@@ -260,7 +269,7 @@ class Processes:
             if manifest is None:
                 await self.stop(self.running())
             else:
-                await self.converge(manifest)
+                await self.settle(await self.converge(manifest))
         except RelmanError as e:
             log.warning("processes.restore_failed", error=e.message)
             self.store.record("processes_restore_failed",

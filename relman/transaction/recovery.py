@@ -85,6 +85,7 @@ async def _converge_processes(app: App, notes: list[str]) -> None:
                 change = await app.processes.converge_none()
             else:
                 change = await app.processes.converge(manifest)
+        await app.processes.settle(change)
     except RelmanError as e:
         notes.append(f"could not start the live release's processes: {e.message}")
         return
@@ -385,3 +386,8 @@ class CrashRecovery:
             app.processes.restarts[(release, name, index)] += 1
             app.store.record("process_restarted", release=release, process=name, index=index,
                              instance=change.started[0])
+        try:
+            await app.processes.settle(change)
+        except RelmanError as e:  # it exited again: that exit is a crash of its own
+            log.warning("process.restart_failed", release=release, process=name, index=index,
+                        error=e.message)
