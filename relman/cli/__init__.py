@@ -221,6 +221,19 @@ def prune(ctx: Context, wait: bool) -> None:
              f"{len(result.venvs)} venvs")
 
 
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the completion script for SHELL (click's), e.g. `relman completion bash >
+    /etc/bash_completion.d/relman`."""
+    from click.shell_completion import get_completion_class
+
+    complete = get_completion_class(shell)
+    if complete is None:  # click knows all three: a bug if not
+        raise UsageError(f"relman completion: no completion for {shell}")
+    click.echo(complete(cli, {}, "relman", "_RELMAN_COMPLETE").source())
+
+
 @cli.command("ssh-command")
 @click.pass_context
 def ssh_command(click_ctx: click.Context) -> None:

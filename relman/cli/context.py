@@ -16,7 +16,7 @@ import click
 from relman import client
 from relman.config import Config, load_config
 from relman.config_search import find_config, lenient_root
-from relman.errors import ConfigError
+from relman.errors import ConfigError, RelmanError
 from relman.releases.layout import AppRoot
 
 if TYPE_CHECKING:
@@ -87,8 +87,20 @@ class Context:
                 click.echo(f"[{event.step}] {event.message}")
             sys.stdout.flush()
 
-        return client.request(self.root_only.control_sock, command, args, client_info(),
-                              progress, into=into)
+        try:
+            return client.request(self.root_only.control_sock, command, args, client_info(),
+                                  progress, into=into)
+        except RelmanError as e:
+            raise self.named(e) from None
+
+    def named(self, error: RelmanError) -> RelmanError:
+        """*error* with its hints naming this app's unit: relman@shop for
+        /etc/relman/shop.toml (the unit's instance is the config file's name)."""
+        unit = f"relman@{self.path.stem}"
+        error.message = error.message.replace("relman@APP", unit)
+        if error.hint:
+            error.hint = error.hint.replace("relman@APP", unit)
+        return error
 
 
 def client_info() -> dict[str, object]:
