@@ -299,6 +299,21 @@ def _nginx_check(returncode: int, stderr: str, *, root_user: bool) -> dict[str, 
     return _check("nginx -t", False, (errors or lines or ["failed"])[0])
 
 
+def _host_checks(config: Config) -> list[dict[str, Any]]:
+    """The interpreter, the socket group and the repository's owner (host_checks.py)."""
+    from relman import host_checks
+
+    found = [host_checks.python_check(config.build.python)]
+    if config.server.socket_group and config.server.kind != "none":
+        found.append(host_checks.socket_group_check(config.server.socket_group,
+                                                    gids=host_checks.user_gids()))
+    owner = host_checks.repo_owner_check(config.app.repo, uid=os.geteuid())
+    if owner is not None:
+        found.append(owner)
+    names = ("build.python", "socket group", "repository owner")
+    return [_check(name, ok, detail) for name, (ok, detail) in zip(names, found, strict=False)]
+
+
 def check_all(config: Config) -> list[dict[str, Any]]:
     """Each check of `relman check`, passed or not, with what it saw."""
     import asyncio
@@ -313,6 +328,7 @@ def check_all(config: Config) -> list[dict[str, Any]]:
     results.append(_check("layout", not missing,
                           f"missing {', '.join(missing)}: run relman init" if missing
                           else str(root.root)))
+    results += _host_checks(config)
     unwritable = [str(p) for p in (root.state, root.run, root.releases, root.log)
                   if p.is_dir() and not os.access(p, os.W_OK)]
     results.append(_check("permissions", not unwritable,
