@@ -17,22 +17,25 @@ def python_check(python: str, path: str | None = None) -> Check:
     """build.python must be an interpreter the deploy user can run."""
     found = shutil.which(python, path=path)
     if found is None:
-        return False, (f"build.python: {python!r} is not found on PATH or not executable "
-                       "by this user (a pyenv build under /root is not, for other users)")
-    return True, f"build.python: {python} is {found}"
+        return False, (f"{python!r} is not found on PATH or not executable by this user "
+                       "(a pyenv build under /root is not, for other users)")
+    return True, f"{python} is {found}"
 
 
-def socket_group_check(group: str, *, gids: set[int]) -> Check:
+def socket_group_check(group: str, *, gids: set[int], uid: int) -> Check:
     """The daemon (this user, with *gids*) must be in server.socket_group to give the
-    socket to it."""
+    socket to it (root may give it to any group)."""
     try:
         gid = grp.getgrnam(group).gr_gid
     except KeyError:
         return False, f"server.socket_group: no group named {group!r} on this host"
+    if uid == 0:
+        return True, (f"{group} (gid {gid}); run as the deploy user to check that it is "
+                      "in the group")
     if gid not in gids:
         return False, (f"server.socket_group: this user is not in group {group!r}: "
                        f"usermod -aG {group} USER, then restart the daemon")
-    return True, f"server.socket_group: {group} (gid {gid})"
+    return True, f"{group} (gid {gid})"
 
 
 def local_repo(repo: str) -> Path | None:
@@ -52,11 +55,11 @@ def repo_owner_check(repo: str, *, uid: int) -> Check | None:
         return None
     owner = path.stat().st_uid
     if owner == uid or uid == 0:
-        return True, f"app.repo: {path} is this user's (or root's to read)"
+        return True, f"{path} is this user's (or root's to read)"
     safe = subprocess.run(["git", "config", "--get-all", "safe.directory"],
                           capture_output=True, text=True, check=False).stdout.split()
     if "*" in safe or str(path) in safe or f"{path}/" in safe:
-        return True, f"app.repo: {path} is owned by uid {owner}, listed in safe.directory"
+        return True, f"{path} is owned by uid {owner}, listed in safe.directory"
     return False, (f"app.repo: {path} is owned by uid {owner}, not this user: git refuses "
                    f"it (\"dubious ownership\"); as this user run git config --global "
                    f"--add safe.directory {path}")

@@ -306,7 +306,8 @@ def _host_checks(config: Config) -> list[dict[str, Any]]:
     found = [host_checks.python_check(config.build.python)]
     if config.server.socket_group and config.server.kind != "none":
         found.append(host_checks.socket_group_check(config.server.socket_group,
-                                                    gids=host_checks.user_gids()))
+                                                    gids=host_checks.user_gids(),
+                                                    uid=os.geteuid()))
     owner = host_checks.repo_owner_check(config.app.repo, uid=os.geteuid())
     if owner is not None:
         found.append(owner)

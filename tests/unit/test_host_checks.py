@@ -26,12 +26,13 @@ def test_build_python_must_be_found() -> None:
 
 
 def test_socket_group_must_exist_and_hold_this_user() -> None:
-    assert not socket_group_check("no-such-group-here", gids=set())[0]
+    assert not socket_group_check("no-such-group-here", gids=set(), uid=1000)[0]
     group = grp.getgrgid(os.getegid()).gr_name
-    assert socket_group_check(group, gids={os.getegid()})[0]
-    ok, detail = socket_group_check(group, gids=set())
+    assert socket_group_check(group, gids={os.getegid()}, uid=1000)[0]
+    ok, detail = socket_group_check(group, gids=set(), uid=1000)
     assert not ok
     assert f"usermod -aG {group}" in detail
+    assert socket_group_check(group, gids=set(), uid=0)[0]  # root may chown to any group
 
 
 @pytest.mark.parametrize(("repo", "local"), [
