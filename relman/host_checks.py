@@ -53,12 +53,13 @@ def repo_owner_check(repo: str, *, uid: int) -> Check | None:
     path = local_repo(repo)
     if path is None or not path.exists():
         return None
-    owner = path.stat().st_uid
+    gitdir = path / ".git" if (path / ".git").is_dir() else path  # what git checks
+    owner = gitdir.stat().st_uid
     if owner == uid or uid == 0:
         return True, f"{path} is this user's (or root's to read)"
     safe = subprocess.run(["git", "config", "--get-all", "safe.directory"],
                           capture_output=True, text=True, check=False).stdout.split()
-    if "*" in safe or str(path) in safe or f"{path}/" in safe:
+    if "*" in safe or {str(path), f"{path}/", str(gitdir), f"{gitdir}/"} & set(safe):
         return True, f"{path} is owned by uid {owner}, listed in safe.directory"
     return False, (f"app.repo: {path} is owned by uid {owner}, not this user: git refuses "
                    f"it (\"dubious ownership\"); as this user run git config --global "

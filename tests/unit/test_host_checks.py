@@ -61,3 +61,16 @@ def test_a_repo_another_user_owns_names_the_safe_directory_fix(tmp_path: Path,
     (tmp_path / "gitconfig").write_text(f"[safe]\n\tdirectory = {repo}\n")
     assert repo_owner_check(str(repo), uid=owner + 4242)[0]
     assert repo_owner_check("https://example.com/x.git", uid=1) is None
+
+
+def test_a_working_tree_repo_is_checked_by_its_git_dir(tmp_path: Path, monkeypatch) -> None:
+    """For a repository with a working tree git checks (and safe.directory may name) its
+    .git directory."""
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    repo = tmp_path / "shop"
+    (repo / ".git").mkdir(parents=True)
+    other = repo.stat().st_uid + 4242
+    assert not repo_owner_check(str(repo), uid=other)[0]
+    (tmp_path / "gitconfig").write_text(f"[safe]\n\tdirectory = {repo}/.git\n")
+    assert repo_owner_check(str(repo), uid=other)[0]
