@@ -53,7 +53,8 @@ def test_copytruncate_under_a_running_server(make_app, tmp_path):
     log = root / "log" / f"{v1}.log"
     get(root / "run/app.sock", "/log?line=written-before-rotation")
     history = (root / "log/history.jsonl").read_bytes()
-    with app.follow("-n", "1") as wait_for:
+    # Not -n 1: under load a gunicorn worker's boot line may come after the line asked for.
+    with app.follow("-n", "50") as wait_for:
         wait_for("written-before-rotation")
         rotate(root, tmp_path)
         assert "written-before-rotation" in (root / "log" / f"{v1}.log.1").read_text()
