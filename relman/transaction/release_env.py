@@ -55,14 +55,17 @@ def release_env(config: Config, root: AppRoot, manifest: Manifest, base_env: Map
     env.update(server.env)
     if server.env_file:
         env.update(read_env_file(root.shared / server.env_file))
+    return with_release(env, manifest, process=process)
+
+
+def with_release(env: Mapping[str, str], manifest: Manifest, *, process: str
+                 ) -> dict[str, str]:
+    """*env* with *manifest*'s venv first on PATH (VIRTUAL_ENV set), RELMAN_RELEASE and
+    RELMAN_PROCESS=*process*: what every program of a release gets."""
     venv = Path(manifest.venv)
-    env.update({
-        "VIRTUAL_ENV": str(venv),
-        "PATH": os.pathsep.join(_path_dirs(str(venv / "bin"), env.get("PATH", os.defpath))),
-        "RELMAN_RELEASE": manifest.id,
-        "RELMAN_PROCESS": process,
-    })
-    return env
+    return {**env, "VIRTUAL_ENV": str(venv),
+            "PATH": os.pathsep.join(_path_dirs(str(venv / "bin"), env.get("PATH", os.defpath))),
+            "RELMAN_RELEASE": manifest.id, "RELMAN_PROCESS": process}
 
 
 def login_env(environ: Mapping[str, str]) -> dict[str, str]:

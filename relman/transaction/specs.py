@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from relman.config import ProcessConfig, ServerConfig
@@ -11,6 +10,7 @@ from relman.releases import Manifest
 from relman.releases.layout import AppRoot
 from relman.supervisor import ServerSpec
 from relman.supervisor.kinds import server_argv
+from relman.transaction.release_env import release_cwd, with_release
 
 WEB = "web"
 
@@ -19,18 +19,14 @@ def release_process_env(root: AppRoot, manifest: Manifest, env: dict[str, str], 
                         process: str, index: int) -> dict[str, str]:
     """*env* with the release's venv first on PATH and the RELMAN_* variables every
     instance gets (DESIGN section 8)."""
-    venv = Path(manifest.venv)
-    return {**env, "VIRTUAL_ENV": str(venv),
-            "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}",
-            "RELMAN_RELEASE": manifest.id, "RELMAN_PROCESS": process,
-            "RELMAN_INSTANCE": str(index)}
+    return {**with_release(env, manifest, process=process), "RELMAN_INSTANCE": str(index)}
 
 
 def server_spec(server: ServerConfig, stop_timeout: float, root: AppRoot, manifest: Manifest,
                 env: dict[str, str], instance: str) -> ServerSpec:
     """The spec of *instance* of *manifest*'s web server, at its resolved path, with the
     app's *env* and the release's venv first on PATH."""
-    release_dir = root.release_dir(manifest.id).resolve()
+    release_dir = release_cwd(root, manifest)
     socket = root.socket(instance)
     env = {**release_process_env(root, manifest, env, process=WEB, index=1),
            "RELMAN_SOCKET": str(socket)}
@@ -46,7 +42,7 @@ def process_spec(process: ProcessConfig, root: AppRoot, manifest: Manifest,
                  env: dict[str, str], *, name: str, index: int, instance: str) -> ServerSpec:
     """The spec of instance *index* of process type *name* of *manifest*: its command with
     {release} and {root} filled in, in the release directory, no socket."""
-    release_dir = root.release_dir(manifest.id).resolve()
+    release_dir = release_cwd(root, manifest)
     values = {"release": str(release_dir), "root": str(root.root)}
     argv = tuple(part.format_map(values) for part in process.command)
     return ServerSpec(instance=instance, release=manifest.id, argv=argv, cwd=release_dir,
