@@ -33,9 +33,10 @@ from relman.config_values import (
 )
 from relman.config_values import key as _key
 from relman.errors import ConfigError
+from relman.static_urls import collision, directory_problem, prefix_problem
 
 __all__ = [
-    "NAME_RE", "PROCESS_NAME_RE", "STOP_SIGNALS", "TABLES", "AppConfig", "BuildConfig",
+    "NAME_RE", "PROCESS_NAME_RE", "STATIC", "STOP_SIGNALS", "TABLES", "AppConfig", "BuildConfig",
     "Config", "FrozenEnv", "HealthConfig", "ProcessConfig", "ReleaseConfig", "RestartConfig",
     "ServerConfig", "SwapConfig", "check_server", "example_config", "load_config",
     "parse_table", "schema",
@@ -141,14 +142,19 @@ class Config:
     restart: RestartConfig
     # [processes.NAME] tables in file order; a read-only mapping.
     processes: Mapping[str, ProcessConfig] = FrozenMap()
+    # [static]: URL prefix -> directory of the release tree (relman.static_urls).
+    static: Mapping[str, str] = FrozenMap()
 
 
 # Table name -> dataclass in file order, read from Config itself so the two cannot drift.
 # [processes] is a table of tables, of ProcessConfig: parse_table() knows it apart.
 PROCESSES: Final = "processes"
+# [static] is a table of prefix = directory strings, keyed by the user: it has no schema rows.
+STATIC: Final = "static"
 TABLES: Final[dict[str, type[Any]]] = {
-    name: cls for name, cls in get_type_hints(Config).items() if name not in ("path", PROCESSES)}
-_ALL_TABLES: Final = (*TABLES, PROCESSES)
+    name: cls for name, cls in get_type_hints(Config).items()
+    if name not in ("path", PROCESSES, STATIC)}
+_ALL_TABLES: Final = (*TABLES, PROCESSES, STATIC)
 
 
 def _signal_name(name: str) -> str | None:
@@ -266,11 +272,29 @@ def _load_processes(path: Path, raw: object) -> Mapping[str, ProcessConfig]:
     return FrozenMap(processes)
 
 
+def _load_static(path: Path, raw: object) -> Mapping[str, str]:
+    if not isinstance(raw, dict):
+        raise ConfigError(path, STATIC, f'expected a table of "/prefix/" = "directory" '
+                          f"strings, got {kind_of(raw)}")
+    for prefix, directory in raw.items():
+        dotted = f"{STATIC}.{toml_text(prefix)}"
+        if not isinstance(directory, str):
+            raise ConfigError(path, dotted, f"expected a string, got {kind_of(directory)}")
+        clash = collision(raw, prefix)
+        reason = prefix_problem(prefix) or directory_problem(directory) or (
+            f"publishes to the same directory as {toml_text(clash)}" if clash else None)
+        if reason:
+            raise ConfigError(path, dotted, reason)
+    return FrozenMap(raw)
+
+
 def parse_table(path: Path, table: str, raw: object) -> Any:
     """The table *table* of a config read as plain data (tomllib's, or a manifest's JSON),
     converted and checked key by key; a ConfigError naming *path* and the key otherwise."""
     if table == PROCESSES:
         return _load_processes(path, raw)
+    if table == STATIC:
+        return _load_static(path, raw)
     return _load_table(path, table, TABLES[table], raw)
 
 

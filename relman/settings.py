@@ -1,5 +1,11 @@
-"""The settings a release runs with: its effective [server], [health] and [processes] tables,
-stored in its manifest as plain JSON, env values only as keyed hashes (DESIGN section 8).
+"""The settings a release runs with: its effective [server], [health], [processes] and
+[static] tables, stored in its manifest as plain JSON, env values only as keyed hashes
+(DESIGN section 8).
+
+[static] is recorded so that publication (relman.releases.static) takes each kept
+release's files from the directories that release was built with, even after the config
+changed. A manifest recorded before [static] existed has no such table: that release's
+[static] is today's.
 
 A rollback runs its target with the settings it ran with before, as Heroku's does (Kamal's
 keeps today's config). The stored JSON is the config file's own spelling of each value, read
@@ -20,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from relman.config import (
+    STATIC,
     Config,
     HealthConfig,
     ProcessConfig,
@@ -27,7 +34,7 @@ from relman.config import (
     check_server,
     parse_table,
 )
-from relman.config_values import plain
+from relman.config_values import FrozenMap, plain
 from relman.errors import ConfigError
 
 TABLES: Final = ("server", "health", "processes")
@@ -42,11 +49,12 @@ class Settings:
     server: ServerConfig
     health: HealthConfig
     processes: Mapping[str, ProcessConfig]
+    static: Mapping[str, str] = FrozenMap()
 
 
 def settings_of(config: Config) -> Settings:
     """The settings *config* gives a release."""
-    return Settings(config.server, config.health, config.processes)
+    return Settings(config.server, config.health, config.processes, config.static)
 
 
 def env_hash(value: str, key: bytes) -> str:
@@ -66,7 +74,8 @@ def settings_to_json(settings: Settings, key: bytes) -> dict[str, Any]:
     server = _table(settings.server, skip="env")
     server["env"] = {name: env_hash(value, key) for name, value in settings.server.env.items()}
     return {"server": server, "health": _table(settings.health),
-            "processes": {name: _table(p) for name, p in settings.processes.items()}}
+            "processes": {name: _table(p) for name, p in settings.processes.items()},
+            STATIC: dict(settings.static)}
 
 
 def settings_from_json(data: Mapping[str, Any], config: Config) -> Settings:
@@ -75,7 +84,7 @@ def settings_from_json(data: Mapping[str, Any], config: Config) -> Settings:
     if not isinstance(data, Mapping):
         raise ValueError("settings are not a JSON object")  # noqa: TRY004 - one error for all
     missing = [table for table in TABLES if table not in data]
-    unknown = sorted(set(data) - set(TABLES))
+    unknown = sorted(set(data) - {*TABLES, STATIC})
     if missing or unknown:
         raise ValueError(f"{(missing or unknown)[0]}: {'missing' if missing else 'unknown'} "
                          "table")
@@ -85,8 +94,10 @@ def settings_from_json(data: Mapping[str, Any], config: Config) -> Settings:
             raw_server = {**raw_server, "env": {}}
         server = replace(parse_table(_SOURCE, "server", raw_server), env=config.server.env)
         check_server(_SOURCE, server)
+        static = parse_table(_SOURCE, STATIC, data[STATIC]) if STATIC in data \
+            else config.static
         return Settings(server, parse_table(_SOURCE, "health", data["health"]),
-                        parse_table(_SOURCE, "processes", data["processes"]))
+                        parse_table(_SOURCE, "processes", data["processes"]), static)
     except ConfigError as e:
         raise ValueError(f"{e.key}: {e.reason}") from None
 

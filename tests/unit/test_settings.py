@@ -66,6 +66,10 @@ start_seconds = 0
 [processes.beat]
 command = ["celery", "beat", "-s", "{{root}}/shared/beat"]
 count = 0
+
+[static]
+"/static/" = "staticfiles"
+"/assets/img/" = "frontend/dist/img/"
 """
 
 
@@ -110,7 +114,8 @@ def test_settings_json_is_the_config_files_spelling(tmp_path: Path) -> None:
         "stop_signal": "QUIT", "stop_timeout": 60.0, "handover": "overlap",
         "start_seconds": 0.0}
     assert list(data["processes"]) == ["worker", "beat"]
-    assert set(data) == {"server", "health", "processes"}
+    assert data["static"] == {"/static/": "staticfiles", "/assets/img/": "frontend/dist/img/"}
+    assert set(data) == {"server", "health", "processes", "static"}
     json.dumps(data, allow_nan=False)  # nothing that is not JSON
 
 
@@ -155,6 +160,8 @@ def _stored(tmp_path: Path) -> dict[str, Any]:
         (lambda d: d.update(processes=[]), "processes: expected a table"),
         (lambda d: d.pop("health"), "health: missing table"),
         (lambda d: d.update(swap={}), "swap: unknown table"),
+        (lambda d: d["static"].update({"/x": "x"}), 'static."/x": a URL prefix must'),
+        (lambda d: d["static"].update({"/y/": "/abs"}), 'static."/y/": \'/abs\' must be'),
     ],
 )
 def test_unreadable_settings_raise_value_error(tmp_path: Path, change: Any,
@@ -164,6 +171,23 @@ def test_unreadable_settings_raise_value_error(tmp_path: Path, change: Any,
     change(data)
     with pytest.raises(ValueError, match=re.escape(message)):
         settings_from_json(data, config_at(tmp_path))
+
+
+def test_settings_without_static_take_the_configs(tmp_path: Path) -> None:
+    """A manifest recorded before [static] existed has no static table: today's counts."""
+    data = _stored(tmp_path)
+    del data["static"]
+    config = config_at(tmp_path)
+    assert settings_from_json(data, config).static == config.static
+    assert dict(config.static) == {"/static/": "staticfiles",
+                                   "/assets/img/": "frontend/dist/img/"}
+
+
+def test_settings_keep_their_own_static(tmp_path: Path) -> None:
+    """A release's stored [static] wins over today's config."""
+    data = _stored(tmp_path)
+    data["static"] = {"/old/": "old"}
+    assert dict(settings_from_json(data, config_at(tmp_path)).static) == {"/old/": "old"}
 
 
 def test_settings_that_are_not_an_object_raise_value_error(tmp_path: Path) -> None:
