@@ -23,6 +23,7 @@ class Step(StrEnum):
     STARTED = "started"
     HEALTHY = "healthy"
     PREVIEWED = "previewed"
+    PUBLISHED = "published"  # [static] files in static/, before the switch (releases/static.py)
     SWITCHED = "switched"
     VERIFIED = "verified"
     HANDED_OVER = "handed_over"  # the [processes] instances are the new release's

@@ -17,6 +17,7 @@ DIRS: tuple[tuple[str, int], ...] = (
     ("state", 0o750),
     ("state/releases", 0o750),
     ("log", 0o750),
+    ("static", 0o755),  # [static] files, read by nginx's workers (releases/static.py)
 )
 
 
@@ -104,6 +105,11 @@ class AppRoot:
     def daemon_lock(self) -> Path:
         return self.state / "daemon.lock"
 
+
+    @property
+    def static(self) -> Path:
+        """static/: <name>/ per [static] prefix, the kept releases' files (releases/static.py)."""
+        return self.root / "static"
 
     @property
     def log(self) -> Path:

@@ -14,7 +14,7 @@ from relman.atomic import create_once, read_link, set_aside
 from relman.config import Config
 from relman.envfile import read_env_file
 from relman.errors import DeployFailed, NotRunning, StateWriteFailed, UnknownRelease, writing
-from relman.releases import build, git, history, registry, venvs
+from relman.releases import build, git, history, registry, static, venvs
 from relman.releases.commands import OnLine, clean_env
 from relman.releases.ids import is_release_id, make_release_id
 from relman.releases.layout import AppRoot
@@ -280,6 +280,26 @@ class ReleaseStore:
             return current, []
         changes = settings_diff(current.settings, new) if current.settings else []
         return self.save(replace(current, settings=new)), changes
+
+    def publish_static(self, winner: str | None) -> static.Published:
+        """Publish the [static] files of every release the store keeps into static/,
+        *winner*'s (the release going live, or live) first; each release's [static] is
+        the one it recorded (releases/static.py)."""
+        chosen, skipped = [], []
+        for manifest in static.publication_order(self.manifests(), winner):
+            files, links = static.release_files(self.root.release_dir(manifest.id),
+                                                self.settings(manifest).static, manifest.id)
+            chosen.append(files)
+            skipped += links
+        with writing(self.root.static):  # a full disk: StateWriteFailed
+            result = static.publish(self.root.static, static.choose_published(chosen))
+        result = replace(result, skipped=tuple(skipped))
+        if skipped:
+            log.warning("static.links_skipped", links=skipped[:20], count=len(skipped))
+        if result.linked or result.copied or result.removed:
+            log.info("static.published", winner=winner, linked=result.linked,
+                     copied=result.copied, unchanged=result.unchanged, removed=result.removed)
+        return result
 
     def mark_live(self, release_id: str, *, known_good: bool) -> None:
         current = self._load(release_id)

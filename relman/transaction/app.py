@@ -27,7 +27,7 @@ from relman.transaction.processes import Change, Processes
 from relman.transaction.record import Clock, RunRecord
 from relman.transaction.runstate import Gone, Role, RunState, Scaled, Started, SwitchedTo
 from relman.transaction.specs import server_spec
-from relman.transaction.swap import abandon, swap
+from relman.transaction.swap import abandon, republish_static, swap
 from relman.transaction.warm import WarmKeeper
 
 log = structlog.get_logger(__name__)
@@ -362,6 +362,8 @@ class App:
             live=store.live_id(), target=target.id if target else None, running=running)
         if result.releases or result.venvs:
             store.record("pruned", releases=list(result.releases), venvs=list(result.venvs))
+        # A file leaves static/ with the last kept release that has it.
+        await republish_static(self)
         return result
 
     async def stop(self, who: str) -> None:

@@ -16,6 +16,7 @@ from relman.journal import Step, after
 from relman.releases import ReleaseState
 from relman.transaction.app import App
 from relman.transaction.jobs import JOB_ENV
+from relman.transaction.swap import republish_static
 
 AUTO_WHO: Final = "relman (auto: "  # who, in the journal and history, of automatic rollbacks
 
@@ -58,4 +59,7 @@ async def undo_interrupted_job(app: App, notes: list[str]) -> None:
                 manifest.state is ReleaseState.BUILT:
             app.store.mark(manifest, ReleaseState.FAILED, error=entry.who[len(AUTO_WHO):-1])
             notes.append(f"{manifest.id}, rolled back from automatically, marked failed")
+    # A publication cut short, or done for a switch that never came: static/ as the live
+    # release wants it (its files win a shared path; a removed half-built tree's go).
+    await republish_static(app)
     app.journal.end()

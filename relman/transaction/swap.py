@@ -4,14 +4,18 @@ step fails, put everything back as it was (abandon)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+import structlog
+
 from relman.atomic import read_link, replace_symlink
 from relman.config import HealthConfig
-from relman.errors import ProcessFailed, Unhealthy, writing
+from relman.errors import ProcessFailed, RelmanError, Unhealthy, writing
 from relman.journal import Step
 from relman.releases import Manifest, ReleaseState
+from relman.releases.static import Published
 from relman.supervisor import ServerHandle, ServerState
 from relman.supervisor.drain import wait_drained
 from relman.transaction.jobs import Report
@@ -22,6 +26,8 @@ from relman.transaction.runstate import RunState, Started, SwitchedBack
 
 if TYPE_CHECKING:
     from relman.transaction.app import App
+
+log = structlog.get_logger(__name__)
 
 
 async def start_candidate(app: App, manifest: Manifest, health: HealthConfig,
@@ -61,7 +67,7 @@ async def swap(app: App, manifest: Manifest, report: Report, *, reuse_warm: bool
     web = settings.server.kind != "none"
     candidate: ServerHandle | None = None
     unmarked: Manifest | None = None
-    handed_over = False
+    handed_over = published = False
     try:
         app.journal.step(app.journal.entry.step if app.journal.entry else Step.BEGUN,
                           release=manifest.id, previous=old.instance if old else "")
@@ -70,6 +76,8 @@ async def swap(app: App, manifest: Manifest, report: Report, *, reuse_warm: bool
                                                         reuse_warm=reuse_warm)
             app.jobs.step(Step.HEALTHY, report, detail, candidate=candidate.instance)
             await preview(app, candidate, health, report)
+        published = True
+        await publish_static(app, manifest, report)
         unmarked = app.store.get(manifest.id)  # what an undone swap puts back
         async with app.processes.lock:  # no crash restart between switch and handover
             await switch_verified(app, candidate, manifest, health, report, auto=auto)
@@ -84,21 +92,54 @@ async def swap(app: App, manifest: Manifest, report: Report, *, reuse_warm: bool
             app.root.app_sock.unlink(missing_ok=True)
             app.root.next_sock.unlink(missing_ok=True)
     except BaseException as e:
-        went_back = await abandon(app, candidate, old, links, before, report)
-        if went_back and unmarked:
-            app.store.save(unmarked)  # not live after all: last_live as it was
-            # A new release whose process does not stay up is failed (a known-good one
-            # that cannot, in a rollback, is not: the cause is elsewhere).
-            if isinstance(e, ProcessFailed) and not unmarked.known_good:
-                app.store.mark(unmarked, ReleaseState.FAILED, error=e.message)
-        if went_back and unrecorded is not None and unrecorded.settings:
-            # A release that ran before (a restart, a redeploy) keeps the settings it ran
-            # with: those of a failed attempt would be a rollback's, or a crash restart's.
-            app.store.save(replace(app.store.get(manifest.id), settings=unrecorded.settings))
-        if went_back and handed_over:
-            async with app.processes.lock:
-                await app.processes.restore(previous)
+        if await abandon(app, candidate, old, links, before, report):
+            await _went_back(app, e, manifest, unmarked=unmarked, unrecorded=unrecorded,
+                             previous=previous, handed_over=handed_over,
+                             published=published)
         raise
+
+
+async def _went_back(app: App, e: BaseException, manifest: Manifest, *,
+                     unmarked: Manifest | None, unrecorded: Manifest | None,
+                     previous: Manifest | None, handed_over: bool, published: bool) -> None:
+    """A failed swap went back: *manifest*'s record as it was before the swap
+    (*unmarked*, *unrecorded*), the processes of *previous* (None: none) again if they
+    were *handed_over*, and the live release's static files if *published*."""
+    if unmarked:
+        app.store.save(unmarked)  # not live after all: last_live as it was
+        # A new release whose process does not stay up is failed (a known-good one
+        # that cannot, in a rollback, is not: the cause is elsewhere).
+        if isinstance(e, ProcessFailed) and not unmarked.known_good:
+            app.store.mark(unmarked, ReleaseState.FAILED, error=e.message)
+    if unrecorded is not None and unrecorded.settings:
+        # A release that ran before (a restart, a redeploy) keeps the settings it ran
+        # with: those of a failed attempt would be a rollback's, or a crash restart's.
+        app.store.save(replace(app.store.get(manifest.id), settings=unrecorded.settings))
+    if handed_over:
+        async with app.processes.lock:
+            await app.processes.restore(previous)
+    if published:  # the live release's files win again
+        await republish_static(app)
+
+
+async def publish_static(app: App, manifest: Manifest, report: Report) -> None:
+    """Step 3b: the [static] files of the kept releases into static/, *manifest*'s first
+    (it wins a path two releases have), before anything points at it: its pages find
+    their assets from the first request on. Off the event loop: it walks every tree."""
+    result = await asyncio.to_thread(app.store.publish_static, manifest.id)
+    if app.store.settings(manifest).static or result.removed:
+        app.jobs.step(Step.PUBLISHED, report, _published(result))
+
+
+async def republish_static(app: App) -> None:
+    """After a swap that published and went back, or a prune: the live release wins
+    again. A failure is a warning only: the release that serves keeps serving, and
+    every later publication starts from what is there."""
+    try:
+        await asyncio.to_thread(app.store.publish_static, app.store.live_id())
+    except (OSError, RelmanError) as e:
+        log.warning("static.republish_failed", error=str(e))
+
 
 async def switch_verified(app: App, candidate: ServerHandle | None, manifest: Manifest,
                           health: HealthConfig, report: Report, *, auto: bool) -> None:
@@ -202,6 +243,12 @@ async def retire(app: App, old: ServerHandle, report: Report, *,
     await app.stop_server(old)
     app.jobs.done_anyway(lambda: app.jobs.step(Step.STOPPED_OLD, report,
                                                  f"{old.instance} stopped"))
+
+
+def _published(result: Published) -> str:
+    skipped = f", {len(result.skipped)} symbolic link(s) skipped" if result.skipped else ""
+    return (f"static files: {result.linked} linked, {result.copied} copied, "
+            f"{result.unchanged} unchanged, {result.removed} removed{skipped}")
 
 
 def _handed_over(change: Change) -> str:

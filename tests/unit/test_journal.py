@@ -10,8 +10,8 @@ import pytest
 from relman.journal import ORDER, Journal, JournalEntry, Step, after
 
 # STYLE.md practice 3: the deploy steps, in order, as the journal and --json spell them.
-STYLE_STEPS = ["fetched", "built", "released", "started", "healthy", "previewed", "switched",
-               "verified", "handed_over", "drained", "stopped_old", "done"]
+STYLE_STEPS = ["fetched", "built", "released", "started", "healthy", "previewed", "published",
+               "switched", "verified", "handed_over", "drained", "stopped_old", "done"]
 
 
 def test_step_values_are_style_words_in_order() -> None:

@@ -1,0 +1,228 @@
+"""Published static files: <root>/static/<name>/ holds the union of the kept releases'
+[static] files, so that a page rendered by an older release still finds its assets after a
+swap (DESIGN sections 3 and 4; Kamal's asset bridging).
+
+How a publication goes (publish()), and why:
+
+- What should be there is a pure function of the releases, in priority order
+  (choose_published()): the first release that has a path wins it. The release going live
+  comes first, then the others by when they last went live, newest first. So when two
+  releases have one path with different content (a non-hashed `app.css`), the release that
+  is going live wins, and a page of an older release gets the newer file under that name:
+  only hashed names (`app.3f2a9c1b.css`, as Django's ManifestStaticFilesStorage, webpack
+  and Vite write them) are safe across a swap.
+- Each file is put in place by a link (or copy) under a staging name in static/.tmp/, made
+  world-readable there, and os.replace()d over its final name: a reader sees the old file
+  or the new one, never none. Files are added before any is removed, so no file that a
+  kept release has is ever missing, at any moment, even if the daemon is killed mid-way.
+- Hard links when the release tree and static/ are on one file system (the usual case:
+  both are under the app root); a copy otherwise (EXDEV), or when the link is refused
+  (EPERM from fs.protected_hardlinks, EMLINK). A hard link shares the release file's inode,
+  so making it readable makes the release's file readable too: static files are public by
+  definition (nginx's workers, as www-data, must read them).
+- A file already in place is left alone: the same inode as its source, or, for a copy,
+  the same size and modification time (copy2 keeps it). A second publication of the same
+  releases changes nothing, which is what makes a redeploy, or a publication cut short
+  and run again, safe.
+- Then what no release has any more goes, with the directories left empty, and the
+  staging directory with whatever a killed publication left in it.
+
+Only regular files are published: a symbolic link inside a [static] directory, or a
+[static] directory that is itself a link (a build.shared entry), is skipped, so nothing
+outside the release tree (shared/.env) can ever be served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Final
+
+import structlog
+
+from relman.releases.registry import Manifest, ReleaseState
+from relman.static_urls import static_name
+
+log = structlog.get_logger(__name__)
+
+STAGING: Final = ".tmp"  # no [static] name can start with "." (relman.static_urls)
+READABLE: Final = 0o044  # group and others may read: nginx's workers are another user
+DIR_MODE: Final = 0o755
+# A link refused for these reasons is worth a copy; any other error is the file system's.
+_COPY_INSTEAD: Final = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK})
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What one publication did, in file counts."""
+
+    linked: int = 0
+    copied: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    skipped: tuple[str, ...] = ()  # symbolic links not followed, as release:path
+
+
+def publication_order(manifests: Sequence[Manifest], winner: str | None) -> list[Manifest]:
+    """The releases whose files are published, highest priority first: *winner* (the
+    release going live, or live), then the others by when they last went live, newest
+    first, then by id. Unfinished releases (being built, or abandoned mid-build) have no
+    files to offer yet."""
+    others = sorted((m for m in manifests if m.id != winner
+                     and m.state is not ReleaseState.UNFINISHED),
+                    key=lambda m: (m.last_live, m.id), reverse=True)
+    return [m for m in manifests if m.id == winner] + others
+
+
+def _parents(path: str) -> Iterator[str]:
+    """"a/b/c.css" -> "a", "a/b"."""
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        yield "/".join(parts[:i])
+
+
+def choose_published(releases: Iterable[Mapping[str, Path]]) -> dict[str, Path]:
+    """The files to publish ("name/path" -> source file) from each release's files, in
+    priority order: the first release that has a path wins it. A path that would be a
+    file under another's file, or a file where another has a directory, loses to the
+    one that came first."""
+    chosen: dict[str, Path] = {}
+    dirs: set[str] = set()
+    for files in releases:
+        for rel, source in files.items():
+            parents = list(_parents(rel))
+            if rel in chosen or rel in dirs or any(p in chosen for p in parents):
+                continue
+            chosen[rel] = source
+            dirs.update(parents)
+    return chosen
+
+
+def release_files(release_dir: Path, static: Mapping[str, str], release: str = ""
+                  ) -> tuple[dict[str, Path], list[str]]:
+    """The files of one release tree that its [static] mapping publishes ("name/path" ->
+    file), and the symbolic links skipped (release:path)."""
+    files: dict[str, Path] = {}
+    skipped: list[str] = []
+    for prefix, directory in static.items():
+        top = release_dir / directory
+        if top.is_symlink():
+            skipped.append(f"{release}:{directory}")
+            continue
+        name = static_name(prefix)
+        for here, subdirs, names in os.walk(top):  # a missing directory yields nothing
+            base = Path(here)
+            for entry in [*names, *subdirs]:
+                path = base / entry
+                if path.is_symlink():
+                    skipped.append(f"{release}:{path.relative_to(release_dir)}")
+                elif entry in names and path.is_file():
+                    rel = PurePosixPath(name, path.relative_to(top).as_posix())
+                    files.setdefault(str(rel), path)
+    return files, skipped
+
+
+def published_now(static_root: Path) -> set[str]:
+    """The files published under *static_root* ("name/path"), staging excluded."""
+    found: set[str] = set()
+    for here, subdirs, names in os.walk(static_root):
+        if Path(here) == static_root and STAGING in subdirs:
+            subdirs.remove(STAGING)
+        rel = Path(here).relative_to(static_root)
+        found.update((rel / n).as_posix() for n in names)
+        # A link to a directory is listed among subdirs and not walked: it goes as a file.
+        found.update((rel / d).as_posix() for d in subdirs if (Path(here) / d).is_symlink())
+    return found
+
+
+def _in_place(dest: Path, source: Path) -> bool:
+    try:
+        have, want = dest.lstat(), source.stat()
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectory: a file on its way
+        return False
+    if not stat.S_ISREG(have.st_mode):
+        return False
+    if (have.st_dev, have.st_ino) == (want.st_dev, want.st_ino):
+        return True
+    return (have.st_size, have.st_mtime_ns) == (want.st_size, want.st_mtime_ns)
+
+
+def _make_dirs(static_root: Path, rel: str) -> None:
+    """The directories of *rel* under *static_root*, 0755; a file in the way goes."""
+    for parent in _parents(rel):
+        path = static_root / parent
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            path.unlink()
+        if not path.is_dir():
+            path.mkdir()
+            os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask
+
+
+def _stage(source: Path, staged: Path) -> bool:
+    """*source* at *staged*, a hard link if it can be, readable by all; True if copied."""
+    try:
+        os.link(source, staged)
+        copied = False
+    except OSError as e:
+        if e.errno not in _COPY_INSTEAD:
+            raise
+        shutil.copy2(source, staged)
+        copied = True
+    mode = staged.stat().st_mode
+    if mode & READABLE != READABLE:
+        os.chmod(staged, stat.S_IMODE(mode) | READABLE)
+    return copied
+
+
+def _put(static_root: Path, staging: Path, rel: str, source: Path, n: int) -> bool:
+    """Publish *source* as *rel*: staged, then os.replace()d; True if copied."""
+    _make_dirs(static_root, rel)
+    dest = static_root / rel
+    if dest.is_dir() and not dest.is_symlink():  # a lower-priority release's directory
+        shutil.rmtree(dest)
+    staged = staging / str(n)
+    staged.unlink(missing_ok=True)
+    copied = _stage(source, staged)
+    os.replace(staged, dest)
+    return copied
+
+
+def _remove_empty_dirs(static_root: Path) -> None:
+    """Every empty directory below *static_root*, deepest first."""
+    for here, _subdirs, _names in os.walk(static_root, topdown=False):
+        if Path(here) != static_root:
+            with contextlib.suppress(OSError):  # not empty
+                Path(here).rmdir()
+
+
+def publish(static_root: Path, wanted: Mapping[str, Path]) -> Published:
+    """Make *static_root* hold exactly *wanted* ("name/path" -> source file): add and
+    replace first, remove last (see the module docstring)."""
+    staging = static_root / STAGING
+    if not wanted and not static_root.is_dir():
+        return Published()
+    for path in (static_root, staging):
+        if not path.is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, DIR_MODE)
+    linked = copied = unchanged = 0
+    for n, (rel, source) in enumerate(sorted(wanted.items())):
+        if _in_place(static_root / rel, source):
+            unchanged += 1
+            continue
+        if _put(static_root, staging, rel, source, n):
+            copied += 1
+        else:
+            linked += 1
+    stale = published_now(static_root) - set(wanted)
+    for rel in sorted(stale):
+        (static_root / rel).unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    _remove_empty_dirs(static_root)
+    return Published(linked=linked, copied=copied, unchanged=unchanged, removed=len(stale))
