@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from importlib.resources import files
 from pathlib import Path
 from string import Template
 from typing import Final
 
 from relman.errors import UsageError
+from relman.static_urls import prefix_problem, static_name
 
 PROTOCOLS: Final = frozenset({"http", "uwsgi"})
 
@@ -30,10 +32,62 @@ def _check(field: str, value: str, *, spaces: bool = False) -> None:
         )
 
 
+# A file name that carries a content hash, ahead of its extension(s):
+# - ".<hex>" or "-<hex>", 8 or more hex digits with at least one digit and one letter:
+#   Django's ManifestStaticFilesStorage (`base.27e20196a850.css`, 12), webpack's
+#   `[name].[contenthash]` (20), Vite up to 4 and Parcel (`index-4f3a2b1c.js`, 8);
+# - "-<8 url-safe base64>" with a digit, an upper and a lower case letter: Rollup 4 and
+#   Vite 5+ (`index-Bw9IXxrK.js`; Rollup's default hashCharacters is "base64"); the
+#   quarter of those hashes without a digit are missed (revalidated, never stale).
+# The letter/digit requirements keep words and dates out ("-settings", "-20241129"): a
+# name taken for hashed when it is not would be cached for a year under a name whose
+# content a deploy can change; a hash missed is only revalidated.
+HASHED_NAME: Final = (
+    r"(?:[.-](?=[0-9a-f]*[0-9])(?=[0-9a-f]*[a-f])[0-9a-f]{8,}"
+    r"|-(?=[A-Za-z0-9_-]{0,7}[0-9])(?=[A-Za-z0-9_-]{0,7}[A-Z])(?=[A-Za-z0-9_-]{0,7}[a-z])"
+    r"[A-Za-z0-9_-]{8})(?:\.[A-Za-z0-9]+)+"
+)
+IMMUTABLE: Final = "public, max-age=31536000, immutable"
+
+_STATIC_LOCATION: Final = """\
+    # [static] "{prefix}": the kept releases' files, published before each switch (see
+    # relman.toml(5)). ^~: no regex location of the server takes these URIs. Location and
+    # alias both end with "/", so "{stem}../" cannot leave the directory. A name with a
+    # content hash never changes: cached for a year; any other is revalidated each time.
+    # An add_header here hides the server level's add_header lines: repeat them here.
+    location ^~ {prefix} {{
+        alias {root}/static/{name}/;
+        add_header Cache-Control "no-cache";
+        # In a regex location, alias is the whole path: hence the named capture.
+        location ~ "^{prefix}(?<relman_static_file>.+{hashed})$" {{
+            alias {root}/static/{name}/$relman_static_file;
+            add_header Cache-Control "{immutable}";
+        }}
+    }}
+
+"""
+
+
+def static_locations(root: Path, prefixes: Iterable[str]) -> str:
+    """The `location` blocks serving *root*'s static/<name>/ directories, one per [static]
+    prefix (text for inside the server block; empty without prefixes)."""
+    blocks = []
+    for prefix in prefixes:
+        problem = prefix_problem(prefix)
+        if problem:
+            raise UsageError(f"nginx-config: static prefix {prefix!r}: {problem}")
+        blocks.append(_STATIC_LOCATION.format(
+            prefix=prefix, stem=prefix.rstrip("/"), root=root, name=static_name(prefix),
+            hashed=HASHED_NAME, immutable=IMMUTABLE))
+    return "".join(blocks)
+
+
 def render_server_block(
-    *, name: str, root: Path, protocol: str, listen: str = "80", server_name: str = "_"
+    *, name: str, root: Path, protocol: str, listen: str = "80", server_name: str = "_",
+    static: Iterable[str] = (),
 ) -> str:
-    """Return the upstreams, map and server block for one app, to include inside http {}."""
+    """Return the upstreams, map and server block for one app, to include inside http {};
+    with a location per [static] prefix in *static*."""
     if protocol not in PROTOCOLS:
         raise UsageError(f"nginx-config: protocol {protocol!r} is not one of http, uwsgi")
     ident = name.replace("-", "_")
@@ -49,5 +103,6 @@ def render_server_block(
     _check("server_name", server_name, spaces=True)  # several names are space-separated
     text = (files("relman") / "templates" / f"nginx-{protocol}.conf").read_text(encoding="utf-8")
     return Template(text).substitute(
-        name=ident, root=str(root), listen=listen, server_name=server_name
+        name=ident, root=str(root), listen=listen, server_name=server_name,
+        static_locations=static_locations(root, static),
     )

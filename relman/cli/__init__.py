@@ -205,7 +205,8 @@ def nginx_config(ctx: Context, listen: str, server_name: str) -> None:
                          "to proxy")
     protocol = "uwsgi" if server.kind == "uwsgi" and server.protocol == "uwsgi" else "http"
     text = render_server_block(name=ctx.config.app.name, root=ctx.root.root,
-                               protocol=protocol, listen=listen, server_name=server_name)
+                               protocol=protocol, listen=listen, server_name=server_name,
+                               static=ctx.config.static)
     ctx.emit({"protocol": protocol, "config": text}, text.rstrip())
 
 

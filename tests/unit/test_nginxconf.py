@@ -10,7 +10,7 @@ from string import Template
 import pytest
 
 from relman.errors import UsageError
-from relman.nginxconf import render_server_block
+from relman.nginxconf import HASHED_NAME, render_server_block
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "nginx"
 DEMO = {
@@ -43,12 +43,14 @@ def test_contrib_example_matches_the_template(protocol: str) -> None:
 
 
 @pytest.mark.parametrize("protocol", ["http", "uwsgi"])
-def test_template_uses_exactly_the_four_placeholders(protocol: str) -> None:
-    """The template is valid string.Template text using name, root, listen and server_name."""
+def test_template_uses_exactly_the_placeholders(protocol: str) -> None:
+    """The template is valid string.Template text using name, root, listen, server_name and
+    static_locations."""
     text = (files("relman") / "templates" / f"nginx-{protocol}.conf").read_text(encoding="utf-8")
     template = Template(text)
     assert template.is_valid()
-    assert set(template.get_identifiers()) == {"name", "root", "listen", "server_name"}
+    assert set(template.get_identifiers()) == {"name", "root", "listen", "server_name",
+                                               "static_locations"}
 
 
 @pytest.mark.parametrize("protocol", ["http", "uwsgi"])
@@ -129,3 +131,51 @@ def test_values_nginx_would_misread_are_rejected(field: str, value: object) -> N
     kwargs: dict[str, object] = {**DEMO, "protocol": "http", field: value}
     with pytest.raises(UsageError, match=field):
         render_server_block(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "hashed"),
+    [
+        pytest.param("base.27e20196a850.css", True, id="django-manifest"),
+        pytest.param("img/logo.27e20196a850.png", True, id="django-manifest-subdir"),
+        pytest.param("main.4f3a2b1c9d8e7f6a5b4c.js", True, id="webpack-contenthash"),
+        pytest.param("main.4f3a2b1c.js.map", True, id="webpack-source-map"),
+        pytest.param("index-4f3a2b1c.js", True, id="vite-4-hex"),
+        pytest.param("index-Bw9IXxrK.js", True, id="vite-5-base64"),
+        # A quarter of 8-character base64 hashes have no digit: revalidated, never wrong.
+        pytest.param("index-BwPIXxrK.js", False, id="vite-5-base64-without-a-digit-missed"),
+        pytest.param("index-B_w9-xrK.css", True, id="vite-5-base64-punctuation"),
+        pytest.param("app.css", False, id="plain"),
+        pytest.param("jquery-3.7.1.min.js", False, id="version"),
+        pytest.param("report-20241129.pdf", False, id="date-digits-only"),
+        pytest.param("app-settings.js", False, id="word-of-eight"),
+        pytest.param("MyWidget-Settings.js", False, id="camel-case-word"),
+        pytest.param("deadbeefcafe.css", False, id="no-separator"),
+        pytest.param("build-27e20196a850/app.css", False, id="hash-in-a-directory"),
+        pytest.param("app.27e20196a850", False, id="no-extension"),
+    ],
+)
+def test_hashed_names(name: str, hashed: bool) -> None:
+    """Names carrying a content hash as Django, webpack and Vite write them get the long
+    cache; words, versions and dates do not."""
+    assert bool(re.fullmatch(f".+{HASHED_NAME}", name)) is hashed
+
+
+def test_static_locations_alias_each_prefix() -> None:
+    """Each [static] prefix gets a ^~ location aliased to static/<name>/, both ending in
+    "/", and a nested regex location for hashed names whose alias uses its capture."""
+    out = render_server_block(protocol="http", static=["/static/", "/assets/img/"], **DEMO)  # type: ignore[arg-type]
+    assert "    location ^~ /static/ {\n        alias /srv/shop/static/static/;\n" in out
+    assert "    location ^~ /assets/img/ {\n        alias /srv/shop/static/assets-img/;\n" in out
+    assert "alias /srv/shop/static/assets-img/$relman_static_file;" in out
+    assert out.index("location ^~ /static/") < out.index("location / {")
+    assert out.count('add_header Cache-Control "public, max-age=31536000, immutable";') == 2
+
+
+def test_no_static_renders_no_location() -> None:
+    assert "static" not in render_server_block(protocol="http", **DEMO)  # type: ignore[arg-type]
+
+
+def test_bad_static_prefix_is_rejected() -> None:
+    with pytest.raises(UsageError, match="static prefix '/a b/'"):
+        render_server_block(protocol="http", static=["/a b/"], **DEMO)  # type: ignore[arg-type]
