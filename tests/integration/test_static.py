@@ -121,3 +121,50 @@ def test_alias_cannot_be_left_through_the_prefix(stack, app_repo, base_dir):
                  "/static/.tmp/", "/static/s1.1a2b3c4d5e6f.css/../../secret.txt"):
         status, text, _ = fetch(nginx, path)
         assert "not for the web" not in text, (path, status)
+
+
+def test_daemon_killed_after_publication_puts_the_live_files_back(make_app, app_repo,
+                                                                   base_dir):
+    """kill -9 of the daemon after s2's files were published, before its switch: the next
+    daemon gives the live s1 its own app.css back and keeps s2's own files (s2 is built
+    and kept); deploying s2 again then publishes exactly what a clean deploy would."""
+    release(app_repo, "s1")
+    app = make_app(static={'"/static/"': "static"})
+    app.relman("deploy", "s1", check=True)
+    published = base_dir / "sample/static/static"
+    release(app_repo, "s2")
+    app.kill9()
+    app.start(env={"RELMAN_TEST_CRASH_AT": "published"})
+    app.relman("deploy", "s2")
+    app.proc.wait(30)
+    assert (published / "app.css").read_text() == "app of s2"  # the crash came after
+    app.start()
+    assert (published / "app.css").read_text() == "app of s1"
+    assert (published / "s2.css").read_text() == "s2 plain"
+    assert not (published.parent / ".tmp").exists()
+    app.relman("deploy", "s2", check=True)
+    names = sorted(p.name for p in published.iterdir())
+    assert names == sorted(["app.css", "s1.css", f"s1.{HASH['s1']}.css", "s2.css",
+                            f"s2.{HASH['s2']}.css"])
+    assert (published / "app.css").read_text() == "app of s2"
+
+
+def test_static_on_another_file_system_is_copied(make_app, app_repo, base_dir):
+    """With static/ on a file system of its own (a tmpfs here), hard links fail with
+    EXDEV: the files are copied, readable, and a second publication copies nothing."""
+    from testing.fullfs import small_tmpfs
+
+    release(app_repo, "s1")
+    app = make_app(static={'"/static/"': "static"})
+    root = base_dir / "sample"
+    with small_tmpfs(root / "static"):
+        os.chmod(root / "static", 0o755)
+        out = app.relman("deploy", "s1", check=True).stdout
+        assert "3 copied" in out, out
+        copy = root / "static/static/s1.css"
+        assert copy.read_text() == "s1 plain"
+        assert not os.path.samefile(copy, root / "current/static/s1.css")
+        assert stat.S_IMODE(copy.stat().st_mode) & 0o044 == 0o044
+        again = app.relman("deploy", "s1", check=True).stdout
+        assert "0 copied, 3 unchanged" in again, again
+        app.stop()  # before the tmpfs goes
