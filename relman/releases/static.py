@@ -41,7 +41,7 @@ import shutil
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Final
 
 import structlog
@@ -104,6 +104,22 @@ def choose_published(releases: Iterable[Mapping[str, Path]]) -> dict[str, Path]:
     return chosen
 
 
+def _entries(top: str) -> Iterator[os.DirEntry[str]]:
+    """Every entry below *top* (nothing if it is missing), without following links; one
+    getdents per directory and no stat: DirEntry knows each entry's type."""
+    stack = [top]
+    while stack:
+        try:
+            listing = os.scandir(stack.pop())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with listing:
+            for entry in listing:
+                yield entry
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+
+
 def release_files(release_dir: Path, static: Mapping[str, str], release: str = ""
                   ) -> tuple[dict[str, Path], list[str]]:
     """The files of one release tree that its [static] mapping publishes ("name/path" ->
@@ -115,56 +131,76 @@ def release_files(release_dir: Path, static: Mapping[str, str], release: str = "
         if top.is_symlink():
             skipped.append(f"{release}:{directory}")
             continue
-        name = static_name(prefix)
-        for here, subdirs, names in os.walk(top):  # a missing directory yields nothing
-            base = Path(here)
-            for entry in [*names, *subdirs]:
-                path = base / entry
-                if path.is_symlink():
-                    skipped.append(f"{release}:{path.relative_to(release_dir)}")
-                elif entry in names and path.is_file():
-                    rel = PurePosixPath(name, path.relative_to(top).as_posix())
-                    files.setdefault(str(rel), path)
+        name, cut = static_name(prefix), len(str(top)) + 1
+        for entry in _entries(str(top)):
+            if entry.is_symlink():
+                skipped.append(f"{release}:{os.path.relpath(entry.path, release_dir)}")
+            elif entry.is_file(follow_symlinks=False):
+                files.setdefault(f"{name}/{entry.path[cut:]}", Path(entry.path))
     return files, skipped
+
+
+@dataclass(frozen=True, slots=True)
+class _Tree:
+    """What static/ holds, read once: each file (or link) with its lstat, and the
+    directories; kept up to date as publish() changes it."""
+
+    files: dict[str, os.stat_result]
+    dirs: set[str]
+
+    @classmethod
+    def scan(cls, static_root: Path) -> _Tree:
+        files, dirs, cut = {}, set(), len(str(static_root)) + 1
+        for entry in _entries(str(static_root)):
+            rel = entry.path[cut:]
+            if rel == STAGING or rel.startswith(STAGING + "/"):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                dirs.add(rel)
+            else:
+                files[rel] = entry.stat(follow_symlinks=False)
+        return cls(files, dirs)
+
+    def forget(self, rel: str) -> None:
+        """*rel* and everything below it are gone."""
+        self.files.pop(rel, None)
+        self.dirs.discard(rel)
+        below = rel + "/"
+        for gone in [f for f in self.files if f.startswith(below)]:
+            del self.files[gone]
+        self.dirs.difference_update([d for d in self.dirs if d.startswith(below)])
 
 
 def published_now(static_root: Path) -> set[str]:
     """The files published under *static_root* ("name/path"), staging excluded."""
-    found: set[str] = set()
-    for here, subdirs, names in os.walk(static_root):
-        if Path(here) == static_root and STAGING in subdirs:
-            subdirs.remove(STAGING)
-        rel = Path(here).relative_to(static_root)
-        found.update((rel / n).as_posix() for n in names)
-        # A link to a directory is listed among subdirs and not walked: it goes as a file.
-        found.update((rel / d).as_posix() for d in subdirs if (Path(here) / d).is_symlink())
-    return found
+    return set(_Tree.scan(static_root).files)
 
 
-def _in_place(dest: Path, source: Path) -> bool:
-    try:
-        have, want = dest.lstat(), source.stat()
-    except (FileNotFoundError, NotADirectoryError):  # NotADirectory: a file on its way
-        return False
-    if not stat.S_ISREG(have.st_mode):
+def _in_place(have: os.stat_result | None, want: os.stat_result) -> bool:
+    """True if the published file *have* is the source *want*: the same inode, or (a
+    copy) the same size and modification time."""
+    if have is None or not stat.S_ISREG(have.st_mode):
         return False
     if (have.st_dev, have.st_ino) == (want.st_dev, want.st_ino):
         return True
     return (have.st_size, have.st_mtime_ns) == (want.st_size, want.st_mtime_ns)
 
 
-def _make_dirs(static_root: Path, rel: str) -> None:
+def _make_dirs(static_root: Path, tree: _Tree, rel: str) -> None:
     """The directories of *rel* under *static_root*, 0755; a file in the way goes."""
     for parent in _parents(rel):
+        if parent in tree.dirs:
+            continue
         path = static_root / parent
-        if path.is_symlink() or (path.exists() and not path.is_dir()):
+        if parent in tree.files:
             path.unlink()
-        if not path.is_dir():
-            path.mkdir()
-            os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask
+            tree.forget(parent)
+        path.mkdir()
+        os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask
+        tree.dirs.add(parent)
 
 
-def _stage(source: Path, staged: Path) -> bool:
+def _stage(source: Path, want: os.stat_result, staged: Path) -> bool:
     """*source* at *staged*, a hard link if it can be, readable by all; True if copied."""
     try:
         os.link(source, staged)
@@ -172,33 +208,32 @@ def _stage(source: Path, staged: Path) -> bool:
     except OSError as e:
         if e.errno not in _COPY_INSTEAD:
             raise
-        shutil.copy2(source, staged)
+        shutil.copy2(source, staged)  # with the mode and modification time
         copied = True
-    mode = staged.stat().st_mode
-    if mode & READABLE != READABLE:
-        os.chmod(staged, stat.S_IMODE(mode) | READABLE)
+    if want.st_mode & READABLE != READABLE:
+        os.chmod(staged, stat.S_IMODE(want.st_mode) | READABLE)
     return copied
 
 
-def _put(static_root: Path, staging: Path, rel: str, source: Path, n: int) -> bool:
+def _put(static_root: Path, staging: Path, tree: _Tree, rel: str, source: Path,
+         want: os.stat_result, n: int) -> bool:
     """Publish *source* as *rel*: staged, then os.replace()d; True if copied."""
-    _make_dirs(static_root, rel)
-    dest = static_root / rel
-    if dest.is_dir() and not dest.is_symlink():  # a lower-priority release's directory
-        shutil.rmtree(dest)
+    _make_dirs(static_root, tree, rel)
+    if rel in tree.dirs:  # a lower-priority release's directory, in a clash
+        shutil.rmtree(static_root / rel)
+        tree.forget(rel)
     staged = staging / str(n)
-    staged.unlink(missing_ok=True)
-    copied = _stage(source, staged)
-    os.replace(staged, dest)
+    staged.unlink(missing_ok=True)  # left by a publication cut short
+    copied = _stage(source, want, staged)
+    os.replace(staged, static_root / rel)
     return copied
 
 
-def _remove_empty_dirs(static_root: Path) -> None:
-    """Every empty directory below *static_root*, deepest first."""
-    for here, _subdirs, _names in os.walk(static_root, topdown=False):
-        if Path(here) != static_root:
-            with contextlib.suppress(OSError):  # not empty
-                Path(here).rmdir()
+def _make_root(static_root: Path, staging: Path) -> None:
+    for path in (static_root, staging):
+        if not path.is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, DIR_MODE)
 
 
 def publish(static_root: Path, wanted: Mapping[str, Path]) -> Published:
@@ -207,22 +242,23 @@ def publish(static_root: Path, wanted: Mapping[str, Path]) -> Published:
     staging = static_root / STAGING
     if not wanted and not static_root.is_dir():
         return Published()
-    for path in (static_root, staging):
-        if not path.is_dir():
-            path.mkdir(parents=True, exist_ok=True)
-            os.chmod(path, DIR_MODE)
+    _make_root(static_root, staging)
+    tree = _Tree.scan(static_root)
     linked = copied = unchanged = 0
     for n, (rel, source) in enumerate(sorted(wanted.items())):
-        if _in_place(static_root / rel, source):
+        want = os.stat(source)
+        if _in_place(tree.files.get(rel), want):
             unchanged += 1
-            continue
-        if _put(static_root, staging, rel, source, n):
+        elif _put(static_root, staging, tree, rel, source, want, n):
             copied += 1
         else:
             linked += 1
-    stale = published_now(static_root) - set(wanted)
-    for rel in sorted(stale):
+    stale = [rel for rel in tree.files if rel not in wanted]
+    for rel in stale:
         (static_root / rel).unlink(missing_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
-    _remove_empty_dirs(static_root)
+    needed = {parent for rel in wanted for parent in _parents(rel)}
+    for directory in sorted(tree.dirs - needed, key=len, reverse=True):  # deepest first
+        with contextlib.suppress(OSError):  # not empty: something else put a file there
+            (static_root / directory).rmdir()
     return Published(linked=linked, copied=copied, unchanged=unchanged, removed=len(stale))
