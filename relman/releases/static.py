@@ -21,9 +21,8 @@ How a publication goes (publish()), and why:
   so making it readable makes the release's file readable too: static files are public by
   definition (nginx's workers, as www-data, must read them).
 - A file already in place is left alone: the same inode as its source, or, for a copy,
-  the same size and modification time (copy2 keeps it). A second publication of the same
-  releases changes nothing, which is what makes a redeploy, or a publication cut short
-  and run again, safe.
+  the same content. A second publication of the same releases changes nothing, which is
+  what makes a redeploy, or a publication cut short and run again, safe.
 - Then what no release has any more goes, with the directories left empty, and the
   staging directory with whatever a killed publication left in it.
 
@@ -176,14 +175,27 @@ def published_now(static_root: Path) -> set[str]:
     return set(_Tree.scan(static_root).files)
 
 
-def _in_place(have: os.stat_result | None, want: os.stat_result) -> bool:
-    """True if the published file *have* is the source *want*: the same inode, or (a
-    copy) the same size and modification time."""
+def _same_content(a: Path, b: Path) -> bool:
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while True:
+            chunk = fa.read(1 << 16)
+            if chunk != fb.read(1 << 16):
+                return False
+            if not chunk:
+                return True
+
+
+def _in_place(have: os.stat_result | None, want: os.stat_result, dest: Path,
+              source: Path) -> bool:
+    """True if the published file *have* (at *dest*) is the source *want*: the same
+    inode, or (a copy) a regular file of the same size and content. Size and modification
+    time alone would not do: git archive stamps files with the commit time, in seconds, and
+    two commits of one second can differ in a file of one size."""
     if have is None or not stat.S_ISREG(have.st_mode):
         return False
     if (have.st_dev, have.st_ino) == (want.st_dev, want.st_ino):
         return True
-    return (have.st_size, have.st_mtime_ns) == (want.st_size, want.st_mtime_ns)
+    return have.st_size == want.st_size and _same_content(dest, source)
 
 
 def _make_dirs(static_root: Path, tree: _Tree, rel: str) -> None:
@@ -247,7 +259,7 @@ def publish(static_root: Path, wanted: Mapping[str, Path]) -> Published:
     linked = copied = unchanged = 0
     for n, (rel, source) in enumerate(sorted(wanted.items())):
         want = os.stat(source)
-        if _in_place(tree.files.get(rel), want):
+        if _in_place(tree.files.get(rel), want, static_root / rel, source):
             unchanged += 1
         elif _put(static_root, staging, tree, rel, source, want, n):
             copied += 1

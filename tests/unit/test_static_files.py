@@ -218,3 +218,21 @@ def test_store_publishes_each_release_with_its_own_static(tmp_path: Path) -> Non
     store.root.manifest(rid(1)).unlink()  # what prune removes, the tree aside
     store.publish_static(rid(2))
     assert contents(store.root.static) == {"static/s2.css": "2"}
+
+
+def test_publish_replaces_a_copy_of_one_size_and_time_but_other_content(tmp_path: Path
+                                                                       ) -> None:
+    """A published copy is compared by content: git archive stamps two releases committed
+    in one second with one mtime, and a file may keep its size ("v1" -> "v2")."""
+    old = tree(tmp_path / "old", {"s/app.css": "v1"})
+    new = tree(tmp_path / "new", {"s/app.css": "v2"})
+    stamp = (1_790_000_000, 1_790_000_000)
+    os.utime(old / "s/app.css", stamp)
+    os.utime(new / "s/app.css", stamp)
+    static_root = tmp_path / "static"
+    tree(static_root, {"static/app.css": "v1"})  # a copy of old's, not a link
+    os.utime(static_root / "static/app.css", stamp)
+    assert publish(static_root, {"static/app.css": old / "s/app.css"}) == Published(
+        unchanged=1)
+    assert publish(static_root, {"static/app.css": new / "s/app.css"}) == Published(linked=1)
+    assert contents(static_root) == {"static/app.css": "v2"}
