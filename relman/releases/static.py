@@ -71,10 +71,12 @@ class Published:
 def publication_order(manifests: Sequence[Manifest], winner: str | None) -> list[Manifest]:
     """The releases whose files are published, highest priority first: *winner* (the
     release going live, or live), then the others by when they last went live, newest
-    first, then by id. Unfinished releases (being built, or abandoned mid-build) have no
-    files to offer yet."""
-    others = sorted((m for m in manifests if m.id != winner
-                     and m.state is not ReleaseState.UNFINISHED),
+    first, then by id. An unfinished release (being built, or abandoned mid-build) has no
+    files to offer yet, and a failed one that never went live never rendered a page."""
+    def offers(m: Manifest) -> bool:
+        return m.state is ReleaseState.BUILT or (m.state is ReleaseState.FAILED
+                                                 and m.last_live > 0)
+    others = sorted((m for m in manifests if m.id != winner and offers(m)),
                     key=lambda m: (m.last_live, m.id), reverse=True)
     return [m for m in manifests if m.id == winner] + others
 

@@ -86,10 +86,11 @@ def test_choose_published_file_and_directory_clash(first: list[str], second: lis
 
 def test_publication_order_puts_the_winner_first_then_last_live() -> None:
     """The release going live first, then the others, most recently live first; unfinished
-    releases offer nothing."""
+    releases, and failed ones that never went live, offer nothing."""
     releases = [manifest(1, last_live=300), manifest(2, last_live=100), manifest(3),
                 manifest(4, ReleaseState.UNFINISHED), manifest(5, ReleaseState.FAILED,
-                                                                 last_live=200)]
+                                                                 last_live=200),
+                manifest(6, ReleaseState.FAILED)]
     order = [m.id for m in publication_order(releases, rid(3))]
     assert order == [rid(3), rid(1), rid(5), rid(2)]
     assert [m.id for m in publication_order(releases, None)] == [rid(1), rid(5), rid(2), rid(3)]
