@@ -281,6 +281,18 @@ def _shared_check(config: Config, root: AppRoot) -> dict[str, Any]:
     return _check("shared", not problems, "; ".join(problems) or f"{root.shared}: complete")
 
 
+def _static_check(root: AppRoot) -> dict[str, Any]:
+    """[static]: nginx's workers, another user, must search every directory down to
+    static/ (the first deploy creates it 0755, and its files readable by all)."""
+    target = root.static if root.static.is_dir() else root.root
+    closed = [p for p in (*reversed(target.parents), target)
+              if p.is_dir() and not p.stat().st_mode & 0o001]
+    if closed:
+        return _check("static", False, f"{closed[0]} (mode {closed[0].stat().st_mode & 0o7777:04o}"
+                      f") keeps nginx's workers from {root.static}: chmod o+x {closed[0]}")
+    return _check("static", True, f"{root.static}: other users may search it")
+
+
 def _nginx_check(returncode: int, stderr: str, *, root_user: bool) -> dict[str, Any]:
     """`nginx -t` as whoever runs `check`. The deploy user may read the whole config but not
     open what nginx -t opens after parsing it (Debian's /run/nginx.pid, its logs): once
@@ -336,6 +348,8 @@ def check_all(config: Config) -> list[dict[str, Any]]:
                           f"not writable: {', '.join(unwritable)}" if unwritable else "writable"))
     if config.build.shared or config.server.env_file:
         results.append(_shared_check(config, root))
+    if config.static:
+        results.append(_static_check(root))
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
                                       else None)
     if nginx:

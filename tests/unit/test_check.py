@@ -3,11 +3,13 @@ files shared/ must hold before the first deploy, and a root nothing was deployed
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from relman.config import load_config
 from relman.releases import AppRoot
-from relman.views import _nginx_check, _shared_check, check_all
+from relman.views import _nginx_check, _shared_check, _static_check, check_all
+from testing.daemon import make_base_dir
 
 # Debian 12's nginx -t run by a user who is not root: the config parses, the pid file does not
 # open. The stock config cannot pass any other way for the deploy user.
@@ -94,3 +96,26 @@ def test_kind_none_has_no_live_socket_to_check(tmp_path: Path) -> None:
     checks = {c["check"]: c for c in check_all(config)}
     assert checks["live socket"] == {"check": "live socket", "ok": True,
                                      "detail": 'none: server.kind = "none" (no web server)'}
+
+
+def test_static_needs_directories_other_users_may_search() -> None:
+    """With [static], every directory down to static/ must let nginx's workers (another
+    user) through; the line names the first that does not and the fix."""
+    base = make_base_dir()  # 0755 under /tmp: pytest's tmp_path is 0700
+    try:
+        path = base / "relman.toml"
+        path.write_text(f'[app]\nname = "shop"\nrepo = "/r"\nroot = "{base}/root"\n'
+                        '[server]\napp = "a:b"\n[static]\n"/static/" = "staticfiles"\n')
+        config = load_config(path)
+        root = AppRoot(config.app.root)
+        root.create()
+        assert _static_check(root) == {"check": "static", "ok": True,
+                                       "detail": f"{root.static}: other users may search it"}
+        assert "static" in {c["check"] for c in check_all(config)}
+        base.chmod(0o750)
+        result = _static_check(root)
+        assert not result["ok"]
+        assert result["detail"] == (f"{base} (mode 0750) keeps nginx's workers from "
+                                    f"{root.static}: chmod o+x {base}")
+    finally:
+        shutil.rmtree(base)
