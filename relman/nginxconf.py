@@ -9,6 +9,15 @@ from string import Template
 from typing import Final
 
 from relman.errors import UsageError
+from relman.nginx_tls import (
+    Acme,
+    Tls,
+    acme_lines,
+    check_size,
+    listen_lines,
+    redirect_map,
+    tls_lines,
+)
 
 PROTOCOLS: Final = frozenset({"http", "uwsgi"})
 
@@ -30,10 +39,32 @@ def _check(field: str, value: str, *, spaces: bool = False) -> None:
         )
 
 
+def _fill_blocks(text: str, blocks: dict[str, list[str]]) -> str:
+    """Replace each line that is only `$block` by the block's lines at that indentation (no
+    line if empty). Block lines are literal nginx text: their `$` are escaped for Template."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        word = line.strip()
+        if word.startswith("$") and word[1:] in blocks:
+            indent = line[: len(line) - len(line.lstrip())]
+            out += [f"{indent}{b}\n".replace("$", "$$") if b else "\n"
+                    for b in blocks[word[1:]]]
+        else:
+            out.append(line)
+    return "".join(out)
+
+
 def render_server_block(
-    *, name: str, root: Path, protocol: str, listen: str = "80", server_name: str = "_"
+    *, name: str, root: Path, protocol: str, listen: str = "80", server_name: str = "_",
+    tls: Tls | None = None, acme: Acme | None = None, ipv6: bool = False,
+    client_max_body_size: str = "",
 ) -> str:
-    """Return the upstreams, map and server block for one app, to include inside http {}."""
+    """Return the upstreams, map and server block for one app, to include inside http {}.
+
+    With *tls*, the same server block also listens with ssl and redirects plain http to
+    https (except from loopback and for the ACME challenge); *acme* adds certbot's
+    challenge location.
+    """
     if protocol not in PROTOCOLS:
         raise UsageError(f"nginx-config: protocol {protocol!r} is not one of http, uwsgi")
     ident = name.replace("-", "_")
@@ -47,7 +78,21 @@ def render_server_block(
     _check("root", str(root))
     _check("listen", listen, spaces=True)  # e.g. "80 default_server"
     _check("server_name", server_name, spaces=True)  # several names are space-separated
+    if tls is not None:
+        _check("tls listen", tls.listen, spaces=True)
+    settings = [f"client_max_body_size {client_max_body_size};"] if client_max_body_size else []
+    if client_max_body_size:
+        check_size(client_max_body_size)
+    if tls is not None:
+        settings += ["", *tls_lines(ident, tls)]
+    if acme is not None:
+        settings += ["", *acme_lines(acme)]
+    blocks = {
+        "listens": listen_lines(listen, tls, ipv6=ipv6),
+        "redirect_map": ["", *redirect_map(ident, acme=acme is not None)] if tls else [],
+        "server_settings": settings,
+    }
     text = (files("relman") / "templates" / f"nginx-{protocol}.conf").read_text(encoding="utf-8")
-    return Template(text).substitute(
-        name=ident, root=str(root), listen=listen, server_name=server_name
+    return Template(_fill_blocks(text, blocks)).substitute(
+        name=ident, root=str(root), server_name=server_name
     )

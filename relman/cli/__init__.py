@@ -21,6 +21,7 @@ from relman.cli import processes
 from relman.cli.context import WAIT, Context, pass_ctx
 from relman.config_search import hoist_global_options
 from relman.errors import INTERNAL_ERROR_EXIT, RelmanError, UsageError
+from relman.nginx_tls import ACME_WEBROOT, LETSENCRYPT_LIVE
 
 # Every command starts with these imports, over SSH too: what only some commands need (the
 # release store, the views, the daemon's answers, structlog, asyncio) is imported inside them.
@@ -192,21 +193,61 @@ def check(ctx: Context) -> None:
 
 
 @cli.command("nginx-config")
-@click.option("--listen", default="80", show_default=True, help="nginx listen value.")
-@click.option("--server-name", default="_", show_default=True, help="nginx server_name.")
+@click.option("--listen", default="80", show_default=True, help="nginx listen value (plain http).")
+@click.option("--server-name", help="nginx server_name  [default: the --letsencrypt DOMAIN, "
+              "else _]")
+@click.option("--tls", "tls_paths", nargs=2, metavar="CERT KEY",
+              help="Serve https with this certificate (chain) and key; redirect http to it.")
+@click.option("--letsencrypt", metavar="DOMAIN",
+              help="As --tls with certbot's certificate for DOMAIN, plus its ACME webroot.")
+@click.option("--letsencrypt-dir", default=str(LETSENCRYPT_LIVE), show_default=True,
+              metavar="DIR", help="Where certbot keeps DOMAIN/fullchain.pem and privkey.pem.")
+@click.option("--acme-webroot", default=str(ACME_WEBROOT), show_default=True, metavar="DIR",
+              help="certbot's --webroot path, served at /.well-known/acme-challenge/.")
+@click.option("--tls-listen", default="443", show_default=True, help="nginx listen value "
+              "for https (ssl is added).")
+@click.option("--ipv6", is_flag=True, help="Also listen on [::] for each port.")
+@click.option("--client-max-body-size", metavar="SIZE", help="Largest request body, e.g. 20m.")
+@click.option("--nginx-version", metavar="VERSION", help="Render for this nginx version "
+              "[default: what `nginx -v` says here]")
 @pass_ctx
-def nginx_config(ctx: Context, listen: str, server_name: str) -> None:
+def nginx_config(ctx: Context, listen: str, server_name: str | None,
+                 tls_paths: tuple[str, str] | None, letsencrypt: str | None,
+                 letsencrypt_dir: str, acme_webroot: str, tls_listen: str, ipv6: bool,
+                 client_max_body_size: str | None, nginx_version: str | None) -> None:
     """Print the nginx server block for this app."""
+    from relman import nginx_tls
     from relman.nginxconf import render_server_block
 
     server = ctx.config.server
     if server.kind == "none":
         raise UsageError(f'{ctx.path}: server.kind = "none": there is no web server for nginx '
                          "to proxy")
+    if tls_paths and letsencrypt:
+        raise UsageError("nginx-config: --tls and --letsencrypt cannot be used together")
+    http2_directive = bool(tls_paths or letsencrypt) and nginx_tls.wants_http2_directive(
+        nginx_version or nginx_tls.local_nginx_version())
+    tls, acme = None, None
+    if tls_paths:
+        tls = nginx_tls.tls_files(*tls_paths, listen=tls_listen, http2_directive=http2_directive)
+    if letsencrypt:
+        acme = nginx_tls.Acme(webroot=Path(acme_webroot), domain=letsencrypt)
+        cert, key = nginx_tls.letsencrypt_files(letsencrypt, Path(letsencrypt_dir))
+        if nginx_tls.certificate_missing(cert):
+            click.echo(f"relman: warning: no certificate at {cert} yet: this config serves "
+                       f"plain http with the ACME location only; run `certbot certonly "
+                       f"--webroot -w {acme_webroot} -d {letsencrypt}`, then nginx-config again",
+                       err=True)
+        else:
+            tls = nginx_tls.Tls(cert=cert, key=key, listen=tls_listen,
+                                http2_directive=http2_directive)
     protocol = "uwsgi" if server.kind == "uwsgi" and server.protocol == "uwsgi" else "http"
     text = render_server_block(name=ctx.config.app.name, root=ctx.root.root,
-                               protocol=protocol, listen=listen, server_name=server_name)
-    ctx.emit({"protocol": protocol, "config": text}, text.rstrip())
+                               protocol=protocol, listen=listen,
+                               server_name=server_name or letsencrypt or "_", tls=tls,
+                               acme=acme, ipv6=ipv6,
+                               client_max_body_size=client_max_body_size or "")
+    ctx.emit({"protocol": protocol, "tls": tls is not None, "config": text}, text.rstrip())
 
 
 @cli.command()
