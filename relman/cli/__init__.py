@@ -233,12 +233,7 @@ def nginx_config(ctx: Context, listen: str, server_name: str | None,
     if letsencrypt:
         acme = nginx_tls.Acme(webroot=Path(acme_webroot), domain=letsencrypt)
         cert, key = nginx_tls.letsencrypt_files(letsencrypt, Path(letsencrypt_dir))
-        if nginx_tls.certificate_missing(cert):
-            click.echo(f"relman: warning: no certificate at {cert} yet: this config serves "
-                       f"plain http with the ACME location only; run `certbot certonly "
-                       f"--webroot -w {acme_webroot} -d {letsencrypt}`, then nginx-config again",
-                       err=True)
-        else:
+        if not nginx_tls.certificate_missing(cert):
             tls = nginx_tls.Tls(cert=cert, key=key, listen=tls_listen,
                                 http2_directive=http2_directive)
     protocol = "uwsgi" if server.kind == "uwsgi" and server.protocol == "uwsgi" else "http"
@@ -247,6 +242,11 @@ def nginx_config(ctx: Context, listen: str, server_name: str | None,
                                server_name=server_name or letsencrypt or "_", tls=tls,
                                acme=acme, ipv6=ipv6,
                                client_max_body_size=client_max_body_size or "")
+    if acme is not None and tls is None:  # certbot needs this plain config to get a certificate
+        click.echo(f"relman: warning: no certificate for {letsencrypt} in {letsencrypt_dir} yet: "
+                   "this config serves plain http with the ACME location only; run `certbot "
+                   f"certonly --webroot -w {acme_webroot} -d {letsencrypt}`, then nginx-config "
+                   "again", err=True)
     ctx.emit({"protocol": protocol, "tls": tls is not None, "config": text}, text.rstrip())
 
 
