@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import errno
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -64,6 +62,10 @@ def parse_version(text: str) -> tuple[int, int, int] | None:
 
 def local_nginx_version() -> str | None:
     """What `nginx -v` says (on stderr) on this machine, or None without an nginx."""
+    # Imported here: the CLI imports this module at start (its option defaults), over SSH too.
+    import shutil
+    import subprocess
+
     binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
     if binary is None:
         return None
@@ -126,9 +128,31 @@ def letsencrypt_files(domain: str, live: Path) -> tuple[Path, Path]:
     return live / domain / "fullchain.pem", live / domain / "privkey.pem"
 
 
-def certificate_missing(cert: Path) -> bool:
-    """True if no certificate is at *cert* yet (certbot has not run)."""
-    return _absent(cert)
+def choose_tls(*, tls_paths: tuple[str, str] | None, letsencrypt: str | None,
+               letsencrypt_dir: str | None, acme_webroot: str | None, listen: str,
+               nginx_version: str | None) -> tuple[Tls | None, Acme | None, str]:
+    """The Tls and Acme that --tls or --letsencrypt ask for, and a warning if any: before
+    certbot has run there is no certificate, and the config must serve its challenge."""
+    if tls_paths and letsencrypt:
+        raise UsageError("nginx-config: --tls and --letsencrypt cannot be used together")
+    if tls_paths:
+        return tls_files(*tls_paths, listen=listen,
+                         http2_directive=_http2_directive(nginx_version)), None, ""
+    if not letsencrypt:
+        return None, None, ""
+    acme = Acme(webroot=Path(acme_webroot or ACME_WEBROOT), domain=letsencrypt)
+    cert, key = letsencrypt_files(letsencrypt, Path(letsencrypt_dir or LETSENCRYPT_LIVE))
+    if _absent(cert):
+        return None, acme, (
+            f"no certificate at {cert.parent} yet: this config serves plain http with the "
+            f"ACME location only; run `certbot certonly --webroot -w {acme.webroot} -d "
+            f"{letsencrypt}`, then nginx-config again")
+    tls = Tls(cert=cert, key=key, listen=listen, http2_directive=_http2_directive(nginx_version))
+    return tls, acme, ""
+
+
+def _http2_directive(nginx_version: str | None) -> bool:
+    return wants_http2_directive(nginx_version or local_nginx_version())
 
 
 def _port(listen: str, option: str) -> str:

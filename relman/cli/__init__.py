@@ -21,7 +21,6 @@ from relman.cli import processes
 from relman.cli.context import WAIT, Context, pass_ctx
 from relman.config_search import hoist_global_options
 from relman.errors import INTERNAL_ERROR_EXIT, RelmanError, UsageError
-from relman.nginx_tls import ACME_WEBROOT, LETSENCRYPT_LIVE
 
 # Every command starts with these imports, over SSH too: what only some commands need (the
 # release store, the views, the daemon's answers, structlog, asyncio) is imported inside them.
@@ -200,10 +199,10 @@ def check(ctx: Context) -> None:
               help="Serve https with this certificate (chain) and key; redirect http to it.")
 @click.option("--letsencrypt", metavar="DOMAIN",
               help="As --tls with certbot's certificate for DOMAIN, plus its ACME webroot.")
-@click.option("--letsencrypt-dir", default=str(LETSENCRYPT_LIVE), show_default=True,
-              metavar="DIR", help="Where certbot keeps DOMAIN/fullchain.pem and privkey.pem.")
-@click.option("--acme-webroot", default=str(ACME_WEBROOT), show_default=True, metavar="DIR",
-              help="certbot's --webroot path, served at /.well-known/acme-challenge/.")
+@click.option("--letsencrypt-dir", metavar="DIR", help="Where certbot keeps DOMAIN/fullchain"
+              ".pem and privkey.pem  [default: /etc/letsencrypt/live]")
+@click.option("--acme-webroot", metavar="DIR", help="certbot's --webroot path, served at "
+              "/.well-known/acme-challenge/  [default: /var/www/letsencrypt]")
 @click.option("--tls-listen", default="443", show_default=True, help="nginx listen value "
               "for https (ssl is added).")
 @click.option("--ipv6", is_flag=True, help="Also listen on [::] for each port.")
@@ -213,8 +212,9 @@ def check(ctx: Context) -> None:
 @pass_ctx
 def nginx_config(ctx: Context, listen: str, server_name: str | None,
                  tls_paths: tuple[str, str] | None, letsencrypt: str | None,
-                 letsencrypt_dir: str, acme_webroot: str, tls_listen: str, ipv6: bool,
-                 client_max_body_size: str | None, nginx_version: str | None) -> None:
+                 letsencrypt_dir: str | None, acme_webroot: str | None, tls_listen: str,
+                 ipv6: bool, client_max_body_size: str | None, nginx_version: str | None
+                 ) -> None:
     """Print the nginx server block for this app."""
     from relman import nginx_tls
     from relman.nginxconf import render_server_block
@@ -223,30 +223,17 @@ def nginx_config(ctx: Context, listen: str, server_name: str | None,
     if server.kind == "none":
         raise UsageError(f'{ctx.path}: server.kind = "none": there is no web server for nginx '
                          "to proxy")
-    if tls_paths and letsencrypt:
-        raise UsageError("nginx-config: --tls and --letsencrypt cannot be used together")
-    http2_directive = bool(tls_paths or letsencrypt) and nginx_tls.wants_http2_directive(
-        nginx_version or nginx_tls.local_nginx_version())
-    tls, acme = None, None
-    if tls_paths:
-        tls = nginx_tls.tls_files(*tls_paths, listen=tls_listen, http2_directive=http2_directive)
-    if letsencrypt:
-        acme = nginx_tls.Acme(webroot=Path(acme_webroot), domain=letsencrypt)
-        cert, key = nginx_tls.letsencrypt_files(letsencrypt, Path(letsencrypt_dir))
-        if not nginx_tls.certificate_missing(cert):
-            tls = nginx_tls.Tls(cert=cert, key=key, listen=tls_listen,
-                                http2_directive=http2_directive)
+    tls, acme, warning = nginx_tls.choose_tls(
+        tls_paths=tls_paths, letsencrypt=letsencrypt, letsencrypt_dir=letsencrypt_dir,
+        acme_webroot=acme_webroot, listen=tls_listen, nginx_version=nginx_version)
     protocol = "uwsgi" if server.kind == "uwsgi" and server.protocol == "uwsgi" else "http"
     text = render_server_block(name=ctx.config.app.name, root=ctx.root.root,
                                protocol=protocol, listen=listen,
                                server_name=server_name or letsencrypt or "_", tls=tls,
                                acme=acme, ipv6=ipv6,
                                client_max_body_size=client_max_body_size or "")
-    if acme is not None and tls is None:  # certbot needs this plain config to get a certificate
-        click.echo(f"relman: warning: no certificate for {letsencrypt} in {letsencrypt_dir} yet: "
-                   "this config serves plain http with the ACME location only; run `certbot "
-                   f"certonly --webroot -w {acme_webroot} -d {letsencrypt}`, then nginx-config "
-                   "again", err=True)
+    if warning:
+        click.echo(f"relman: warning: {warning}", err=True)
     ctx.emit({"protocol": protocol, "tls": tls is not None, "config": text}, text.rstrip())
 
 

@@ -15,6 +15,7 @@ from relman.nginx_tls import (
     check_size,
     listen_lines,
     parse_version,
+    tls_files,
     wants_http2_directive,
 )
 from relman.nginxconf import render_server_block
@@ -153,6 +154,18 @@ def test_tls_rendering_leaves_only_nginx_variables(protocol: str) -> None:
     assert not {"name", "root", "listens", "server_settings", "redirect_map"} & found
 
 
+def test_a_key_we_may_not_look_at_is_taken_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key under /etc/ssl/private (0710 root:ssl-cert) cannot be stat'ed by the deploy
+    user, but nginx's master (root) reads it: that is not a missing file."""
+    def denied(self: Path, **kwargs: object) -> object:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "stat", denied)
+    tls = tls_files("/etc/ssl/shop.pem", "/etc/ssl/private/shop.key", listen="443",
+                    http2_directive=False)
+    assert tls.key == Path("/etc/ssl/private/shop.key")
+
+
 # The CLI: what an operator types.
 
 def write_config(tmp_path: Path) -> Path:
@@ -248,5 +261,6 @@ def test_letsencrypt_before_the_certificate_serves_the_challenge_and_warns(
     assert "return 301" not in out
     assert "location ^~ /.well-known/acme-challenge/ {" in out
     assert "server_name www.example.com;" in out
-    assert err.startswith("relman: warning: no certificate for shop.example.com in ")
+    live = tmp_path / "live" / "shop.example.com"
+    assert err.startswith(f"relman: warning: no certificate at {live} yet")
     assert "certbot certonly --webroot -w /var/www/letsencrypt -d shop.example.com" in err
