@@ -20,6 +20,7 @@ from relman.nginx_tls import (
 )
 from relman.nginxconf import render_server_block
 
+CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "nginx"
 TLS = Tls(cert=Path("/etc/ssl/shop.pem"), key=Path("/etc/ssl/private/shop.key"))
 DEMO = {"name": "shop", "root": Path("/srv/shop"), "protocol": "http",
         "server_name": "shop.example.com"}
@@ -164,6 +165,22 @@ def test_a_key_we_may_not_look_at_is_taken_as_given(monkeypatch: pytest.MonkeyPa
     tls = tls_files("/etc/ssl/shop.pem", "/etc/ssl/private/shop.key", listen="443",
                     http2_directive=False)
     assert tls.key == Path("/etc/ssl/private/shop.key")
+
+
+def letsencrypt_demo() -> str:
+    """What `nginx-config --server-name shop.example.com --letsencrypt shop.example.com
+    --ipv6` prints for the demo once the certificate exists, for an nginx before 1.25.1."""
+    live = Path("/etc/letsencrypt/live/shop.example.com")
+    return render_server_block(
+        **DEMO, ipv6=True,  # type: ignore[arg-type]
+        tls=Tls(cert=live / "fullchain.pem", key=live / "privkey.pem"),
+        acme=Acme(webroot=Path("/var/www/letsencrypt"), domain="shop.example.com"))
+
+
+def test_contrib_letsencrypt_example_matches_the_template() -> None:
+    """contrib/nginx/relman-http-letsencrypt.conf is what the template renders for it."""
+    shipped = (CONTRIB / "relman-http-letsencrypt.conf").read_text(encoding="utf-8")
+    assert shipped == letsencrypt_demo()
 
 
 # The CLI: what an operator types.
