@@ -80,9 +80,10 @@ def render_server_block(
     _check("server_name", server_name, spaces=True)  # several names are space-separated
     if tls is not None:
         _check("tls listen", tls.listen, spaces=True)
-    settings = [f"client_max_body_size {client_max_body_size};"] if client_max_body_size else []
+    settings = []
     if client_max_body_size:
         check_size(client_max_body_size)
+        settings.append(f"client_max_body_size {client_max_body_size};")
     if tls is not None:
         settings += ["", *tls_lines(ident, tls)]
     if acme is not None:
