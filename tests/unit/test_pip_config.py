@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from relman.errors import BuildFailed
 from relman.releases import pip_config, venvs
@@ -231,3 +232,25 @@ def test_installer_uv_without_uv_fails(monkeypatch: pytest.MonkeyPatch):
     with pytest.raises(BuildFailed, match='installer = "uv" but uv is not installed'):
         venvs.choose_backend("uv")
     assert venvs.choose_backend("auto").name == "pip"
+
+
+def test_carrying_logs_names_and_hides_credentials(tmp_path: Path):
+    """The event names what was carried and the variables set; an index's password is
+    hidden, and no value but the redacted index URLs is logged."""
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nindex-url = https://bot:s3cret@pkgs.example/simple\n"
+                    "client-cert = /etc/ssl/private/me.pem\n")
+    env = {"HOME": str(tmp_path), "XDG_CONFIG_DIRS": str(tmp_path / "none"),
+           "PIP_CONFIG_FILE": str(conf), "UV_CONSTRAINT": "c.txt", "PIP_CONSTRAINT": "p.txt"}
+    lines: list[str] = []
+    with capture_logs() as logs:
+        backend, uv_env, _ = venvs.carry_pip_config(venvs.UvBackend("uv"), env, lines.append)
+    (event,) = [e for e in logs if e["event"] == "pip_settings.carried"]
+    # (/etc/pip.conf, read as pip reads it, may add settings of the machine's own.)
+    assert {"index-url", "client-cert"} <= set(event["carried"])
+    assert "constraint" in event["overridden"]
+    assert {"SSL_CLIENT_CERT", "UV_INDEX_URL"} <= set(event["env_keys"])
+    assert event["indexes"] == ["https://***@pkgs.example/simple"]
+    assert "s3cret" not in repr(logs) + "".join(lines)
+    assert uv_env["UV_INDEX_URL"] == "https://bot:s3cret@pkgs.example/simple"  # uv needs it
+    assert backend.args == ()
