@@ -202,9 +202,10 @@ def read_pip_options(env: Mapping[str, str]) -> dict[str, str]:
 _TLS_SIGNS: Final = ("invalid peer certificate", "unknownissuer", "certificate verify failed",
                      "self-signed certificate", "self signed certificate",
                      "unable to get local issuer certificate", "invalid certificate")
-_UNREACHABLE_SIGNS: Final = ("error sending request", "failed to fetch", "could not connect",
-                             "connection refused", "dns error", "tcp connect error",
-                             "operation timed out", "network is unreachable")
+# No HTTP answer at all (an HTTP error status is the index's answer, not a network problem).
+_UNREACHABLE_SIGNS: Final = ("error sending request", "could not connect", "connection refused",
+                             "dns error", "tcp connect error", "operation timed out",
+                             "network is unreachable")
 SYSTEM_CERTS_HINT: Final = (
     "uv uses its own CA roots, not the system's nor pip's: set UV_SYSTEM_CERTS=true "
     "(uv before 0.11: UV_NATIVE_TLS=true) or SSL_CERT_FILE=/path/to/ca.pem in the unit's "
@@ -225,6 +226,7 @@ def uv_failure(tail: str, settings: UvSettings) -> tuple[str, str] | None:
     if named and any(sign in lowered for sign in _UNREACHABLE_SIGNS):
         return (f"uv could not reach the index pip's configuration names ({sorted(named)[0]}) "
                 '(check the proxy and certificates for uv, or set [build] installer = "pip")',
-                "pip's proxy, cert and trusted-host settings were carried over to uv; what "
-                "pip reaches through the system's settings uv may not: " + SYSTEM_CERTS_HINT)
+                "pip's proxy setting, if any, reached uv as HTTPS_PROXY: check that the "
+                "daemon's user reaches the index (`pip download --no-deps PACKAGE` as that "
+                "user), or set [build] installer = \"pip\"")
     return None
