@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -88,9 +89,12 @@ def tls_index(index_root: Path, base_dir: Path) -> Iterator[tuple[str, Certifica
         yield url, certs
 
 
-def test_an_untrusted_index_certificate_names_the_fix(make_app, app_repo, base_dir, tls_index):
+@pytest.mark.parametrize("fix", ["cert", "trusted-host"])
+def test_an_untrusted_index_certificate_names_the_fix(make_app, app_repo, base_dir, tls_index,
+                                                      fix):
     """An HTTPS index whose CA uv does not trust fails the deploy with uv's own words and the
-    fixes named; pip.conf's cert = that CA, carried over to uv, makes the same deploy work."""
+    fixes named; pip.conf's cert = that CA (or trusted-host = the index), carried over to
+    uv, makes the same deploy work."""
     url, certs = tls_index
     app = start_with_pip_conf(make_app, base_dir, f"[global]\nindex-url = {url}\n")
     release_version(app_repo, "v2", extra={"requirements.txt": REQUIREMENTS})
@@ -104,8 +108,8 @@ def test_an_untrusted_index_certificate_names_the_fix(make_app, app_repo, base_d
     assert "hint: " in failed.stderr
     assert "UV_SYSTEM_CERTS=true" in failed.stderr
 
-    (base_dir / "pip.conf").write_text(f"[global]\nindex-url = {url}\ncert = {certs.ca}\n")
+    setting = f"cert = {certs.ca}" if fix == "cert" else f"trusted-host = {urlsplit(url).netloc}"
+    (base_dir / "pip.conf").write_text(f"[global]\nindex-url = {url}\n{setting}\n")
     out = app.relman("deploy", "v2", check=True).stdout
-    assert "pip settings carried over to uv: index-url" in out
-    assert ", cert" in out
+    assert f"pip settings carried over to uv: index-url {url}, {fix}" in out
     assert venv_imports(app, "relman_test_dep") == "private index"
