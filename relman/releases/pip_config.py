@@ -162,9 +162,10 @@ def uv_settings(options: Mapping[str, str], env: Mapping[str, str]) -> UvSetting
         carried.append("no-index")
     # pip picks the best version over all its indexes; uv by default stops at the first
     # index that has the package, so an extra index holding an old copy of a package hides
-    # PyPI's (seen on this project's CI host: "gunicorn was found on file:///opt/pypi/simple,
-    # but not at the requested version"). unsafe-best-match is pip's behaviour (uv's
-    # compatibility page, "Packages that exist on multiple indexes").
+    # PyPI's (seen on a build host whose pip.conf names a local mirror: "gunicorn was found
+    # on file:///opt/pypi/simple, but not at the requested version", where pip installed it).
+    # unsafe-best-match is pip's behaviour (uv's compatibility page, "Packages that exist on
+    # multiple indexes").
     if "UV_EXTRA_INDEX_URL" in out and not env.get("UV_INDEX_STRATEGY"):
         out["UV_INDEX_STRATEGY"] = "unsafe-best-match"
     return UvSettings(out, tuple(args), tuple(carried), tuple(overridden))
