@@ -62,6 +62,14 @@ def copy_checkout(dest: Path) -> Path:
     return dest
 
 
+def open_dirs(root: Path) -> None:
+    """Open the directories a test made under *root* as /etc and /usr are, whatever the
+    umask the tests run under."""
+    for path in [root, *root.rglob("*")]:
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(0o755)
+
+
 def run_as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["runuser", "-u", "nobody", "--", *argv], capture_output=True,
                           text=True, timeout=60, cwd="/", check=False)
@@ -123,6 +131,7 @@ def test_install_runs_for_the_deploy_user_upgrades_and_uninstalls(base_dir, tmp_
     (root / "etc/logrotate.d/nginx").write_text("/var/log/nginx/*.log { daily }\n")
     (root / "etc/relman").mkdir()
     (root / "etc/relman/shop.toml").write_text('[app]\nname = "shop"\n')
+    open_dirs(root)
     before = snapshot(root)
 
     source = copy_checkout(tmp_path / "first")
@@ -189,6 +198,8 @@ def test_install_takes_over_a_copy_by_hand_and_opens_it_up(base_dir):
     (root / "usr/local/bin/relman").symlink_to(root / "opt/relman/bin/relman")
     (root / "etc/systemd/system").mkdir(parents=True)
     (root / "etc/systemd/system/relman@.service").write_text(installed_unit(root))
+    for made in ("usr", "etc"):
+        open_dirs(root / made)
 
     done = make("install", root)
     assert done.returncode == 0, done.stdout + done.stderr
