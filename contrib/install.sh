@@ -105,7 +105,8 @@ put_file() {
           "make uninstall will keep it too"
         record file "${OLD_FILE[$dest]}" "$dest"   # still ours, with the sha it had
       else
-        warn "left $dest alone: not installed by make install, and not relman's"
+        warn "left $dest alone: make install did not put it there, and it differs from" \
+          "$shipped"
       fi
       return 0
     fi

@@ -185,7 +185,7 @@ def test_install_runs_for_the_deploy_user_upgrades_and_uninstalls(base_dir, tmp_
 def test_install_takes_over_a_copy_by_hand_and_opens_it_up(base_dir):
     """The README's old steps (a venv made by hand under umask 077, the link, the unit copied
     as is) are taken over by `make install`: the venv is opened to other users, and
-    `make uninstall` then removes them too."""
+    `make uninstall` then removes them too; a logrotate file edited by hand is left alone."""
     need_root("runs the installed relman as nobody")
     root = base_dir
     python = subprocess.run(["make", "-s", "-C", str(REPO), "--eval=show:;@echo $(PYTHON)",
@@ -198,18 +198,29 @@ def test_install_takes_over_a_copy_by_hand_and_opens_it_up(base_dir):
     (root / "usr/local/bin/relman").symlink_to(root / "opt/relman/bin/relman")
     (root / "etc/systemd/system").mkdir(parents=True)
     (root / "etc/systemd/system/relman@.service").write_text(installed_unit(root))
+    (root / "etc/logrotate.d").mkdir()
+    logrotate = root / "etc/logrotate.d/relman"   # copied and edited by hand: not ours
+    logrotate.write_text(LOGROTATE.read_text().replace("su deploy deploy", "su web web"))
+    logrotate.chmod(0o644)
     for made in ("usr", "etc"):
         open_dirs(root / made)
 
     done = make("install", root)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert f"left {logrotate} alone: make install did not put it there" in done.stderr
+    assert "su web web" in logrotate.read_text()
+    logrotate.write_bytes(LOGROTATE.read_bytes())   # for check_installed; no longer listed
     check_installed(root)
+    logrotate.write_text("edited by hand\n")
 
     done = make("uninstall", root)
     assert done.returncode == 0, done.stdout + done.stderr
     assert snapshot(root) == {"etc": "dir", "etc/systemd": "dir", "etc/systemd/system": "dir",
                               "opt": "dir", "usr": "dir", "usr/local": "dir",
-                              "usr/local/bin": "dir"}, "it removes what it took over"
+                              "usr/local/bin": "dir", "etc/logrotate.d": "dir",
+                              "etc/logrotate.d/relman": hashlib.sha256(
+                                  b"edited by hand\n").hexdigest(),
+                              }, "it removes what it took over, and only that"
 
 
 def _foreign_relman(root: Path) -> dict[str, str]:
