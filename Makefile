@@ -12,7 +12,7 @@ export UV_CACHE_DIR ?= $(HOME)/.cache/relman-tests-uv
 export UV_PYTHON_DOWNLOADS ?= never
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint unit integration system-deps smoke-newest bench clean FORCE
+.PHONY: demo test lint unit integration system-deps smoke-newest bench clean install uninstall FORCE
 
 # A venv made from another interpreter than $(PYTHON) (say, before PYTHON defaulted to the
 # distro's) is made again: its pyvenv.cfg names the interpreter it came from.
@@ -59,6 +59,26 @@ bench: $(VENV)/.stamp
 	-$(PY) bench/deploy_speed.py --runs 3
 	-$(PY) bench/supervise.py
 	-$(PY) bench/processes.py
+
+# `sudo make install`: a venv of $(PYTHON) in /opt/relman with this checkout in it (not
+# editable: the checkout may go afterwards), /usr/local/bin/relman, the systemd unit, the
+# logrotate file and the man pages; run again to upgrade. `sudo make uninstall` removes what
+# it installed and nothing else. Every path can be set (make install BINDIR=...), or all put
+# under INSTALL_ROOT; contrib/install.sh says how each file is treated.
+INSTALL_ROOT ?=
+PREFIX_VENV ?= $(INSTALL_ROOT)/opt/relman
+BINDIR ?= $(INSTALL_ROOT)/usr/local/bin
+UNITDIR ?= $(INSTALL_ROOT)/etc/systemd/system
+LOGROTATEDIR ?= $(INSTALL_ROOT)/etc/logrotate.d
+MANDIR ?= $(INSTALL_ROOT)/usr/local/share/man
+INSTALL_VARS = PYTHON='$(PYTHON)' PREFIX_VENV='$(PREFIX_VENV)' BINDIR='$(BINDIR)' \
+	UNITDIR='$(UNITDIR)' LOGROTATEDIR='$(LOGROTATEDIR)' MANDIR='$(MANDIR)'
+
+install:
+	@$(INSTALL_VARS) bash contrib/install.sh install
+
+uninstall:
+	@$(INSTALL_VARS) bash contrib/install.sh uninstall
 
 clean:
 	rm -rf $(VENV) .venv-newest .pytest_cache .mypy_cache .ruff_cache

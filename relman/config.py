@@ -64,6 +64,7 @@ class BuildConfig:
     commands: tuple[tuple[str, ...], ...] = _key((), "array of commands",
                                                  "run in the release dir, venv active")
     shared: tuple[str, ...] = _key((), "array of strings", "paths linked from <root>/shared")
+    installer: str = _key("auto", "string", "auto | uv | pip: what builds the virtualenv")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,6 +177,7 @@ _CHECKS: Final[dict[str, Check]] = {
     "build.python": lambda v: None if v else "must not be empty",
     "build.requirements": lambda v: next(filter(None, map(relative, v)), None),
     "build.shared": lambda v: next(filter(None, map(relative, v)), None),
+    "build.installer": one_of("auto", "uv", "pip"),
     "server.kind": one_of("gunicorn", "uwsgi", "command", "none"),
     "server.app": lambda v: "must not start with -" if v.startswith("-") else None,
     "server.wsgi_file": lambda v: relative(v) if v else None,

@@ -10,6 +10,15 @@ from string import Template
 from typing import Final
 
 from relman.errors import UsageError
+from relman.nginx_tls import (
+    Acme,
+    Tls,
+    acme_lines,
+    check_size,
+    listen_lines,
+    redirect_map,
+    tls_lines,
+)
 from relman.static_urls import prefix_problem, static_name
 
 PROTOCOLS: Final = frozenset({"http", "uwsgi"})
@@ -50,44 +59,64 @@ HASHED_NAME: Final = (
 IMMUTABLE: Final = "public, max-age=31536000, immutable"
 
 _STATIC_LOCATION: Final = """\
-    # [static] "{prefix}": the kept releases' files, published before each switch (see
-    # relman.toml(5)). ^~: no regex location of the server takes these URIs. Location and
-    # alias both end with "/", so "{stem}../" cannot leave the directory. A name with a
-    # content hash never changes: cached for a year; any other is revalidated each time.
-    # An add_header here hides the server level's add_header lines: repeat them here.
-    location ^~ {prefix} {{
-        alias {root}/static/{name}/;
-        add_header Cache-Control "no-cache";
-        # In a regex location, alias is the whole path: hence the named capture.
-        location ~ "^{prefix}(?<relman_static_file>.+{hashed})$" {{
-            alias {root}/static/{name}/$relman_static_file;
-            add_header Cache-Control "{immutable}";
-        }}
+# [static] "{prefix}": the kept releases' files, published before each switch (see
+# relman.toml(5)). ^~: no regex location of the server takes these URIs. Location and
+# alias both end with "/", so "{stem}../" cannot leave the directory. A name with a
+# content hash never changes: cached for a year; any other is revalidated each time.
+# An add_header here hides the server level's add_header lines: repeat them here.
+location ^~ {prefix} {{
+    alias {root}/static/{name}/;
+    add_header Cache-Control "no-cache";
+    # In a regex location, alias is the whole path: hence the named capture.
+    location ~ "^{prefix}(?<relman_static_file>.+{hashed})$" {{
+        alias {root}/static/{name}/$relman_static_file;
+        add_header Cache-Control "{immutable}";
     }}
+}}
 
 """
 
 
-def static_locations(root: Path, prefixes: Iterable[str]) -> str:
-    """The `location` blocks serving *root*'s static/<name>/ directories, one per [static]
-    prefix (text for inside the server block; empty without prefixes)."""
-    blocks = []
+def static_locations(root: Path, prefixes: Iterable[str]) -> list[str]:
+    """The lines of the `location` blocks serving *root*'s static/<name>/ directories, one
+    per [static] prefix, for inside the server block (none without prefixes)."""
+    lines = []
     for prefix in prefixes:
         problem = prefix_problem(prefix)
         if problem:
             raise UsageError(f"nginx-config: static prefix {prefix!r}: {problem}")
-        blocks.append(_STATIC_LOCATION.format(
+        lines += _STATIC_LOCATION.format(
             prefix=prefix, stem=prefix.rstrip("/"), root=root, name=static_name(prefix),
-            hashed=HASHED_NAME, immutable=IMMUTABLE))
-    return "".join(blocks)
+            hashed=HASHED_NAME, immutable=IMMUTABLE).splitlines()
+    return lines
+
+
+def _fill_blocks(text: str, blocks: dict[str, list[str]]) -> str:
+    """Replace each line that is only `$block` by the block's lines at that indentation (no
+    line if empty). Block lines are literal nginx text: their `$` are escaped for Template."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        word = line.strip()
+        if word.startswith("$") and word[1:] in blocks:
+            indent = line[: len(line) - len(line.lstrip())]
+            out += [f"{indent}{b}\n".replace("$", "$$") if b else "\n"
+                    for b in blocks[word[1:]]]
+        else:
+            out.append(line)
+    return "".join(out)
 
 
 def render_server_block(
     *, name: str, root: Path, protocol: str, listen: str = "80", server_name: str = "_",
-    static: Iterable[str] = (),
+    tls: Tls | None = None, acme: Acme | None = None, ipv6: bool = False,
+    client_max_body_size: str = "", static: Iterable[str] = (),
 ) -> str:
-    """Return the upstreams, map and server block for one app, to include inside http {};
-    with a location per [static] prefix in *static*."""
+    """Return the upstreams, map and server block for one app, to include inside http {}.
+
+    With *tls*, the same server block also listens with ssl and redirects plain http to
+    https (except from loopback and for the ACME challenge); *acme* adds certbot's
+    challenge location; *static* ([static] prefixes) a location per prefix.
+    """
     if protocol not in PROTOCOLS:
         raise UsageError(f"nginx-config: protocol {protocol!r} is not one of http, uwsgi")
     ident = name.replace("-", "_")
@@ -101,8 +130,23 @@ def render_server_block(
     _check("root", str(root))
     _check("listen", listen, spaces=True)  # e.g. "80 default_server"
     _check("server_name", server_name, spaces=True)  # several names are space-separated
+    if tls is not None:
+        _check("tls listen", tls.listen, spaces=True)
+    settings = []
+    if client_max_body_size:
+        check_size(client_max_body_size)
+        settings.append(f"client_max_body_size {client_max_body_size};")
+    if tls is not None:
+        settings += ["", *tls_lines(ident, tls)]
+    if acme is not None:
+        settings += ["", *acme_lines(acme)]
+    blocks = {
+        "listens": listen_lines(listen, tls, ipv6=ipv6),
+        "redirect_map": ["", *redirect_map(ident, acme=acme is not None)] if tls else [],
+        "server_settings": settings,
+        "static_locations": static_locations(root, static),
+    }
     text = (files("relman") / "templates" / f"nginx-{protocol}.conf").read_text(encoding="utf-8")
-    return Template(text).substitute(
-        name=ident, root=str(root), listen=listen, server_name=server_name,
-        static_locations=static_locations(root, static),
+    return Template(_fill_blocks(text, blocks)).substitute(
+        name=ident, root=str(root), server_name=server_name
     )

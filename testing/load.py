@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,15 +49,19 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 class Load:
     """`with Load(url, paths, concurrency) as load: ...`; then load.result.
 
-    *url* is http://host:port or unix:/path/to/socket.
+    *url* is http://host:port, https://host:port (verified with *tls*, else the default
+    context) or unix:/path/to/socket.
     """
 
     def __init__(self, url: str, paths: tuple[str, ...] = ("/",), *, concurrency: int = 8,
                  max_requests: int = 100_000, max_seconds: float = 300,
-                 host: str = "", keepalive: bool = False) -> None:
+                 host: str = "", keepalive: bool = False,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.unix = url.removeprefix("unix:") if url.startswith("unix:") else None
         parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.tls = (tls or ssl.create_default_context()) if parts.scheme == "https" else None
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if self.tls else 80)
         self.host_header = host
         self.paths, self.concurrency = paths, concurrency
         self.keepalive = keepalive  # each client reuses its connection while the server lets it
@@ -69,8 +74,12 @@ class Load:
     def _connect(self) -> http.client.HTTPConnection:
         with self._lock:
             self.result.connections += 1
-        return (UnixHTTPConnection(self.unix, 30) if self.unix else
-                http.client.HTTPConnection(self.host, self.port, timeout=30))
+        if self.unix:
+            return UnixHTTPConnection(self.unix, 30)
+        if self.tls:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=30,
+                                               context=self.tls)
+        return http.client.HTTPConnection(self.host, self.port, timeout=30)
 
     def _one(self, path: str, conn: http.client.HTTPConnection | None = None
              ) -> http.client.HTTPConnection | None:

@@ -192,22 +192,50 @@ def check(ctx: Context) -> None:
 
 
 @cli.command("nginx-config")
-@click.option("--listen", default="80", show_default=True, help="nginx listen value.")
-@click.option("--server-name", default="_", show_default=True, help="nginx server_name.")
+@click.option("--listen", default="80", show_default=True, help="nginx listen value (plain http).")
+@click.option("--server-name", help="nginx server_name  [default: the --letsencrypt DOMAIN, "
+              "else _]")
+@click.option("--tls", "tls_paths", nargs=2, metavar="CERT KEY",
+              help="Serve https with this certificate (chain) and key; redirect http to it.")
+@click.option("--letsencrypt", metavar="DOMAIN",
+              help="As --tls with certbot's certificate for DOMAIN, plus its ACME webroot.")
+@click.option("--letsencrypt-dir", metavar="DIR", help="Where certbot keeps DOMAIN/fullchain"
+              ".pem and privkey.pem  [default: /etc/letsencrypt/live]")
+@click.option("--acme-webroot", metavar="DIR", help="certbot's --webroot path, served at "
+              "/.well-known/acme-challenge/  [default: /var/www/letsencrypt]")
+@click.option("--tls-listen", default="443", show_default=True, help="nginx listen value "
+              "for https (ssl is added).")
+@click.option("--ipv6", is_flag=True, help="Also listen on [::] for each port.")
+@click.option("--client-max-body-size", metavar="SIZE", help="Largest request body, e.g. 20m.")
+@click.option("--nginx-version", metavar="VERSION", help="Render for this nginx version "
+              "[default: what `nginx -v` says here]")
 @pass_ctx
-def nginx_config(ctx: Context, listen: str, server_name: str) -> None:
+def nginx_config(ctx: Context, listen: str, server_name: str | None,
+                 tls_paths: tuple[str, str] | None, letsencrypt: str | None,
+                 letsencrypt_dir: str | None, acme_webroot: str | None, tls_listen: str,
+                 ipv6: bool, client_max_body_size: str | None, nginx_version: str | None
+                 ) -> None:
     """Print the nginx server block for this app."""
+    from relman import nginx_tls
     from relman.nginxconf import render_server_block
 
     server = ctx.config.server
     if server.kind == "none":
         raise UsageError(f'{ctx.path}: server.kind = "none": there is no web server for nginx '
                          "to proxy")
+    tls, acme, warning = nginx_tls.choose_tls(
+        tls_paths=tls_paths, letsencrypt=letsencrypt, letsencrypt_dir=letsencrypt_dir,
+        acme_webroot=acme_webroot, listen=tls_listen, nginx_version=nginx_version)
     protocol = "uwsgi" if server.kind == "uwsgi" and server.protocol == "uwsgi" else "http"
     text = render_server_block(name=ctx.config.app.name, root=ctx.root.root,
-                               protocol=protocol, listen=listen, server_name=server_name,
+                               protocol=protocol, listen=listen,
+                               server_name=server_name or letsencrypt or "_", tls=tls,
+                               acme=acme, ipv6=ipv6,
+                               client_max_body_size=client_max_body_size or "",
                                static=ctx.config.static)
-    ctx.emit({"protocol": protocol, "config": text}, text.rstrip())
+    if warning:
+        click.echo(f"relman: warning: {warning}", err=True)
+    ctx.emit({"protocol": protocol, "tls": tls is not None, "config": text}, text.rstrip())
 
 
 @cli.command()

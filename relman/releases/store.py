@@ -208,6 +208,7 @@ class ReleaseStore:
         venv = await venvs.ensure_venv(
             self.root.venvs, interpreter=interpreter, release_dir=rdir,
             requirements=cfg.requirements, log_path=logfile, env=env, on_line=on_line,
+            installer=cfg.installer,
         )
         if on_line:
             how = "reused" if venv.reused else f"built with {venv.backend}"

@@ -10,7 +10,7 @@ import re
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +18,8 @@ import structlog
 
 from relman.atomic import write_json_atomic
 from relman.errors import BuildFailed
+from relman.redact import redact_url
+from relman.releases import pip_config
 from relman.releases.commands import OnLine, clean_env, run_logged
 
 log = structlog.get_logger(__name__)
@@ -73,7 +75,13 @@ async def interpreter_identity(python: str) -> tuple[str, str]:
 
 
 def deps_hash(interpreter: str, release_dir: Path, requirements: Sequence[str]) -> str:
-    """sha256 of the interpreter's version and every dependency input's bytes."""
+    """sha256 of the interpreter's version and every dependency input's bytes.
+
+    The installer (build.installer, uv or pip) is not part of it, as uv's version is not:
+    both install the same requirements files, and switching to pip to get past a proxy must
+    not rebuild the venv of every kept release, nor make a rollback rebuild one. The
+    completion record says which installer built a venv (venv_info()).
+    """
     h = hashlib.sha256()
     h.update(f"python={interpreter}\n".encode())
     for name in requirements:
@@ -110,13 +118,15 @@ class VenvBackend(Protocol):
 class UvBackend:
     uv: str
     name: str = "uv"
+    args: tuple[str, ...] = ()  # for `uv pip install`: pip settings without a uv variable
 
     def create(self, python: str, venv: Path) -> list[str]:
         return [self.uv, "venv", "--quiet", "--python", python, str(venv)]
 
     def install(self, venv: Path, requirements: Sequence[Path]) -> list[str]:
         reqs = [arg for r in requirements for arg in ("-r", str(r))]
-        return [self.uv, "pip", "install", "--python", str(venv / "bin" / "python"), *reqs]
+        return [self.uv, "pip", "install", "--python", str(venv / "bin" / "python"),
+                *self.args, *reqs]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,19 +141,44 @@ class PipBackend:
         return [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", *reqs]
 
 
-def choose_backend(prefer_uv: bool = True) -> VenvBackend:
-    """uv when it is installed (it is a dependency of relman), else venv + pip."""
-    if prefer_uv:
-        try:
-            import uv
+def find_uv() -> str | None:
+    """The uv of relman's own venv (uv is a dependency of relman), else one on PATH."""
+    try:
+        import uv
 
-            return UvBackend(uv.find_uv_bin())
-        except (ImportError, FileNotFoundError):
-            pass
-        found = shutil.which("uv")
-        if found:
-            return UvBackend(found)
+        return uv.find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
+
+
+def choose_backend(installer: str = "auto") -> VenvBackend:
+    """build.installer: "pip" venv + pip; "uv" uv or BuildFailed; "auto" uv when it is
+    installed, else venv + pip."""
+    found = find_uv() if installer != "pip" else None
+    if found:
+        return UvBackend(found)
+    if installer == "uv":
+        raise BuildFailed('build.installer = "uv" but uv is not installed',
+                          hint="install uv into relman's venv (pip install uv), or set "
+                          'build.installer = "auto" to fall back to pip')
     return PipBackend()
+
+
+def carry_pip_config(backend: UvBackend, env: Mapping[str, str], on_line: OnLine | None
+                     ) -> tuple[UvBackend, dict[str, str], pip_config.UvSettings]:
+    """*backend* and *env* with the machine's pip settings carried over (pip_config)."""
+    try:
+        settings = pip_config.uv_settings(pip_config.read_pip_options(env), env)
+    except pip_config.PipConfigError as e:
+        raise BuildFailed(f"pip configuration: {e}", hint="pip refuses it too: fix the file, "
+                          'or set build.installer = "pip" to see pip\'s own error') from None
+    if settings.carried or settings.overridden:
+        log.info("pip_settings.carried", carried=list(settings.carried),
+                 overridden=list(settings.overridden), env_keys=sorted(settings.env),
+                 indexes=[redact_url(url) for url in settings.indexes()])
+    if settings.carried and on_line:
+        on_line(pip_config.describe(settings))
+    return replace(backend, args=settings.args), {**env, **settings.env}, settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +200,7 @@ async def ensure_venv(
     env: Mapping[str, str],
     on_line: OnLine | None = None,
     backend: VenvBackend | None = None,
+    installer: str = "auto",
 ) -> VenvResult:
     """Reuse the venv for these inputs when it is healthy; else build it in its final place.
 
@@ -177,16 +213,19 @@ async def ensure_venv(
     found, version = interpreter
     digest = deps_hash(version, release_dir, requirements)
     venv = venvs / digest[:16]
-    backend = backend or choose_backend()
     problem = health_check(venv)
     if problem is None:
         return VenvResult(venv, digest, True, "cached", time.monotonic() - started)
+    backend = backend or choose_backend(installer)
     if venv.exists():
         log.info("venv.discarded", venv=str(venv), reason=problem)
         await asyncio.to_thread(shutil.rmtree, venv)  # thousands of files: not in the loop
     if on_line:
         on_line(f"building virtualenv {venv.name} with {backend.name} ({version})")
     reqs = [release_dir / r for r in requirements]
+    carried = None
+    if isinstance(backend, UvBackend) and reqs:
+        backend, env, carried = carry_pip_config(backend, env, on_line)
     for argv in (backend.create(found, venv), backend.install(venv, reqs) if reqs else None):
         if argv is None:
             continue
@@ -194,10 +233,10 @@ async def ensure_venv(
             argv, cwd=release_dir, env=env, log_path=log_path, on_line=on_line
         )
         if result.returncode != 0:
-            raise BuildFailed(
-                f"installing dependencies failed ({backend.name} exit {result.returncode})",
-                tail=result.tail,
-            )
+            failed = f"installing dependencies failed ({backend.name} exit {result.returncode})"
+            why = pip_config.uv_failure(result.tail, carried) if carried else None
+            raise BuildFailed(f"{failed}: {why[0]}" if why else failed,
+                              hint=why[1] if why else None, tail=result.tail)
     write_json_atomic(
         venv / COMPLETE_MARKER,
         {"hash": digest, "python": version, "backend": backend.name, "built": time.time()},

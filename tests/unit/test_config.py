@@ -236,6 +236,8 @@ BAD_VALUES: list[tuple[dict[str, str | None], str, str]] = [
     ({"build.shared": '["/srv/shop/releases"]'}, "build.shared", "relative path"),
     ({"build.shared": '["media\\u0000"]'}, "build.shared", "NUL"),
     ({"build.requirements": '"."'}, "build.requirements", "names the directory itself"),
+    ({"build.installer": '"npm"'}, "build.installer", "must be one of auto | uv | pip, not 'npm'"),
+    ({"build.installer": "true"}, "build.installer", "expected a string, got a boolean"),
     ({"server.env_file": '"./"'}, "server.env_file", "names the directory itself"),
     ({"release.commands": "[5]"}, "release.commands",
      "item 1: expected a string or an array of strings, got an integer"),
@@ -422,7 +424,7 @@ def test_schema_lists_every_field_with_doc_and_type() -> None:
     expected += [f"processes.NAME.{f.name}" for f in fields(ProcessConfig)]
     rows = schema()
     assert [row[0] for row in rows] == expected
-    assert len(expected) == 38
+    assert len(expected) == 39
     for key, type_name, _default, doc in rows:
         assert type_name, key
         assert doc, key

@@ -43,14 +43,15 @@ def test_contrib_example_matches_the_template(protocol: str) -> None:
 
 
 @pytest.mark.parametrize("protocol", ["http", "uwsgi"])
-def test_template_uses_exactly_the_placeholders(protocol: str) -> None:
-    """The template is valid string.Template text using name, root, listen, server_name and
-    static_locations."""
+def test_template_uses_exactly_its_placeholders(protocol: str) -> None:
+    """The template is valid string.Template text using name, root and server_name, and the
+    block placeholders listens, redirect_map, server_settings and static_locations."""
     text = (files("relman") / "templates" / f"nginx-{protocol}.conf").read_text(encoding="utf-8")
     template = Template(text)
     assert template.is_valid()
-    assert set(template.get_identifiers()) == {"name", "root", "listen", "server_name",
-                                               "static_locations"}
+    assert set(template.get_identifiers()) == {
+        "name", "root", "server_name", "listens", "redirect_map", "server_settings",
+        "static_locations"}
 
 
 @pytest.mark.parametrize("protocol", ["http", "uwsgi"])
