@@ -24,6 +24,7 @@ from relman.errors import LockHeld, RelmanError, StateWriteFailed, UsageError, w
 from relman.lock import Busy, FileLock
 from relman.transaction import App, CrashRecovery, Observer, Report, reconcile
 from relman.transaction.repair import set_aside_current
+from relman.who import who_of
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -229,9 +230,7 @@ class Daemon:
         command = str(request.get("command", ""))
         args = request.get("args") or {}
         client = request.get("client") or {}
-        who = str(client.get("user") or f"uid {peer[0]}")
-        if client.get("ssh"):
-            who += f" via ssh from {client['ssh']}"
+        who = who_of(client, peer[0])
         commands: dict[str, Callable[[], Awaitable[results.Result]]] = {
             "ping": self._ping,
             "status": lambda: self.observer.status(self.recovery.crash_loop),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import shlex
 import sys
 import time
 
@@ -16,14 +15,14 @@ from relman.cli import processes
 from relman.cli.context import WAIT, Context, pass_ctx
 from relman.cli.failures import error_handler
 from relman.cli.params import COUNT, positive_number
+from relman.cli.ssh import SSH_ALLOWED, ssh_command
 from relman.config_search import hoist_global_options
 from relman.errors import UsageError
 
+__all__ = ["SSH_ALLOWED", "cli", "main"]
+
 # Every command starts with these imports, over SSH too: what only some commands need (the
 # release store, the views, the daemon's answers, structlog, asyncio) is imported inside them.
-
-SSH_ALLOWED = frozenset({"deploy", "rollback", "releases", "status", "ps", "history", "logs"})
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", metavar="PATH", help="Config file (relman.toml).")
@@ -261,35 +260,7 @@ def completion(shell: str) -> None:
     click.echo(complete(cli, {}, "relman", "_RELMAN_COMPLETE").source())
 
 
-@cli.command("ssh-command")
-@click.pass_context
-def ssh_command(click_ctx: click.Context) -> None:
-    """Forced command for authorized_keys: run SSH_ORIGINAL_COMMAND if it is allowed."""
-    ctx: Context = click_ctx.obj
-    original = os.environ.get("SSH_ORIGINAL_COMMAND", "")
-    try:
-        words = shlex.split(original)
-    except ValueError:
-        raise UsageError("ssh-command: cannot parse SSH_ORIGINAL_COMMAND") from None
-    if words[:1] == ["relman"]:
-        words = words[1:]
-    if not words or words[0] not in SSH_ALLOWED or words[0] not in cli.commands:
-        allowed = ", ".join(sorted(SSH_ALLOWED))
-        raise UsageError(f"ssh-command: {original or '(no command)'!r} is not allowed; "
-                         f"allowed: {allowed}")
-    if any(w.startswith("--config") or w.startswith("--app") for w in words):
-        raise UsageError("ssh-command: --config and --app are fixed by the forced command")
-    command = cli.commands[words[0]]
-    try:
-        sub = command.make_context(words[0], words[1:], parent=click_ctx)
-    except click.UsageError as e:  # one line, not click's usage block naming ssh-command
-        raise UsageError(f"ssh-command: {original!r}: {e.format_message()}") from None
-    with sub:
-        command.invoke(sub)
-    del ctx
-
-
-for command in (processes.ps, processes.scale, processes.logs, processes.run):
+for command in (processes.ps, processes.scale, processes.logs, processes.run, ssh_command):
     cli.add_command(command)
 
 
