@@ -19,12 +19,15 @@ import json
 import os
 import socket
 import struct
+import time
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from relman import __version__
 from relman.errors import DaemonBug, RelmanError
 from relman.results import Result
 
@@ -82,8 +85,8 @@ class ControlServer:
     #: a client that sends no request line within this many seconds is dropped
     request_timeout = 10.0
 
-    def __init__(self, path: Path, handler: Handler) -> None:
-        self.path, self.handler = path, handler
+    def __init__(self, path: Path, handler: Handler, crash_log: Path | None = None) -> None:
+        self.path, self.handler, self.crash_log = path, handler, crash_log
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -149,6 +152,30 @@ class ControlServer:
         except Exception as e:
             # reported as one, so the CLI exits 70 rather than "daemon unreachable"
             log.exception("control.request_failed", command=request.get("command"))
+            # A daemon outside systemd (runuser, a test) has no journal: the traceback also
+            # goes to a file under the app root, named only once it holds it.
+            text = (f"--- {time.ctime()} relman {__version__} daemon pid {os.getpid()}, "
+                    f"control request {request.get('command')!r}\n{traceback.format_exc()}")
+            where = "its log"
+            if self.crash_log is not None and append_crash_log(self.crash_log, text):
+                where = f"{self.crash_log} and its log"
             send({"type": "error", "error": DaemonBug(
-                f"internal error in the daemon ({type(e).__name__}): see its log "
+                f"internal error in the daemon ({type(e).__name__}): see {where} "
                 "(journalctl -u relman@APP)").to_dict()})
+
+
+def append_crash_log(path: Path, text: str) -> bool:
+    """Append *text* to *path* in one write (O_APPEND: entries of two requests stay whole),
+    creating it 0640 less the umask; False if the file system refuses."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o640)
+    except OSError:
+        return False
+    try:
+        os.write(fd, text.encode(errors="replace"))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True

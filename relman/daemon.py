@@ -53,7 +53,8 @@ class Daemon:
         # moment it is asked for, so two requests in one loop turn cannot both pass.
         self.pending: list[dict[str, str]] = []
         self.flip_set_aside = False  # a flip of current seen while jobs were pending
-        self.control = ControlServer(self.root.control_sock, self.handle)
+        self.control = ControlServer(self.root.control_sock, self.handle,
+                                     self.root.crash_log)
         self.jobs: set[asyncio.Task[Any]] = set()
         self.recovery = CrashRecovery(self.app, self.schedule_job, self.spawn)
         self.observer = Observer(self.app, self.started)
