@@ -23,12 +23,12 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
 from relman import __version__
-from relman.errors import DaemonBug, RelmanError
+from relman.errors import DaemonBug, RelmanError, UsageError
 from relman.results import Result
 
 log = structlog.get_logger(__name__)
@@ -71,6 +71,24 @@ def parse_request(line: bytes) -> dict[str, Any]:
             raise BadRequest(f"{key!r} must be {_json_kind(kind())}, not "
                              f"{_json_kind(request[key])}")
     return request
+
+
+# As `relman scale` takes them (views.parse_counts).
+MAX_COUNT: Final = 9999
+
+
+def scale_counts(value: object) -> dict[str, int]:
+    """The counts of a scale request, {name: whole number 0..9999}; else a UsageError naming
+    the bad one: a client other than the CLI may send anything (NaN, -1, "3", 1e9)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UsageError(f"scale: 'counts' must be an object, not {_json_kind(value)}")
+    for name, count in value.items():
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_COUNT:
+            raise UsageError(f"relman scale {name}={count!r}: the count must be a whole "
+                             f"number from 0 to {MAX_COUNT}")
+    return {str(name): count for name, count in value.items()}
 
 
 def _json_kind(value: object) -> str:

@@ -19,7 +19,7 @@ import watchfiles
 from relman import __version__, results
 from relman.atomic import replace_symlink
 from relman.config import Config, load_config
-from relman.control import KEEPALIVE, ControlServer, Send
+from relman.control import KEEPALIVE, ControlServer, Send, scale_counts
 from relman.errors import LockHeld, RelmanError, StateWriteFailed, UsageError, writing
 from relman.lock import Busy, FileLock
 from relman.transaction import App, CrashRecovery, Observer, Report, reconcile
@@ -337,7 +337,7 @@ class Daemon:
 
     async def _scale(self, args: dict[str, Any], who: str, report: Report
                      ) -> results.ScaleResult:
-        counts = {str(k): int(v) for k, v in dict(args.get("counts") or {}).items()}
+        counts = scale_counts(args.get("counts"))
         change = await self.app.scale(counts, reset=bool(args.get("reset")), who=who,
                                       report=report)
         return results.ScaleResult(release=self.app.store.live_id(),
