@@ -82,18 +82,23 @@ def lenient_root(path: Path) -> Path | None:
 
 GLOBAL_FLAGS: Final = frozenset({"--json"})
 GLOBAL_VALUES: Final = frozenset({"--config", "--app"})
+# Commands whose arguments from the first word on are another program's command line
+# (`relman run python manage.py dumpdata --json`): nothing there is relman's.
+PROGRAM_COMMANDS: Final = frozenset({"run"})
 
 
 def hoist_global_options(args: list[str]) -> list[str]:
     """*args* with the global options (--json, --config PATH, --app NAME) moved before the
     command wherever they stand (DESIGN section 7: `relman history --json`); nothing after a
-    `--` moves, since that is an argument (`relman deploy -- REF`)."""
+    `--` moves, since that is an argument (`relman deploy -- REF`), nor anything of the
+    program `relman run` runs."""
     front: list[str] = []
     rest: list[str] = []
+    command: str | None = None
     i = 0
     while i < len(args):
         arg = args[i]
-        if arg == "--":
+        if arg == "--" or (command in PROGRAM_COMMANDS and not arg.startswith("-")):
             rest.extend(args[i:])
             break
         name = arg.split("=", 1)[0]
@@ -103,6 +108,8 @@ def hoist_global_options(args: list[str]) -> list[str]:
             front.extend(args[i:i + 2])
             i += 1
         else:
+            if command is None and not arg.startswith("-"):
+                command = arg
             rest.append(arg)
         i += 1
     return front + rest

@@ -19,13 +19,16 @@ import json
 import os
 import socket
 import struct
+import time
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
-from relman.errors import DaemonBug, RelmanError
+from relman import __version__
+from relman.errors import DaemonBug, RelmanError, UsageError
 from relman.results import Result
 
 log = structlog.get_logger(__name__)
@@ -70,6 +73,24 @@ def parse_request(line: bytes) -> dict[str, Any]:
     return request
 
 
+# As `relman scale` takes them (views.parse_counts).
+MAX_COUNT: Final = 9999
+
+
+def scale_counts(value: object) -> dict[str, int]:
+    """The counts of a scale request, {name: whole number 0..9999}; else a UsageError naming
+    the bad one: a client other than the CLI may send anything (NaN, -1, "3", 1e9)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UsageError(f"scale: 'counts' must be an object, not {_json_kind(value)}")
+    for name, count in value.items():
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_COUNT:
+            raise UsageError(f"relman scale {name}={count!r}: the count must be a whole "
+                             f"number from 0 to {MAX_COUNT}")
+    return {str(name): count for name, count in value.items()}
+
+
 def _json_kind(value: object) -> str:
     kinds = ((bool, "a boolean"), (int | float, "a number"), (str, "a string"),
              (list, "an array"), (dict, "an object"))
@@ -82,8 +103,8 @@ class ControlServer:
     #: a client that sends no request line within this many seconds is dropped
     request_timeout = 10.0
 
-    def __init__(self, path: Path, handler: Handler) -> None:
-        self.path, self.handler = path, handler
+    def __init__(self, path: Path, handler: Handler, crash_log: Path | None = None) -> None:
+        self.path, self.handler, self.crash_log = path, handler, crash_log
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -149,6 +170,30 @@ class ControlServer:
         except Exception as e:
             # reported as one, so the CLI exits 70 rather than "daemon unreachable"
             log.exception("control.request_failed", command=request.get("command"))
+            # A daemon outside systemd (runuser, a test) has no journal: the traceback also
+            # goes to a file under the app root, named only once it holds it.
+            text = (f"--- {time.ctime()} relman {__version__} daemon pid {os.getpid()}, "
+                    f"control request {request.get('command')!r}\n{traceback.format_exc()}")
+            where = "its log"
+            if self.crash_log is not None and append_crash_log(self.crash_log, text):
+                where = f"{self.crash_log} and its log"
             send({"type": "error", "error": DaemonBug(
-                f"internal error in the daemon ({type(e).__name__}): see its log "
+                f"internal error in the daemon ({type(e).__name__}): see {where} "
                 "(journalctl -u relman@APP)").to_dict()})
+
+
+def append_crash_log(path: Path, text: str) -> bool:
+    """Append *text* to *path* in one write (O_APPEND: entries of two requests stay whole),
+    creating it 0640 less the umask; False if the file system refuses."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o640)
+    except OSError:
+        return False
+    try:
+        os.write(fd, text.encode(errors="replace"))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True

@@ -19,11 +19,12 @@ import watchfiles
 from relman import __version__, results
 from relman.atomic import replace_symlink
 from relman.config import Config, load_config
-from relman.control import KEEPALIVE, ControlServer, Send
+from relman.control import KEEPALIVE, ControlServer, Send, scale_counts
 from relman.errors import LockHeld, RelmanError, StateWriteFailed, UsageError, writing
 from relman.lock import Busy, FileLock
 from relman.transaction import App, CrashRecovery, Observer, Report, reconcile
 from relman.transaction.repair import set_aside_current
+from relman.who import who_of
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -52,7 +53,8 @@ class Daemon:
         # moment it is asked for, so two requests in one loop turn cannot both pass.
         self.pending: list[dict[str, str]] = []
         self.flip_set_aside = False  # a flip of current seen while jobs were pending
-        self.control = ControlServer(self.root.control_sock, self.handle)
+        self.control = ControlServer(self.root.control_sock, self.handle,
+                                     self.root.crash_log)
         self.jobs: set[asyncio.Task[Any]] = set()
         self.recovery = CrashRecovery(self.app, self.schedule_job, self.spawn)
         self.observer = Observer(self.app, self.started)
@@ -229,9 +231,7 @@ class Daemon:
         command = str(request.get("command", ""))
         args = request.get("args") or {}
         client = request.get("client") or {}
-        who = str(client.get("user") or f"uid {peer[0]}")
-        if client.get("ssh"):
-            who += f" via ssh from {client['ssh']}"
+        who = who_of(client, peer[0])
         commands: dict[str, Callable[[], Awaitable[results.Result]]] = {
             "ping": self._ping,
             "status": lambda: self.observer.status(self.recovery.crash_loop),
@@ -337,7 +337,7 @@ class Daemon:
 
     async def _scale(self, args: dict[str, Any], who: str, report: Report
                      ) -> results.ScaleResult:
-        counts = {str(k): int(v) for k, v in dict(args.get("counts") or {}).items()}
+        counts = scale_counts(args.get("counts"))
         change = await self.app.scale(counts, reset=bool(args.get("reset")), who=who,
                                       report=report)
         return results.ScaleResult(release=self.app.store.live_id(),

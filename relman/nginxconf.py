@@ -91,6 +91,17 @@ def static_locations(root: Path, prefixes: Iterable[str]) -> list[str]:
     return lines
 
 
+def _check_port(field: str, listen: str) -> None:
+    """A listen value whose port is a number (`80`, `127.0.0.1:-1`, `[::]:99999 ssl`) has one
+    from 1 to 65535; a unix: path or a host name is nginx's to judge."""
+    address = listen.split()[0]
+    if address.startswith("unix:"):
+        return
+    port = address.rpartition("]")[2].rpartition(":")[2] if ":" in address else address
+    if re.fullmatch(r"[-+]?\d+", port) and not 1 <= int(port) <= 65535:
+        raise UsageError(f"nginx-config: {field} {listen!r}: the port must be from 1 to 65535")
+
+
 def _fill_blocks(text: str, blocks: dict[str, list[str]]) -> str:
     """Replace each line that is only `$block` by the block's lines at that indentation (no
     line if empty). Block lines are literal nginx text: their `$` are escaped for Template."""
@@ -129,9 +140,11 @@ def render_server_block(
         raise UsageError(f"nginx-config: root {str(root)!r} must be an absolute path")
     _check("root", str(root))
     _check("listen", listen, spaces=True)  # e.g. "80 default_server"
+    _check_port("listen", listen)
     _check("server_name", server_name, spaces=True)  # several names are space-separated
     if tls is not None:
         _check("tls listen", tls.listen, spaces=True)
+        _check_port("tls listen", tls.listen)
     settings = []
     if client_max_body_size:
         check_size(client_max_body_size)

@@ -3,30 +3,26 @@ become output and exit codes."""
 
 from __future__ import annotations
 
-import contextlib
 import getpass
-import json
 import os
-import shlex
 import sys
 import time
-import traceback
-from collections.abc import Iterator
-from pathlib import Path
 
 import click
 
 from relman import __version__
 from relman.cli import processes
 from relman.cli.context import WAIT, Context, pass_ctx
+from relman.cli.failures import error_handler
+from relman.cli.params import COUNT, positive_number
+from relman.cli.ssh import SSH_ALLOWED, ssh_command
 from relman.config_search import hoist_global_options
-from relman.errors import INTERNAL_ERROR_EXIT, RelmanError, UsageError
+from relman.errors import UsageError
+
+__all__ = ["SSH_ALLOWED", "cli", "main"]
 
 # Every command starts with these imports, over SSH too: what only some commands need (the
 # release store, the views, the daemon's answers, structlog, asyncio) is imported inside them.
-
-SSH_ALLOWED = frozenset({"deploy", "rollback", "releases", "status", "ps", "history", "logs"})
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", metavar="PATH", help="Config file (relman.toml).")
@@ -161,8 +157,10 @@ def restart(ctx: Context, name: str | None, wait: bool) -> None:
 @click.option("--release", help="Only entries of this release.")
 @click.option("--event", help="Only this event: deployed, rolled_back, restarted, "
               "deploy_failed, server_crashed, crash_loop, auto_rollback, pruned, ...")
-@click.option("--since", type=float, metavar="HOURS", help="Only the last HOURS hours.")
-@click.option("-n", "--limit", default=50, show_default=True, help="At most N entries.")
+@click.option("--since", type=float, callback=positive_number, metavar="HOURS",
+              help="Only the last HOURS hours.")
+@click.option("-n", "--limit", default=50, show_default=True, type=COUNT,
+              help="At most N entries.")
 @pass_ctx
 def history(ctx: Context, release: str | None, event: str | None, since: float | None,
             limit: int) -> None:
@@ -172,7 +170,7 @@ def history(ctx: Context, release: str | None, event: str | None, since: float |
 
     since_ts = time.time() - since * 3600 if since else None
     entries = list(audit.read(ctx.root_only.history, event=event, release=release, since=since_ts))
-    entries = entries[-limit:]
+    entries = entries[len(entries) - limit:] if limit < len(entries) else entries
     ctx.emit(entries, lambda: "\n".join(
         f"{time_ago(e['time']):>8}  {e['event']:<16} {e.get('release') or e.get('ref') or '':<26}"
         f" {e.get('who') or ''} {history_detail(e)}".rstrip() for e in entries))
@@ -263,72 +261,7 @@ def completion(shell: str) -> None:
     click.echo(complete(cli, {}, "relman", "_RELMAN_COMPLETE").source())
 
 
-@cli.command("ssh-command")
-@click.pass_context
-def ssh_command(click_ctx: click.Context) -> None:
-    """Forced command for authorized_keys: run SSH_ORIGINAL_COMMAND if it is allowed."""
-    ctx: Context = click_ctx.obj
-    original = os.environ.get("SSH_ORIGINAL_COMMAND", "")
-    try:
-        words = shlex.split(original)
-    except ValueError:
-        raise UsageError("ssh-command: cannot parse SSH_ORIGINAL_COMMAND") from None
-    if words[:1] == ["relman"]:
-        words = words[1:]
-    if not words or words[0] not in SSH_ALLOWED or words[0] not in cli.commands:
-        allowed = ", ".join(sorted(SSH_ALLOWED))
-        raise UsageError(f"ssh-command: {original or '(no command)'!r} is not allowed; "
-                         f"allowed: {allowed}")
-    if any(w.startswith("--config") or w.startswith("--app") for w in words):
-        raise UsageError("ssh-command: --config and --app are fixed by the forced command")
-    command = cli.commands[words[0]]
-    try:
-        sub = command.make_context(words[0], words[1:], parent=click_ctx)
-    except click.UsageError as e:  # one line, not click's usage block naming ssh-command
-        raise UsageError(f"ssh-command: {original!r}: {e.format_message()}") from None
-    with sub:
-        command.invoke(sub)
-    del ctx
-
-
-@contextlib.contextmanager
-def error_handler(as_json: bool) -> Iterator[None]:
-    """Turn every error into one line and its exit code; bugs get exit 70 and a log file."""
-    try:
-        yield
-    except RelmanError as e:
-        if as_json:
-            click.echo(json.dumps({"error": e.to_dict()}))
-        else:
-            click.echo(f"relman: error: {e.message}", err=True)
-            if e.tail:
-                click.echo("  " + e.tail.replace("\n", "\n  "), err=True)
-            if e.hint:
-                click.echo(f"  hint: {e.hint}", err=True)
-        raise SystemExit(e.exit_code) from None
-    except click.exceptions.Exit as e:
-        raise SystemExit(e.exit_code) from None
-    except click.ClickException as e:
-        e.show()
-        raise SystemExit(2) from None
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        raise SystemExit(130) from None
-    except (KeyboardInterrupt, SystemExit, BrokenPipeError):
-        raise
-    except Exception:  # noqa: BLE001 - the one funnel for bugs: exit 70 with a pointer
-        log_path = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state"))
-        log_path = log_path / "relman" / "crash.log"
-        with contextlib.suppress(OSError):
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with log_path.open("a") as f:
-                f.write(f"--- {time.ctime()} relman {__version__} {sys.argv}\n")
-                f.write(traceback.format_exc())
-        click.echo(f"relman: internal error (a bug): see {log_path}", err=True)
-        raise SystemExit(INTERNAL_ERROR_EXIT) from None
-
-
-for command in (processes.ps, processes.scale, processes.logs, processes.run):
+for command in (processes.ps, processes.scale, processes.logs, processes.run, ssh_command):
     cli.add_command(command)
 
 

@@ -31,6 +31,7 @@ class Context:
         self._path: Path | None = None
         self._config: Config | None = None
         self._root_only: AppRoot | None = None
+        self.who_as: str | None = None  # ssh-command --as NAME: who the jobs are by
 
     @property
     def path(self) -> Path:
@@ -88,8 +89,8 @@ class Context:
             sys.stdout.flush()
 
         try:
-            return client.request(self.root_only.control_sock, command, args, client_info(),
-                                  progress, into=into)
+            return client.request(self.root_only.control_sock, command, args,
+                                  client_info(self.who_as), progress, into=into)
         except RelmanError as e:
             raise self.named(e) from None
 
@@ -103,10 +104,15 @@ class Context:
         return error
 
 
-def client_info() -> dict[str, object]:
+def client_info(who_as: str | None = None) -> dict[str, object]:
+    """Who asks, for the daemon's history: the user, the SSH client's address, and the label
+    of `ssh-command --as` (the daemon puts the login name of the socket's peer beside it)."""
     user = os.environ.get("SUDO_USER") or getpass.getuser()
     ssh = os.environ.get("SSH_CLIENT", "").split(" ")[0]
-    return {"user": user, "ssh": ssh, "pid": os.getpid()}
+    info: dict[str, object] = {"user": user, "ssh": ssh, "pid": os.getpid()}
+    if who_as is not None:
+        info["as"] = who_as
+    return info
 
 
 pass_ctx = click.make_pass_decorator(Context)

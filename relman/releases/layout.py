@@ -119,6 +119,11 @@ class AppRoot:
     def history(self) -> Path:
         return self.log / "history.jsonl"
 
+    @property
+    def crash_log(self) -> Path:
+        """Tracebacks of the daemon's internal errors, which the CLI's exit-70 line names."""
+        return self.log / "relman-crash.log"
+
     def release_dir(self, release_id: str) -> Path:
         return self.releases / release_id
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from importlib import metadata
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -11,6 +13,16 @@ from relman.config import ServerConfig
 # uWSGI's SIGTERM (and --die-on-term) kills workers mid-request (measured, ANCHORS.md);
 # this hook makes SIGTERM a graceful stop that lets in-flight requests finish.
 UWSGI_GRACEFUL_TERM: Final = "unix_signal:15 gracefully_kill_them_all"
+
+# gunicorn 25.1 and later bind a control socket by default, at $XDG_RUNTIME_DIR/gunicorn.ctl
+# or ~/.gunicorn/gunicorn.ctl: one path for every instance of every app of a user. Each new
+# arbiter unlinks the path and binds its own there, and the first to stop unlinks the next
+# one's (gunicorn 27.0.1, gunicorn/ctl/server.py ControlSocketServer._serve and stop). relman
+# is the control plane (gunicornc could change the workers behind its back), so relman turns
+# it off, unless server.args already says what to do with it. Older gunicorn refuses the
+# flag, so it goes only to a venv whose installed gunicorn knows it.
+GUNICORN_CONTROL_SOCKET_SINCE: Final = (25, 1)
+GUNICORN_CONTROL_SOCKET_ARGS: Final = ("--control-socket", "--no-control-socket")
 
 
 def socket_umask(mode: int, inherited: int | None = None) -> int:
@@ -34,6 +46,27 @@ class ServerKind(Protocol):
              socket: Path, stop_timeout: float) -> list[str]: ...
 
 
+def installed_version(venv: Path, name: str) -> tuple[int, ...] | None:
+    """The version of distribution *name* installed in *venv* (its dist-info, read without
+    running anything), as a tuple of its leading numbers; None when it is not there."""
+    for site in sorted(venv.glob("lib/python*/site-packages")):
+        for dist in metadata.distributions(name=name, path=[str(site)]):
+            numbers = re.findall(r"^\d+|(?<=\.)\d+", dist.version.split("+")[0])
+            return tuple(int(n) for n in numbers)
+    return None
+
+
+def gunicorn_control_socket_args(server: ServerConfig, venv: Path) -> list[str]:
+    """`--no-control-socket` when *venv*'s gunicorn binds a control socket by default and
+    server.args does not set one; else nothing."""
+    if any(a.split("=", 1)[0] in GUNICORN_CONTROL_SOCKET_ARGS for a in server.args):
+        return []
+    version = installed_version(venv, "gunicorn")
+    if version is None or version < GUNICORN_CONTROL_SOCKET_SINCE:
+        return []
+    return ["--no-control-socket"]
+
+
 class Gunicorn:
     def argv(self, server: ServerConfig, *, venv: Path, release_dir: Path, root: Path,
              socket: Path, stop_timeout: float) -> list[str]:
@@ -45,6 +78,7 @@ class Gunicorn:
             "--graceful-timeout", str(int(stop_timeout)),
             # gunicorn binds under its own umask (default 0: a 0777 socket), not the process's
             "--umask", f"{0o777 & ~server.socket_mode:#o}",
+            *gunicorn_control_socket_args(server, venv),
             *server.args,
             server.app,
         ]

@@ -300,3 +300,31 @@ def test_internal_error_is_exit_70_without_traceback(tmp_path):
     assert "internal error" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "ZeroDivisionError" in (tmp_path / "relman" / "crash.log").read_text()
+
+
+def test_daemon_internal_error_names_a_crash_log_that_holds_it(make_app, app_repo):
+    """A real bug path in the daemon (state/run.json is a directory, so taking the candidate
+    raises IsADirectoryError): exit 70, one line naming <root>/log/relman-crash.log, which
+    exists and holds the traceback, and the unit relman@<config name>, not relman@APP."""
+    app = make_app()
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    root = root_of(app)
+    (root / "state" / "run.json").unlink()
+    (root / "state" / "run.json").mkdir()
+
+    proc = app.relman("deploy", "v2")
+    crash_log = root / "log" / "relman-crash.log"
+    assert_clean_error(proc, 70, f"see {crash_log} and its log",
+                       f"journalctl -u relman@{app.config.stem}")
+    assert "relman@APP" not in proc.stderr
+    text = crash_log.read_text()
+    assert text.startswith("--- ")
+    assert "control request 'deploy'" in text
+    assert "Traceback (most recent call last)" in text
+    assert "IsADirectoryError" in text
+    assert crash_log.stat().st_mode & 0o137 == 0, oct(crash_log.stat().st_mode)
+
+    app.relman("deploy", "v2")  # a second bug is appended
+    assert crash_log.read_text().count("IsADirectoryError: ") == 2 * text.count(
+        "IsADirectoryError: ")

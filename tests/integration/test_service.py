@@ -270,10 +270,12 @@ def sshd(tmp_path) -> Iterator[PrivateSshd]:
     server.stop()
 
 
-def forced_command(config: Path, *global_options: str) -> str:
+def forced_command(config: Path, *global_options: str, who_as: str | None = None) -> str:
     """README's `command="relman --app shop ssh-command"`, with the venv's console script (an
-    ssh session's PATH does not hold the venv) and --config (no file in /etc/relman)."""
-    return " ".join([str(VENV_RELMAN), "--config", str(config), *global_options, "ssh-command"])
+    ssh session's PATH does not hold the venv) and --config (no file in /etc/relman); with
+    *who_as*, `ssh-command --as WHO_AS`."""
+    return " ".join([str(VENV_RELMAN), "--config", str(config), *global_options, "ssh-command",
+                     *(["--as", who_as] if who_as else [])])
 
 
 def stream(argv: list[str], timeout: float = 180) -> tuple[int, list[tuple[str, bool]]]:
@@ -295,8 +297,9 @@ def stream(argv: list[str], timeout: float = 180) -> tuple[int, list[tuple[str, 
 
 
 def test_ssh_command_over_real_ssh(make_app, app_repo, sshd):
-    """Allowed commands work through sshd's forced command; a deploy streams its steps while
-    it runs, and the history records the deploy and rollback with the SSH client address."""
+    """Allowed commands work through sshd's forced command, with a leading `relman --app
+    APP` as README types them; a deploy streams its steps while it runs, and the history
+    records the deploy and rollback with the SSH client address and the key's --as name."""
     app = make_app()
     app.relman("deploy", "v1", check=True)
     key = sshd.authorize(forced_command(app.config), "ci")
@@ -321,12 +324,15 @@ def test_ssh_command_over_real_ssh(make_app, app_repo, sshd):
     assert lines[0][1], "the first step arrived while the deploy still ran: streamed"
     v2 = lines[-1][0].removeprefix("deployed v2 as ")
 
-    back = sshd.run(key, "relman rollback")
+    # README's command for a login, through a key whose forced command says who it is.
+    ci_key = sshd.authorize(forced_command(app.config, who_as="ci-deploy"), "ci-deploy")
+    back = sshd.run(ci_key, "relman --app sample rollback")
     assert back.returncode == 0, back.stdout + back.stderr
     assert f"rolled back to {v1['id']}" in back.stdout
     assert app.json("status")["live"] == v1["id"]
 
     expected_who = f"{login_name()} via ssh from 127.0.0.1"
+    ci_who = f"ci-deploy ({login_name()}) via ssh from 127.0.0.1"
     history = sshd.run(key, "relman history")
     assert history.returncode == 0, history.stderr
     assert re.search(rf"deployed\s+{v2}\s+{re.escape(expected_who)}$", history.stdout,
@@ -334,22 +340,29 @@ def test_ssh_command_over_real_ssh(make_app, app_repo, sshd):
     # The same through a key whose forced command adds --json (man relman: global options
     # belong in the forced command).
     entries = json.loads(sshd.run(json_key, "relman history").stdout)
+    assert json.loads(sshd.run(key, "relman history --json").stdout) == entries
     events = [(e["event"], e.get("release"), e["who"]) for e in entries]
     assert events[0][:2] == ("deployed", v1["id"])
     assert "via ssh" not in events[0][2], "v1 was deployed locally"
     assert events[1:] == [("deployed", v2, expected_who),
-                          ("rolled_back", v1["id"], expected_who)], events
+                          ("rolled_back", v1["id"], ci_who)], events
 
 
 REFUSED = "relman: error: ssh-command: {!r} is not allowed; allowed: deploy, history, logs, " \
           "ps, releases, rollback, status"
-FIXED = "relman: error: ssh-command: --config and --app are fixed by the forced command"
+OTHER_CONFIG = "relman: error: ssh-command: --config {}: not this key's config file (the " \
+               "forced command names it)"
+OTHER_APP = "relman: error: ssh-command: --app other: this key serves app sample"
+OPTION = "relman: error: ssh-command: {!r} is not allowed before the command: the forced " \
+         "command fixes relman's options (allowed: --app and --config naming this key's app, " \
+         "--json)"
 
 
 def test_ssh_command_refuses_over_real_ssh(make_app, base_dir, sshd):
-    """Anything but the allowed commands (run and scale among the refused), shell syntax and
-    --config/--app are refused with exit 2 and one line, and nothing runs: no file appears or
-    goes, no job reaches the daemon."""
+    """Anything but the allowed commands (run and scale among the refused), shell syntax,
+    --config/--app naming another app and other options before the command are refused with
+    exit 2 and one line, and nothing runs: no file appears or goes, no job reaches the
+    daemon."""
     app = make_app()
     app.relman("deploy", "v1", check=True)
     key = sshd.authorize(forced_command(app.config), "ci")
@@ -369,11 +382,13 @@ def test_ssh_command_refuses_over_real_ssh(make_app, base_dir, sshd):
         f"rm -rf {canary}": REFUSED.format(f"rm -rf {canary}"),
         f"touch {pwned}": REFUSED.format(f"touch {pwned}"),
         "id": REFUSED.format("id"),
-        f"relman --config {other} status": REFUSED.format(f"relman --config {other} status"),
-        "relman --json status": REFUSED.format("relman --json status"),
-        f"relman status --config {other}": FIXED,
-        f"relman deploy v1 --config={other}": FIXED,
-        "relman deploy --app other v1": FIXED,
+        f"relman --config {other} status": OTHER_CONFIG.format(other),
+        f"relman status --config {other}": OTHER_CONFIG.format(other),
+        f"relman deploy v1 --config={other}": OTHER_CONFIG.format(other),
+        "relman deploy --app other v1": OTHER_APP,
+        "relman --app other rollback": OTHER_APP,
+        "relman --version": OPTION.format("--version"),
+        "relman --help deploy v1": OPTION.format("--help"),
         "relman 'status": "relman: error: ssh-command: cannot parse SSH_ORIGINAL_COMMAND",
         "": REFUSED.format("(no command)"),
     }

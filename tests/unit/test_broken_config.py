@@ -169,9 +169,14 @@ def test_no_root_found_is_the_config_error(capsys: pytest.CaptureFixture[str],
     (["--json", "status"], ["--json", "status"]),
     (["deploy", "--", "--json"], ["deploy", "--", "--json"]),  # an argument after --
     (["deploy", "v1", "--config"], ["deploy", "v1", "--config"]),  # click says what's missing
+    (["run", "python", "manage.py", "dumpdata", "--json"],  # the program's own options
+     ["run", "python", "manage.py", "dumpdata", "--json"]),
+    (["run", "--json", "./tool", "--app", "x"], ["--json", "run", "./tool", "--app", "x"]),
+    (["--app", "run", "run", "tool", "--config=y"], ["--app", "run", "run", "tool", "--config=y"]),
 ])
 def test_global_options_go_before_the_command(args, hoisted):
-    """--json, --config and --app may follow the command (DESIGN section 7)."""
+    """--json, --config and --app may follow the command (DESIGN section 7), but not in the
+    command line `relman run` runs."""
     assert hoist_global_options(args) == hoisted
 
 

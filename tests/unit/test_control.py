@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pytest
 
 from relman.client import request
-from relman.control import ControlServer, Send, peer_allowed
+from relman.control import ControlServer, Send, peer_allowed, scale_counts
 from relman.errors import (
     BadAnswer,
     DaemonBug,
@@ -63,10 +63,10 @@ class Echo(Result):
 class Daemon:
     """A ControlServer whose handler sends two progress events, then answers or raises."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, crash_log: Path | None = None) -> None:
         self.path = path
         self.requests: list[dict[str, Any]] = []
-        self.server = ControlServer(path, self.handle)
+        self.server = ControlServer(path, self.handle, crash_log)
 
     async def handle(self, req: dict[str, Any], send: Send, peer: tuple[int, int]) -> Result:
         self.requests.append(req)
@@ -142,6 +142,51 @@ def test_daemon_bug_reaches_the_client_with_exit_code_70(daemon: Daemon) -> None
         request(daemon.path, "crash", {}, {})
     assert info.value.exit_code == 70
     assert "KeyError" in info.value.message
+
+
+@pytest.mark.parametrize("log_dir", ["log", "absent"])
+def test_daemon_bug_names_the_crash_log_once_written(short_dir: Path, log_dir: str) -> None:
+    """A bug's traceback is appended to the daemon's crash log, which the message names; a
+    crash log that cannot be written (its directory gone) is not named."""
+    (short_dir / "log").mkdir()
+    crash_log = short_dir / log_dir / "relman-crash.log"
+    loop = LoopThread()
+    served = Daemon(short_dir / "relman.ctl", crash_log)
+    loop.run(served.server.start())
+    try:
+        for _ in range(2):
+            with pytest.raises(DaemonBug) as info:
+                request(served.path, "crash", {}, {})
+    finally:
+        loop.run(served.server.close())
+        loop.stop()
+    message = info.value.message
+    if log_dir == "absent":
+        assert message == ("internal error in the daemon (KeyError): see its log "
+                           "(journalctl -u relman@APP)")
+        assert not crash_log.parent.exists()
+        return
+    assert message == (f"internal error in the daemon (KeyError): see {crash_log} and its "
+                       "log (journalctl -u relman@APP)")
+    text = crash_log.read_text()
+    assert text.count("control request 'crash'") == 2
+    assert text.count("KeyError: 'a bug'") == 2
+    assert "Traceback (most recent call last)" in text
+
+
+@pytest.mark.parametrize("counts", [[], "worker=1", {"worker": -1}, {"worker": 1.5},
+                                    {"worker": float("nan")}, {"worker": "3"},
+                                    {"worker": True}, {"worker": 10_000}, {"worker": None}])
+def test_scale_counts_from_any_client_are_checked(counts: object) -> None:
+    """A scale request's counts are whole numbers 0..9999 whoever sends them: anything else
+    is a usage error, not an internal one (int() of NaN or of a list would raise)."""
+    with pytest.raises(UsageError):
+        scale_counts(counts)
+
+
+def test_scale_counts_that_are_fine() -> None:
+    assert scale_counts({"worker": 0, "beat": 9999}) == {"worker": 0, "beat": 9999}
+    assert scale_counts(None) == {}
 
 
 def test_silent_client_is_dropped(daemon: Daemon) -> None:

@@ -325,3 +325,41 @@ def test_probe_socket_non_http_answer(short_dir: Path) -> None:
     assert found.status is None
     assert "no HTTP status line" in found.detail
     assert "hello" in found.detail
+
+
+def fake_venv(tmp_path: Path, gunicorn_version: str | None) -> Path:
+    """A venv whose site-packages holds gunicorn's dist-info at *gunicorn_version* (or no
+    gunicorn), which is all relman reads of it."""
+    venv = tmp_path / "venv"
+    site = venv / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    if gunicorn_version is not None:
+        info = site / f"gunicorn-{gunicorn_version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: gunicorn\n"
+                                       f"Version: {gunicorn_version}\n")
+    return venv
+
+
+@pytest.mark.parametrize(
+    ("version", "args", "expected"),
+    [("27.0.1", "", ["--no-control-socket"]),
+     ("25.1.0", "", ["--no-control-socket"]),
+     ("25.0.2", "", []),
+     ("23.0.0", "", []),
+     (None, "", []),
+     ("27.0.1", 'args = ["--control-socket", "/srv/shop/run/mine.ctl"]', []),
+     ("27.0.1", 'args = ["--control-socket=/srv/shop/run/mine.ctl"]', []),
+     ("27.0.1", 'args = ["--no-control-socket"]', [])],
+    ids=["27", "25.1", "25.0", "23", "no-gunicorn", "user-path", "user-path-equals",
+         "user-off"])
+def test_gunicorn_control_socket_is_off_where_gunicorn_has_one(
+        tmp_path: Path, version: str | None, args: str, expected: list[str]) -> None:
+    """gunicorn gets --no-control-socket only when its venv's gunicorn binds one by default
+    (25.1 and later) and server.args says nothing about it."""
+    server = server_config(tmp_path, f'kind = "gunicorn"\napp = "shop.wsgi"\n{args}')
+    argv = server_argv(server, venv=fake_venv(tmp_path, version), release_dir=RELEASE,
+                       root=ROOT, socket=SOCK, stop_timeout=25.0)
+    ours = argv[:len(argv) - len(server.args) - 1]
+    assert [a for a in ours if "control-socket" in a] == expected
+    assert argv.count("--no-control-socket") <= 1

@@ -180,3 +180,19 @@ def test_no_static_renders_no_location() -> None:
 def test_bad_static_prefix_is_rejected() -> None:
     with pytest.raises(UsageError, match="static prefix '/a b/'"):
         render_server_block(protocol="http", static=["/a b/"], **DEMO)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("listen", ["-1", "0", "65536", "99999", "127.0.0.1:-1",
+                                    "[::1]:70000 default_server", "+0"])
+def test_a_listen_port_out_of_range_is_rejected(listen: str) -> None:
+    """`nginx-config --listen -1` (or a port past 65535) is a usage error naming it, not a
+    block that `nginx -t` refuses later."""
+    with pytest.raises(UsageError, match="the port must be from 1 to 65535"):
+        render_server_block(**{**DEMO, "protocol": "http", "listen": listen})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("listen", ["80", "8080 default_server", "127.0.0.1:8080", "[::]:443",
+                                    "unix:/run/nginx-shop.sock", "localhost", "65535"])
+def test_listen_values_that_are_fine(listen: str) -> None:
+    out = render_server_block(**{**DEMO, "protocol": "http", "listen": listen})  # type: ignore[arg-type]
+    assert f"listen {listen};" in out
