@@ -27,8 +27,8 @@ How a publication goes (publish()), and why:
   staging directory with whatever a killed publication left in it.
 
 Only regular files are published: a symbolic link inside a [static] directory, or a
-[static] directory that is itself a link (a build.shared entry), is skipped, so nothing
-outside the release tree (shared/.env) can ever be served.
+[static] directory that is a link or is reached through one (a build.shared entry), is
+skipped, so nothing outside the release tree (shared/.env) can ever be served.
 """
 
 from __future__ import annotations
@@ -121,6 +121,16 @@ def _entries(top: str) -> Iterator[os.DirEntry[str]]:
                     stack.append(entry.path)
 
 
+def _through_link(release_dir: Path, top: Path) -> bool:
+    """True if *top*, or a directory on the way to it from *release_dir*, is a link."""
+    path = release_dir
+    for part in top.relative_to(release_dir).parts:
+        path = path / part
+        if path.is_symlink():
+            return True
+    return False
+
+
 def release_files(release_dir: Path, static: Mapping[str, str], release: str = ""
                   ) -> tuple[dict[str, Path], list[str]]:
     """The files of one release tree that its [static] mapping publishes ("name/path" ->
@@ -129,7 +139,7 @@ def release_files(release_dir: Path, static: Mapping[str, str], release: str = "
     skipped: list[str] = []
     for prefix, directory in static.items():
         top = release_dir / directory
-        if top.is_symlink():
+        if _through_link(release_dir, top):
             skipped.append(f"{release}:{directory}")
             continue
         name, cut = static_name(prefix), len(str(top)) + 1

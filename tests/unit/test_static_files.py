@@ -117,9 +117,12 @@ def test_release_files_never_follows_symbolic_links(tmp_path: Path) -> None:
     (release / "static" / "env").symlink_to(shared / ".env")
     (release / "static" / "dir").symlink_to(shared)
     (release / "media").symlink_to(shared / "media")
-    found, skipped = release_files(release, {"/static/": "static", "/media/": "media"}, "r1")
+    (shared / "media/sub").mkdir()
+    (shared / "media/sub/x.png").write_text("x")
+    found, skipped = release_files(release, {"/static/": "static", "/media/": "media",
+                                             "/sub/": "media/sub"}, "r1")
     assert found == {"static/ok.css": release / "static/ok.css"}
-    assert sorted(skipped) == ["r1:media", "r1:static/dir", "r1:static/env"]
+    assert sorted(skipped) == ["r1:media", "r1:media/sub", "r1:static/dir", "r1:static/env"]
 
 
 def test_publish_hard_links_readable_files(tmp_path: Path) -> None:
