@@ -63,6 +63,8 @@ class BuildConfig:
     commands: tuple[tuple[str, ...], ...] = _key((), "array of commands",
                                                  "run in the release dir, venv active")
     shared: tuple[str, ...] = _key((), "array of strings", "paths linked from <root>/shared")
+    link_unchanged: bool = _key(True, "boolean",
+                                "hard-link files unchanged since the live release")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
