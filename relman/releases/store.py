@@ -42,11 +42,13 @@ class ReleaseStore:
         self.job_env: dict[str, str] = {}
         # build.python, and its identity being found out (probe_interpreter)
         self._interpreter: tuple[str, asyncio.Future[tuple[str, str]]] | None = None
+        # Manifests as last read, by file identity: status reads them all (rollback target).
+        self._manifests: registry.ManifestCache = {}
         # What the current job's export linked from the live release (check_linked).
         self._exported: linking.Exported | None = None
 
     def manifests(self) -> list[Manifest]:
-        return registry.load_all(self.root)
+        return registry.load_all(self.root, self._manifests)
 
     def get(self, release_id: str) -> Manifest:
         """The manifest of *release_id*, or UnknownRelease."""
