@@ -59,6 +59,7 @@ bench: $(VENV)/.stamp
 	-$(PY) bench/deploy_speed.py --runs 3
 	-$(PY) bench/supervise.py
 	-$(PY) bench/processes.py
+	-$(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) .venv-newest .pytest_cache .mypy_cache .ruff_cache
