@@ -5,11 +5,11 @@ Which files may be shared, and why it is safe (build.link_unchanged, on by defau
 
 - git says what is unchanged: a path whose mode and blob id (`git ls-tree -r`) are the same
   in both commits, a regular file (symlinks and submodules are always written afresh).
-- Each export records, per file, the inode it wrote and that inode's size and mtime
+- Each export records, per file, the inode it wrote and that inode's size, mtime and mode
   (state/releases/<id>.tree). A file of the live release is linked only if its path still
   leads to that very inode, unchanged, through real directories: a file the app or a build
-  step wrote in place, replaced, or that a build.shared link now hides, is exported afresh.
-  Nothing is ever linked from outside the release the index describes.
+  step wrote in place, chmod-ed, replaced, or that a build.shared link now hides, is
+  exported afresh. Nothing is ever linked from outside the release the index describes.
 - A build step or release command that writes in place into a linked file writes into both
   releases (one inode). After the build and after the release phase, every linked file is
   checked again; one written that way gets a fresh copy in the live release (git archive of
@@ -50,13 +50,15 @@ from relman.releases.git import archive_into, git_bytes
 log = structlog.get_logger(__name__)
 
 REGULAR: Final = frozenset({"100644", "100755"})
-INDEX_VERSION: Final = 1
+INDEX_VERSION: Final = 2
 # Bytes of paths per `git archive -- PATHS...` call: well under Linux's 128 KiB per argument
 # string and 2 MiB in all (execve(2)).
 ARGS_BUDGET: Final = 64 * 1024
 
 Tree = Mapping[str, tuple[str, str]]  # path -> (mode, blob id), as `git ls-tree -r` says
-Identity = tuple[int, int, int]  # (inode, size, mtime_ns) of a file as an export wrote it
+# (inode, size, mtime_ns, mode) of a file as an export wrote it. Not ctime: every link and
+# unlink of the inode (the next release's export, a prune) changes it.
+Identity = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +163,8 @@ def load_index(path: Path) -> Index | None:
         data = json.loads(path.read_bytes())
         if data.get("version") != INDEX_VERSION:
             return None
-        files = {p: Entry(str(m), str(b), (int(i), int(s), int(t)))
-                 for p, (m, b, i, s, t) in data["files"].items()}
+        files = {p: Entry(str(m), str(b), (int(i), int(s), int(t), int(o)))
+                 for p, (m, b, i, s, t, o) in data["files"].items()}
         return Index(sha=str(data["sha"]), files=files)
     except FileNotFoundError:
         return None
@@ -172,7 +174,7 @@ def load_index(path: Path) -> Index | None:
 
 
 def identities(top: Path, paths: Iterable[str]) -> dict[str, Identity | None]:
-    """(inode, size, mtime_ns) of each regular file at *paths* under *top*, reached through
+    """(inode, size, mtime_ns, mode) of each regular file at *paths* under *top*, reached through
     real directories only (a build.shared symlink on the way gives None)."""
     # Strings, not Paths: pathlib's joins took 40% of an export of 50,000 files.
     base = os.fspath(top)
@@ -196,7 +198,7 @@ def identities(top: Path, paths: Iterable[str]) -> dict[str, Identity | None]:
             except OSError:
                 continue
             if stat.S_ISREG(st.st_mode):
-                found[path] = (st.st_ino, st.st_size, st.st_mtime_ns)
+                found[path] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
     return found
 
 
@@ -262,14 +264,14 @@ def export(mirror: Path, sha: str, dest: Path, source: Source | None) -> Exporte
 
 
 def written_through(exported: Exported, dest: Path) -> list[str]:
-    """Linked files of *dest* that were written in place since the export: still the
-    shared inode, with another size or mtime."""
+    """Linked files of *dest* that were written in place (or chmod-ed) since the export:
+    still the shared inode, with another size, mtime or mode."""
     now = identities(dest, sorted(exported.linked))
     changed = []
     for path in sorted(exported.linked):
-        ino, size, mtime = exported.index.files[path].identity
+        identity = exported.index.files[path].identity
         found = now[path]
-        if found is not None and found[0] == ino and found != (ino, size, mtime):
+        if found is not None and found[0] == identity[0] and found != identity:
             changed.append(path)
     return changed
 

@@ -103,21 +103,25 @@ def test_unchanged_files_are_linked_and_each_tree_is_its_export(make_app, app_re
 
 def test_build_step_writing_a_linked_file_in_place_leaves_the_live_release_intact(
         make_app, app_repo):
-    """A build step that appends to a file shared with the live release: the new release
-    keeps the append, the live one gets its commit's bytes back, and rolls back to them."""
+    """A build step that appends to (or chmods) a file shared with the live release: the new
+    release keeps the change, the live one gets its commit's file back, and rolls back to
+    it."""
     add_files(app_repo)
-    append = "grep -q v2 VERSION && echo appended >> data/a.txt || true"
+    append = ("grep -q v2 VERSION && echo appended >> data/a.txt && chmod +x data/deep/b.txt "
+              "|| true")
     app = make_app(build={"commands": [["sh", "-c", append]]})
     root = Path(app.config.with_suffix(""))
     app.relman("deploy", "v1b", check=True)
     change_files(app_repo, "v2")
     out = app.relman("deploy", "v2", check=True).stdout
-    assert "written in place (data/a.txt)" in out
+    assert "written in place (data/a.txt, data/deep/b.txt)" in out
     by_ref = releases_by_ref(app)
     old, new = (root / "releases" / by_ref[ref]["id"] for ref in ("v1b", "v2"))
     assert (new / "data/a.txt").read_text() == "alpha\nappended\n"
     assert (old / "data/a.txt").read_text() == "alpha\n"
     assert (old / "data/a.txt").stat().st_ino != (new / "data/a.txt").stat().st_ino
+    assert stat.S_IMODE((new / "data/deep/b.txt").stat().st_mode) & 0o111
+    assert not stat.S_IMODE((old / "data/deep/b.txt").stat().st_mode) & 0o111
     assert snapshot(old) == archive_snapshot(root / "repo", by_ref["v1b"]["sha"])
 
     app.relman("rollback", check=True)

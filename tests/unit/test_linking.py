@@ -19,32 +19,36 @@ from relman.releases.linking import (
 )
 
 A, B, C = "a" * 40, "b" * 40, "c" * 40
+RW, RX = 0o100644, 0o100755
 INDEX = Index(sha="1" * 40, files={
-    "same.txt": Entry("100644", A, (10, 5, 100)),
-    "exec.sh": Entry("100755", B, (11, 6, 200)),
-    "edited.txt": Entry("100644", A, (12, 5, 300)),
-    "changed.txt": Entry("100644", A, (13, 5, 400)),
-    "moded.txt": Entry("100644", A, (14, 5, 500)),
-    "gone.txt": Entry("100644", A, (15, 5, 600)),
+    "same.txt": Entry("100644", A, (10, 5, 100, RW)),
+    "exec.sh": Entry("100755", B, (11, 6, 200, RX)),
+    "edited.txt": Entry("100644", A, (12, 5, 300, RW)),
+    "changed.txt": Entry("100644", A, (13, 5, 400, RW)),
+    "moded.txt": Entry("100644", A, (14, 5, 500, RW)),
+    "gone.txt": Entry("100644", A, (15, 5, 600, RW)),
+    "chmodded.txt": Entry("100644", A, (16, 5, 700, RW)),
 })
-FOUND = {"same.txt": (10, 5, 100), "exec.sh": (11, 6, 200), "edited.txt": (12, 9, 301),
-         "changed.txt": (13, 5, 400), "moded.txt": (14, 5, 500), "gone.txt": None}
+FOUND = {"same.txt": (10, 5, 100, RW), "exec.sh": (11, 6, 200, RX),
+         "edited.txt": (12, 9, 301, RW), "changed.txt": (13, 5, 400, RW),
+         "moded.txt": (14, 5, 500, RW), "gone.txt": None, "chmodded.txt": (16, 5, 700, RX)}
 
 
 def test_only_unchanged_untouched_regular_files_are_linkable() -> None:
     """Same mode and blob, still the inode the export wrote with its size and mtime: linked.
-    Another blob, another mode, a file written since, a missing one, a symlink, a new
-    path or a submodule: written afresh."""
+    Another blob, another mode, a file written or chmod-ed since, a missing one, a
+    symlink, a new path or a submodule: written afresh."""
     tree = {"same.txt": ("100644", A), "exec.sh": ("100755", B), "edited.txt": ("100644", A),
             "changed.txt": ("100644", C), "moded.txt": ("100755", A), "gone.txt": ("100644", A),
-            "link": ("120000", A), "new.txt": ("100644", A), "sub": ("160000", C)}
+            "chmodded.txt": ("100644", A), "link": ("120000", A), "new.txt": ("100644", A),
+            "sub": ("160000", C)}
     assert choose_linkable(tree, INDEX, FOUND) == {"same.txt", "exec.sh"}
 
 
 def test_a_file_replaced_by_another_inode_is_not_linkable() -> None:
     """A file replaced (rename over it) is another inode, even with the same size and mtime."""
     tree = {"same.txt": ("100644", A)}
-    assert choose_linkable(tree, INDEX, {"same.txt": (99, 5, 100)}) == frozenset()
+    assert choose_linkable(tree, INDEX, {"same.txt": (99, 5, 100, RW)}) == frozenset()
 
 
 def test_parse_ls_tree_reads_nul_separated_records_with_odd_paths() -> None:
@@ -87,11 +91,11 @@ def test_index_round_trips_and_an_unreadable_one_means_no_linking(tmp_path: Path
     save_index(path, INDEX)
     assert load_index(path) == INDEX
     assert load_index(tmp_path / "missing.tree") is None
-    path.write_text('{"version": 1, "sha": "x", "files": {"a": ["100644"')
+    path.write_text('{"version": 2, "sha": "x", "files": {"a": ["100644"')
     assert load_index(path) is None
     path.write_text('{"version": 99, "sha": "x", "files": {}}')
     assert load_index(path) is None
-    path.write_text('{"version": 1, "sha": "x", "files": {"a": [1, 2]}}')
+    path.write_text('{"version": 2, "sha": "x", "files": {"a": [1, 2]}}')
     assert load_index(path) is None
 
 
@@ -106,5 +110,5 @@ def test_identities_never_follow_a_symlinked_directory(tmp_path: Path) -> None:
     os.symlink("f", tmp_path / "real/link")
     st = (tmp_path / "real/f").stat()
     assert identities(tmp_path, ["real/f", "media/f", "real/link", "nope"]) == {
-        "real/f": (st.st_ino, st.st_size, st.st_mtime_ns), "media/f": None,
+        "real/f": (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode), "media/f": None,
         "real/link": None, "nope": None}
