@@ -44,8 +44,8 @@ class ReleaseStore:
         self._interpreter: tuple[str, asyncio.Future[tuple[str, str]]] | None = None
         # Manifests as last read, by file identity: status reads them all (rollback target).
         self._manifests: registry.ManifestCache = {}
-        # What the current job's export linked from the live release (check_linked).
-        self._exported: linking.Exported | None = None
+        # The release the last export wrote, and what it linked from the live release.
+        self._exported: tuple[str, linking.Exported] | None = None
 
     def manifests(self) -> list[Manifest]:
         return registry.load_all(self.root, self._manifests)
@@ -206,12 +206,14 @@ class ReleaseStore:
             index = await asyncio.to_thread(linking.load_index, self.root.tree_index(live))
             if index is not None:
                 source = linking.Source(self.root.release_dir(live), index)
-        self._exported = await asyncio.to_thread(
+        self._exported = None
+        exported = await asyncio.to_thread(
             linking.export, self.root.repo, manifest.sha, self.root.release_dir(manifest.id),
             source)
+        self._exported = (manifest.id, exported)
         await asyncio.to_thread(linking.save_index, self.root.tree_index(manifest.id),
-                                self._exported.index)
-        files, linked = len(self._exported.index.files), len(self._exported.linked)
+                                exported.index)
+        files, linked = len(exported.index.files), len(exported.linked)
         log.info("release.exported", release=manifest.id, files=files, linked=linked,
                  linked_from=live if linked else None)
         if on_line and linked:
@@ -223,8 +225,10 @@ class ReleaseStore:
     async def check_linked(self, manifest: Manifest, on_line: OnLine | None = None) -> None:
         """After a build or release step: the linked files it wrote in place (into both
         releases) get a fresh copy in the release they came from."""
-        exported = self._exported
-        if exported is None or not exported.linked or exported.source is None:
+        if self._exported is None or self._exported[0] != manifest.id:
+            return  # a release built by an earlier job (reused): nothing linked now
+        exported = self._exported[1]
+        if not exported.linked or exported.source is None:
             return
         rdir = self.root.release_dir(manifest.id)
         changed = await asyncio.to_thread(linking.written_through, exported, rdir)
