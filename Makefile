@@ -59,6 +59,7 @@ bench: $(VENV)/.stamp
 	-$(PY) bench/deploy_speed.py --runs 3
 	-$(PY) bench/supervise.py
 	-$(PY) bench/processes.py
+	-$(PY) bench/scale.py
 
 # `sudo make install`: a venv of $(PYTHON) in /opt/relman with this checkout in it (not
 # editable: the checkout may go afterwards), /usr/local/bin/relman, the systemd unit, the

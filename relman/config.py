@@ -65,6 +65,8 @@ class BuildConfig:
                                                  "run in the release dir, venv active")
     shared: tuple[str, ...] = _key((), "array of strings", "paths linked from <root>/shared")
     installer: str = _key("auto", "string", "auto | uv | pip: what builds the virtualenv")
+    link_unchanged: bool = _key(True, "boolean",
+                                "hard-link files unchanged since the live release")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -118,9 +118,14 @@ def _octal(text: str) -> int:
     return int(text, 8)
 
 
+def _bad_boolean(value: object) -> bool:
+    raise BadValue(f"expected true or false, got {kind_of(value)}")
+
+
 _ARGV: Final = _typed("a string or an array of strings", (str, list), _argv)
 CONVERTERS: Final[dict[str, Callable[[object], Any]]] = {
     "string": _typed("a string", (str,)),
+    "boolean": lambda v: v if isinstance(v, bool) else _bad_boolean(v),
     "integer": _typed("an integer", (int,), int),
     "number": _typed("a number", (int, float), lambda v: float(v) if abs(v) < 1e18 else math.inf),
     "path": _typed("a string", (str,), Path),

@@ -8,7 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,10 +108,19 @@ async def resolve_ref(mirror: Path, ref: str) -> Commit:
 def _export(mirror: Path, sha: str, dest: Path) -> None:
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(mode=0o755)
-    with subprocess.Popen(
-        _git(mirror, "archive", "--format=tar", sha),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(),
-    ) as proc:
+    archive_into(mirror, sha, dest)
+
+
+def archive_into(mirror: Path, sha: str, dest: Path, paths: Sequence[str] | None = None
+                 ) -> None:
+    """Unpack `git archive` of *sha* into the existing directory *dest*: the whole tree, or
+    only *paths* (literal paths, never patterns; an empty list writes nothing)."""
+    if paths is not None and not paths:
+        return
+    argv = ["git", "--literal-pathspecs", f"--git-dir={mirror}", "archive", "--format=tar",
+            sha, *(["--", *paths] if paths else [])]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=clean_env()) as proc:
         assert proc.stdout is not None
         try:
             unpack(proc.stdout, dest)
@@ -122,6 +131,17 @@ def _export(mirror: Path, sha: str, dest: Path) -> None:
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0:
         raise FetchFailed(f"git archive {sha[:7]} failed", tail=redact_url(err))
+
+
+def git_bytes(mirror: Path, *args: str) -> bytes:
+    """The stdout of a git query in the mirror (blocking: call it in a thread), or
+    FetchFailed."""
+    proc = subprocess.run(_git(mirror, *args), capture_output=True, env=clean_env(),
+                          check=False)
+    if proc.returncode != 0:
+        raise FetchFailed(f"git {args[0]} failed in the mirror (exit {proc.returncode})",
+                          tail=redact_url(proc.stderr.decode(errors="replace")))
+    return proc.stdout
 
 
 async def export_tree(mirror: Path, sha: str, dest: Path) -> None:

@@ -130,6 +130,10 @@ class AppRoot:
     def manifest(self, release_id: str) -> Path:
         return self.manifests / f"{release_id}.json"
 
+    def tree_index(self, release_id: str) -> Path:
+        """What the export of a release wrote, file by file (relman.releases.linking)."""
+        return self.manifests / f"{release_id}.tree"
+
     def build_log(self, release_id: str) -> Path:
         return self.log / f"{release_id}.build.log"
 

@@ -85,6 +85,7 @@ def prune(
             continue
         for log_file in root.log.glob(f"{rid}.*"):  # <id>.log, its rotations, <id>.build.log
             log_file.unlink(missing_ok=True)
+        root.tree_index(rid).unlink(missing_ok=True)
         root.manifest(rid).unlink(missing_ok=True)
         removed.append(rid)
     kept = [m for m in manifests if m.id not in removed]

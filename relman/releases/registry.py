@@ -4,8 +4,9 @@ target choice."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
@@ -53,7 +54,9 @@ class Manifest:
     settings: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Not dataclasses.asdict(): it deep-copies the settings, and was two thirds of
+        # `relman releases` with 500 releases (bench/scale.py). Every value is plain JSON.
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["state"] = str(self.state)
         data["timings"] = dict(self.timings)
         data["settings"] = dict(self.settings)
@@ -120,18 +123,46 @@ def _manifest_files(root: AppRoot) -> Iterator[Path]:
     return (p for p in root.manifests.glob("*.json") if is_release_id(p.stem))
 
 
-def load_all(root: AppRoot) -> list[Manifest]:
+# release id -> (inode, size, mtime_ns) of the manifest file when read, and what it held
+ManifestCache = dict[str, tuple[tuple[int, int, int], Manifest]]
+
+
+def load_all(root: AppRoot, cache: ManifestCache | None = None) -> list[Manifest]:
     """Every readable manifest, oldest release first; other files are ignored.
 
     One odd name must not stop the listing (it disabled all of Capistrano's cleanup, #1883).
+    With a *cache* (the daemon's), a file whose inode, size and mtime are those it had when
+    read is not read again: every write replaces the file (a new inode), and `relman status`
+    with 500 releases read 500 manifests per call (bench/scale.py).
     """
-    found = []
-    for path in _manifest_files(root):
+    if cache is None:
+        found = []
+        for path in _manifest_files(root):
+            try:
+                found.append(_read(path, path.stem))
+            except (OSError, Unreadable):
+                continue
+        return sorted(found, key=release_order)
+    try:
+        entries = list(os.scandir(root.manifests))
+    except FileNotFoundError:
+        entries = []
+    fresh: ManifestCache = {}
+    for entry in entries:
+        release_id = entry.name.removesuffix(".json")
+        if release_id == entry.name or not is_release_id(release_id):
+            continue
         try:
-            found.append(_read(path, path.stem))
+            st = entry.stat(follow_symlinks=False)
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            hit = cache.get(release_id)
+            fresh[release_id] = hit if hit is not None and hit[0] == key else \
+                (key, _read(Path(entry.path), release_id))
         except (OSError, Unreadable):
             continue
-    return sorted(found, key=release_order)
+    cache.clear()
+    cache.update(fresh)
+    return sorted((m for _key, m in fresh.values()), key=release_order)
 
 
 def find_unreadable(root: AppRoot) -> list[Unreadable]:

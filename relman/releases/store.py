@@ -14,7 +14,7 @@ from relman.atomic import create_once, read_link, set_aside
 from relman.config import Config
 from relman.envfile import read_env_file
 from relman.errors import DeployFailed, NotRunning, StateWriteFailed, UnknownRelease, writing
-from relman.releases import build, git, history, registry, static, venvs
+from relman.releases import build, git, history, linking, registry, static, venvs
 from relman.releases.commands import OnLine, clean_env
 from relman.releases.ids import is_release_id, make_release_id
 from relman.releases.layout import AppRoot
@@ -42,9 +42,13 @@ class ReleaseStore:
         self.job_env: dict[str, str] = {}
         # build.python, and its identity being found out (probe_interpreter)
         self._interpreter: tuple[str, asyncio.Future[tuple[str, str]]] | None = None
+        # Manifests as last read, by file identity: status reads them all (rollback target).
+        self._manifests: registry.ManifestCache = {}
+        # The release the last export wrote, and what it linked from the live release.
+        self._exported: tuple[str, linking.Exported] | None = None
 
     def manifests(self) -> list[Manifest]:
-        return registry.load_all(self.root)
+        return registry.load_all(self.root, self._manifests)
 
     def get(self, release_id: str) -> Manifest:
         """The manifest of *release_id*, or UnknownRelease."""
@@ -189,9 +193,54 @@ class ReleaseStore:
             )
         return self.save(manifest)
 
-    async def export(self, manifest: Manifest) -> None:
+    async def export(self, manifest: Manifest, on_line: OnLine | None = None) -> Manifest:
+        """Write the release's tree: with build.link_unchanged, the files unchanged since
+        the live release hard-linked from it (relman.releases.linking says when that is
+        safe), else all of it from git archive. Records what it wrote for the next one."""
         self.root.build_log(manifest.id).unlink(missing_ok=True)
-        await git.export_tree(self.root.repo, manifest.sha, self.root.release_dir(manifest.id))
+        self.root.tree_index(manifest.id).unlink(missing_ok=True)
+        started = time.monotonic()
+        live = self.live_id()
+        source = None
+        if self.config.build.link_unchanged and live is not None and live != manifest.id:
+            index = await asyncio.to_thread(linking.load_index, self.root.tree_index(live))
+            if index is not None:
+                source = linking.Source(self.root.release_dir(live), index)
+        self._exported = None
+        exported = await asyncio.to_thread(
+            linking.export, self.root.repo, manifest.sha, self.root.release_dir(manifest.id),
+            source)
+        self._exported = (manifest.id, exported)
+        await asyncio.to_thread(linking.save_index, self.root.tree_index(manifest.id),
+                                exported.index)
+        files, linked = len(exported.index.files), len(exported.linked)
+        log.info("release.exported", release=manifest.id, files=files, linked=linked,
+                 linked_from=live if linked else None)
+        if on_line and linked:
+            on_line(f"{files - linked} of {files} files written, {linked} unchanged ones "
+                    f"hard-linked from {live}")
+        timings = {**manifest.timings, "export": round(time.monotonic() - started, 3)}
+        return self.save(replace(manifest, timings=timings))
+
+    async def check_linked(self, manifest: Manifest, on_line: OnLine | None = None) -> None:
+        """After a build or release step: the linked files it wrote in place (into both
+        releases) get a fresh copy in the release they came from."""
+        if self._exported is None or self._exported[0] != manifest.id:
+            return  # a release built by an earlier job (reused): nothing linked now
+        exported = self._exported[1]
+        if not exported.linked or exported.source is None:
+            return
+        rdir = self.root.release_dir(manifest.id)
+        changed = await asyncio.to_thread(linking.written_through, exported, rdir)
+        repaired = await asyncio.to_thread(linking.repair_source, self.root.repo, exported,
+                                           changed)
+        if repaired:
+            source = exported.source.directory.name
+            log.warning("release.shared_file_written", release=manifest.id, source=source,
+                        paths=repaired[:20], count=len(repaired))
+            if on_line:
+                on_line(f"{len(repaired)} file(s) shared with {source} were written in place "
+                        f"({', '.join(repaired[:3])}): {source} got fresh copies")
 
     async def build(self, manifest: Manifest, on_line: OnLine | None = None) -> Manifest:
         """Venv (reused when its inputs match), shared links, build.commands."""
@@ -217,10 +266,13 @@ class ReleaseStore:
         link.unlink(missing_ok=True)
         os.symlink(venv.path, link)
         build.link_shared(rdir, self.root.shared, cfg.shared)
-        await build.run_commands(
-            cfg.commands, phase="build", release_dir=rdir,
-            env=build.venv_env(env, venv.path), log_path=logfile, on_line=on_line,
-        )
+        try:
+            await build.run_commands(
+                cfg.commands, phase="build", release_dir=rdir,
+                env=build.venv_env(env, venv.path), log_path=logfile, on_line=on_line,
+            )
+        finally:
+            await self.check_linked(manifest, on_line)
         timings = {**manifest.timings, "venv": round(venv.seconds, 3),
                    "build": round(time.monotonic() - started, 3)}
         return self.save(replace(manifest, deps_hash=venv.hash, venv=str(venv.path),
@@ -228,12 +280,15 @@ class ReleaseStore:
 
     async def release_phase(self, manifest: Manifest, on_line: OnLine | None = None) -> None:
         """release.commands (migrations): once per deploy, before the switch."""
-        await build.run_commands(
-            self.config.release.commands, phase="release",
-            release_dir=self.root.release_dir(manifest.id),
-            env=build.venv_env(self.build_env(), Path(manifest.venv)),
-            log_path=self.root.build_log(manifest.id), on_line=on_line,
-        )
+        try:
+            await build.run_commands(
+                self.config.release.commands, phase="release",
+                release_dir=self.root.release_dir(manifest.id),
+                env=build.venv_env(self.build_env(), Path(manifest.venv)),
+                log_path=self.root.build_log(manifest.id), on_line=on_line,
+            )
+        finally:
+            await self.check_linked(manifest, on_line)
 
     def mark(self, manifest: Manifest, state: ReleaseState, **changes: object) -> Manifest:
         current = self._load(manifest.id) or manifest

@@ -166,7 +166,7 @@ class App:
             self.jobs.step(Step.BUILT, report, "built (reused)")
             return manifest
         try:
-            await self.store.export(manifest)
+            manifest = await self.store.export(manifest, lambda line: report("build", line))
             manifest = await self.store.build(manifest, lambda line: report("build", line))
         except BaseException as e:
             self.store.mark(manifest, ReleaseState.FAILED, error=str(e) or type(e).__name__)

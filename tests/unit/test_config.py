@@ -206,6 +206,10 @@ BAD_VALUES: list[tuple[dict[str, str | None], str, str]] = [
     ({"app.root": '"~/shop"'}, "app.root", "must be an absolute path"),
     ({"app.keep_releases": "0"}, "app.keep_releases", "must be at least 1"),
     ({"app.keep_releases": "true"}, "app.keep_releases", "expected an integer, got a boolean"),
+    ({"build.link_unchanged": "1"}, "build.link_unchanged",
+     "expected true or false, got an integer"),
+    ({"build.link_unchanged": '"no"'}, "build.link_unchanged",
+     "expected true or false, got a string"),
     ({"app.keep_releases": "2.5"}, "app.keep_releases", "expected an integer, got a float"),
     ({"app.keep_releases": '"5"'}, "app.keep_releases", "expected an integer, got a string"),
     ({"app.nmae": '"x"'}, "app.nmae", "unknown key (did you mean 'name'?)"),
@@ -424,7 +428,7 @@ def test_schema_lists_every_field_with_doc_and_type() -> None:
     expected += [f"processes.NAME.{f.name}" for f in fields(ProcessConfig)]
     rows = schema()
     assert [row[0] for row in rows] == expected
-    assert len(expected) == 39
+    assert len(expected) == 40
     for key, type_name, _default, doc in rows:
         assert type_name, key
         assert doc, key

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -257,3 +259,24 @@ def test_find_unreadable_ignores_files_that_are_not_manifests(root: AppRoot) -> 
     (root.manifests / f"{rid(2)}.json.corrupt-20261129T141500Z").write_text("{")
     (root.manifests / f"{rid(3)}.json").mkdir()
     assert [u.path.name for u in find_unreadable(root)] == [f"{rid(3)}.json"]
+
+
+def test_load_all_with_a_cache_reads_only_changed_manifests(root: AppRoot) -> None:
+    """With a cache, a manifest file that is the same inode, size and mtime is not read
+    again; a saved (replaced) one is, and a removed one leaves the listing and the cache."""
+    for n in (1, 2, 3):
+        save(root, manifest(n))
+    cache: dict = {}
+    assert [m.id for m in load_all(root, cache)] == [rid(1), rid(2), rid(3)]
+    path = root.manifest(rid(1))
+    st = path.stat()
+    text = path.read_text().replace('"alice"', '"bobby"')  # same size, in place
+    path.write_text(text)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert load_all(root, cache)[0].who == "alice", "unchanged identity: not read again"
+    assert load_all(root)[0].who == "bobby"
+    save(root, replace(manifest(2), who="carol"))
+    root.manifest(rid(3)).unlink()
+    assert [(m.id, m.who) for m in load_all(root, cache)] == [(rid(1), "alice"),
+                                                              (rid(2), "carol")]
+    assert set(cache) == {rid(1), rid(2)}
