@@ -42,11 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from relman.supervisor.restart import MIN_UPTIME
 from testing.daemon import RelmanDaemon, make_base_dir, write_config
 from testing.git import make_app_repo, release_version
+from testing.healthprobe import Prober, answers_from_new_server
 from testing.idle import Idle, sample_idle
 from testing.leftovers import kill_leftover_servers as kill_leftovers_under
 from testing.supervisord import Supervisord, write_conf
 from testing.tracked import TRACKED, app_procs, orphans
-from testing.unixhttp import http_get
 from testing.waiting import wait_until
 
 POLL = 0.01  # seconds between health GETs
@@ -55,60 +55,6 @@ VERIFY_WINDOW = 20.0
 # Issue 11's goal keeps the reaction to a SIGKILL as it was: median 0.285 s (README,
 # 2026-11-29, before the daemon was made lighter), with a little room for a noisy machine.
 REACTION_BEFORE = 0.30
-
-
-# --- HTTP over run/app.sock ---------------------------------------------------------------
-
-def get_health(sock: Path) -> tuple[int, int]:
-    """(HTTP status, answering worker's pid) of GET /health over the unix socket *sock*."""
-    status, body = http_get(sock, "/health", timeout=5)
-    words = body.split()
-    pid = int(words[words.index("pid") + 1]) if "pid" in words else 0
-    return status, pid
-
-
-def answers_from_new_server(sock: Path, old: set[int]) -> bool:
-    """A 200 from a worker that is not one of the killed group's processes."""
-    try:
-        status, pid = get_health(sock)
-    except (OSError, ValueError, IndexError):
-        return False
-    return status == 200 and pid not in old
-
-
-@dataclass
-class Prober:
-    """GET /health every POLL seconds in a thread; counts what did not answer 200."""
-
-    sock: Path
-    sent: int = 0
-    failed: int = 0
-    errors: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sent += 1
-            try:
-                status, _pid = get_health(self.sock)
-                error = "" if status == 200 else f"HTTP {status}"
-            except (OSError, ValueError, IndexError) as e:
-                error = f"{type(e).__name__}: {e}"
-            if error:
-                self.failed += 1
-                self.errors.append(error)
-            time.sleep(POLL)
-
-    def __enter__(self) -> Prober:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
 
 
 # --- the stack ----------------------------------------------------------------------------
@@ -227,7 +173,7 @@ class DaemonKill:
 def kill_daemon_once(bench: Bench, gap: float) -> DaemonKill:
     """kill -9 the daemon, leave the app alone *gap* seconds, start a daemon again."""
     pid = bench.live_pid()
-    with Prober(bench.sock) as probe:
+    with Prober(bench.sock, POLL) as probe:
         time.sleep(0.2)
         bench.app.kill9()
         time.sleep(gap)
