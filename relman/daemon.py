@@ -93,7 +93,10 @@ class Daemon:
             on_current=self.current_flipped, stop=self.stopping))
         background = [asyncio.create_task(self.feed_watchdog()), watching,
                       asyncio.create_task(self.recovery.watch_live())]
-        await self.stopping.wait()
+        try:
+            await self.stopping.wait()
+        finally:  # cancelled too: the file watch's thread only ends when this is set
+            self.stopping.set()
         self.notify(STOPPING="1", STATUS="stopping the app")
         for task in background:
             task.cancel()
