@@ -156,8 +156,12 @@ def start_supervisord(bench: Bench) -> tuple[Supervisord, Path]:
     command = [str(release / ".venv" / "bin" / "gunicorn"), "--bind", f"unix:{sock}",
                "--workers", "2", "--chdir", str(release), "app:server"]
     sup = Supervisord(write_conf(base, "sample", command, release)).start()
-    wait_until(lambda: answers_from_new_server(sock, set()), timeout=30,
-               what="supervisord's gunicorn to answer")
+    try:
+        wait_until(lambda: answers_from_new_server(sock, set()), timeout=30,
+                   what="supervisord's gunicorn to answer")
+    except BaseException:
+        sup.stop()
+        raise
     return sup, sock
 
 

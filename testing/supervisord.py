@@ -67,7 +67,11 @@ class Supervisord:
             self.proc = subprocess.Popen([str(SUPERVISORD), "-n", "-c", str(self.conf)],
                                          stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
-        wait_until(self.program_pid, timeout=30, what="supervisord's program to start")
+        try:
+            wait_until(self.program_pid, timeout=30, what="supervisord's program to start")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     @property
