@@ -14,13 +14,13 @@ from typing import Any, TypeVar
 
 import sdnotify
 import structlog
-import watchfiles
 
 from relman import __version__, results
 from relman.atomic import replace_symlink
 from relman.config import Config, load_config
 from relman.control import KEEPALIVE, ControlServer, Send, scale_counts
 from relman.errors import LockHeld, RelmanError, StateWriteFailed, UsageError, writing
+from relman.filewatch import watch_files
 from relman.lock import Busy, FileLock
 from relman.transaction import App, CrashRecovery, Observer, Report, reconcile
 from relman.transaction.repair import set_aside_current
@@ -90,10 +90,15 @@ class Daemon:
         log.info("daemon.started", app=self.config.app.name, version=__version__,
                  live=self.app.store.live_id(), pid=os.getpid())
         self.notify(READY="1", STATUS=self.status_line())
-        background = [asyncio.create_task(self.feed_watchdog()),
-                      asyncio.create_task(self.watch_files()),
+        watching = asyncio.create_task(watch_files(
+            self.config.path, self.root.root, on_config=self.reload_config,
+            on_current=self.current_flipped, stop=self.stopping))
+        background = [asyncio.create_task(self.feed_watchdog()), watching,
                       asyncio.create_task(self.recovery.watch_live())]
-        await self.stopping.wait()
+        try:
+            await self.stopping.wait()
+        finally:  # cancelled too: the file watch's thread only ends when this is set
+            self.stopping.set()
         self.notify(STOPPING="1", STATUS="stopping the app")
         for task in background:
             task.cancel()
@@ -127,6 +132,7 @@ class Daemon:
             log.warning("config.reload_failed", error=getattr(e, "message", str(e)))
         else:
             self.app.reload(config)
+            self.recovery.changed.set()  # a longer swap.verify_window may reopen a probation
             log.info("config.reloaded", path=str(config.path))
         self.notify(READY="1", STATUS=self.status_line())
 
@@ -176,20 +182,6 @@ class Daemon:
             task.add_done_callback(self.jobs.discard)
 
         asyncio.get_running_loop().call_later(delay, spawn)
-
-    async def watch_files(self) -> None:
-        """Reload a changed config; turn an external flip of `current` into a swap."""
-        config_path = self.config.path.resolve()
-        # step: how often watchfiles' thread takes the GIL to look for news. Its default,
-        # 50 ms, was most of the idle daemon's CPU (0.15% of a core); 500 ms costs 0.03%
-        # and half a second more before a config reload or an external flip is seen.
-        async for changes in watchfiles.awatch(config_path.parent, self.root.root,
-                                                recursive=False, debounce=200, step=500):
-            paths = {Path(p) for _change, p in changes}
-            if config_path in paths:
-                self.reload_config()
-            if self.root.current in paths:
-                self.current_flipped()
 
     def current_flipped(self) -> None:
         """`current` now names another release than relman pointed it at: swap to it,

@@ -53,6 +53,11 @@ def init(ctx: Context) -> None:
 @pass_ctx
 def daemon(ctx: Context) -> None:
     """Run the daemon in the foreground (systemd's ExecStart)."""
+    # structlog imports rich when it is installed (import-linter brings it into a test venv)
+    # for the tracebacks of its ConsoleRenderer, which relman never uses: 4 MiB of the
+    # daemon's RSS for its whole life (issue 11). A None entry makes that import fail.
+    if "rich" not in sys.modules:
+        sys.modules["rich"] = None  # type: ignore[assignment]
     from relman import logs
     from relman.daemon import run_daemon
 

@@ -7,6 +7,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -14,7 +15,7 @@ from relman.atomic import create_once, read_link, set_aside
 from relman.config import Config
 from relman.envfile import read_env_file
 from relman.errors import DeployFailed, NotRunning, StateWriteFailed, UnknownRelease, writing
-from relman.releases import build, git, history, linking, registry, static, venvs
+from relman.releases import history, registry, static
 from relman.releases.commands import OnLine, clean_env
 from relman.releases.ids import is_release_id, make_release_id
 from relman.releases.layout import AppRoot
@@ -26,6 +27,12 @@ from relman.settings import (
     settings_of,
     settings_to_json,
 )
+
+if TYPE_CHECKING:
+    from relman.releases import git, linking
+
+# build, git (with untar: tarfile, bz2, lzma) and venvs (hashlib: libcrypto) serve deploys
+# only: imported where a deploy needs them, so the idle daemon does not carry them (issue 11).
 
 log = structlog.get_logger(__name__)
 KEY_BYTES = 32
@@ -97,6 +104,8 @@ class ReleaseStore:
         """A minimal manifest for the live release from its tree and its .venv link. It
         counts as known-good: `current` only ever names a release that passed its gate."""
         rdir = self.root.release_dir(release_id)
+        from relman.releases import venvs
+
         venv = read_link(rdir / ".venv")
         why = (f"there is no release tree releases/{release_id}"
                if not is_release_id(release_id) or not rdir.is_dir()
@@ -153,6 +162,8 @@ class ReleaseStore:
     def probe_interpreter(self) -> None:
         """Start finding out build.python's identity (a process start, ~0.1 s) now, so that
         it overlaps the fetch; build() awaits it."""
+        from relman.releases import venvs
+
         self.discard_probe()
         python = self.config.build.python
         task = asyncio.ensure_future(venvs.interpreter_identity(python))
@@ -166,16 +177,22 @@ class ReleaseStore:
             self._interpreter = None
 
     async def fetch(self, on_line: OnLine | None = None) -> None:
+        from relman.releases import git
+
         await git.fetch_mirror(
             self.config.app.repo, self.root.repo, self.root.log / "fetch.log", on_line,
             extra_env=self.job_env,
         )
 
     async def resolve(self, ref: str) -> git.Commit:
+        from relman.releases import git
+
         return await git.resolve_ref(self.root.repo, ref)
 
     def begin(self, commit: git.Commit, ref: str, who: str) -> Manifest:
         """The manifest for *commit*: an existing built release is reused as it is."""
+        from relman.releases import venvs
+
         rid = make_release_id(commit.time, commit.sha)
         # A live release whose manifest was lost is rebuilt, never exported again under it.
         existing = self.live_manifest() if rid == self.live_id() else self._load(rid)
@@ -197,6 +214,8 @@ class ReleaseStore:
         """Write the release's tree: with build.link_unchanged, the files unchanged since
         the live release hard-linked from it (relman.releases.linking says when that is
         safe), else all of it from git archive. Records what it wrote for the next one."""
+        from relman.releases import linking
+
         self.root.build_log(manifest.id).unlink(missing_ok=True)
         self.root.tree_index(manifest.id).unlink(missing_ok=True)
         started = time.monotonic()
@@ -225,6 +244,8 @@ class ReleaseStore:
     async def check_linked(self, manifest: Manifest, on_line: OnLine | None = None) -> None:
         """After a build or release step: the linked files it wrote in place (into both
         releases) get a fresh copy in the release they came from."""
+        from relman.releases import linking
+
         if self._exported is None or self._exported[0] != manifest.id:
             return  # a release built by an earlier job (reused): nothing linked now
         exported = self._exported[1]
@@ -244,6 +265,8 @@ class ReleaseStore:
 
     async def build(self, manifest: Manifest, on_line: OnLine | None = None) -> Manifest:
         """Venv (reused when its inputs match), shared links, build.commands."""
+        from relman.releases import build, venvs
+
         cfg = self.config.build
         rdir = self.root.release_dir(manifest.id)
         logfile = self.root.build_log(manifest.id)
@@ -280,6 +303,8 @@ class ReleaseStore:
 
     async def release_phase(self, manifest: Manifest, on_line: OnLine | None = None) -> None:
         """release.commands (migrations): once per deploy, before the switch."""
+        from relman.releases import build
+
         try:
             await build.run_commands(
                 self.config.release.commands, phase="release",

@@ -98,6 +98,9 @@ class RunRecord:
         self.path, self.clock = path, clock
         self.state = self._load(legacy, run_dir)
         self._unsaved = False
+        # Called after each change: what waits for one (the live check, outside a switch's
+        # probation) sleeps on it instead of on a timer.
+        self.on_change: Callable[[], None] = _nothing
 
     def _load(self, legacy: Path | None, run_dir: Path | None) -> RunState:
         found = _read(self.path, from_json)
@@ -125,6 +128,7 @@ class RunRecord:
         if new == self.state and not self._unsaved:
             return new
         self.state = new
+        self.on_change()
         log.info("run.changed", change=type(event).__name__, live=_name(new, Role.LIVE),
                  warm=_name(new, Role.WARM), linked=new.linked)
         self._unsaved = True
@@ -149,6 +153,10 @@ def _read(path: Path, parse: Callable[[Any], RunState]) -> RunState | None:
     except (OSError, ValueError, TypeError, KeyError, RecursionError) as e:
         set_aside(path, reason=str(e))
         return RunState()
+
+
+def _nothing() -> None:
+    return None
 
 
 def _name(state: RunState, role: Role) -> str:

@@ -194,6 +194,8 @@ class CrashRecovery:
         # that dies in between still owes the release its rollback.
         self.requested = ("", 0.0)
         app.on_live_crash = self.on_live_crash
+        self.changed = asyncio.Event()  # the run record changed: watch_live waits on it
+        app.record.on_change = self.changed.set
         app.on_process_crash = self.on_process_crash
 
     @property
@@ -211,8 +213,13 @@ class CrashRecovery:
             state, app.clock(), app.config.swap.verify_window)
 
     async def watch_live(self) -> None:
-        """Within swap.verify_window of a switch, GET health.path every live_check_interval."""
+        """Within swap.verify_window of a switch, GET health.path every live_check_interval;
+        outside it, no timer: it waits for a change of the run record (a switch)."""
         while True:
+            if not self.on_probation():
+                self.changed.clear()
+                await self.changed.wait()
+                continue
             await asyncio.sleep(self.app.config.swap.live_check_interval)
             try:
                 await self.check_live_once()

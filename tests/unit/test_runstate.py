@@ -218,6 +218,20 @@ def test_an_unchanged_record_is_not_rewritten(tmp_path):
     assert (tmp_path / "run.json").stat().st_mtime_ns == 1
 
 
+def test_on_change_is_called_for_each_change_only(tmp_path):
+    """on_change (what the live check sleeps on between probations) is called once per
+    change of the state, and not for an event that changes nothing."""
+    record = RunRecord(tmp_path / "run.json", clock=Clock(AT))
+    seen: list[RunState] = []
+    record.on_change = lambda: seen.append(record.state)
+    record.submit(Started("v1.1", "v1"))
+    record.submit(SwitchedTo("v1.1", window=300))
+    record.submit(Relinked("v1"))
+    record.submit(Relinked("v1"))
+    assert len(seen) == 2
+    assert seen[-1].switch.release == "v1"
+
+
 def test_an_older_daemons_switch_json_is_taken_in(tmp_path):
     """state/switch.json (release, switch time, window end, settled, warm release and its
     deadline) becomes the record, written as run.json, and goes: the warm release's newest
