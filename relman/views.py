@@ -295,8 +295,9 @@ def _static_check(root: AppRoot) -> dict[str, Any]:
 
 def _nginx_check(returncode: int, stderr: str, *, root_user: bool) -> dict[str, Any]:
     """`nginx -t` as whoever runs `check`. The deploy user may read the whole config but not
-    open what nginx -t opens after parsing it (Debian's /run/nginx.pid, its logs): once
-    the syntax is ok, errors that are all "Permission denied" pass, and say so."""
+    open what nginx -t opens after parsing it (Debian's /run/nginx.pid, its logs), nor a
+    TLS key only root may read (that one stops the parse): errors that are all "Permission
+    denied" pass, and say what was left untested."""
     # "2026/11/29 14:26:46 [emerg] 2001#2001: open() ..." -> "nginx: [emerg] open() ..."
     lines = [re.sub(r"^[\d/]+ [\d:]+ (\[\w+\]) \d+#\d+: ", r"nginx: \1 ", line)
              for line in stderr.strip().splitlines()]
@@ -304,10 +305,15 @@ def _nginx_check(returncode: int, stderr: str, *, root_user: bool) -> dict[str, 
                                             for level in ("emerg", "alert", "crit"))]
     if returncode == 0:
         return _check("nginx -t", True, "syntax is ok, test is successful")
-    if (not root_user and any("syntax is ok" in line for line in lines) and errors
-            and all("(13: Permission denied)" in line for line in errors)):
-        return _check("nginx -t", True, "syntax is ok (the rest of the test needs root: "
-                      "sudo nginx -t)")
+    if not root_user and errors and all("Permission denied" in line for line in errors):
+        if any("syntax is ok" in line for line in lines):
+            return _check("nginx -t", True, "syntax is ok (the rest of the test needs root: "
+                          "sudo nginx -t)")
+        # A TLS key only root may read stops the parse itself: nothing wrong is known, but
+        # nothing after it was tested either.
+        what = re.sub(r"^nginx: \[\w+\] |: BIO_new_file.*$|\s*\(13: .*$", "", errors[0])
+        return _check("nginx -t", True, f"stopped at a file only root may read ({what}): "
+                      "the test needs root: sudo nginx -t")
     return _check("nginx -t", False, (errors or lines or ["failed"])[0])
 
 

@@ -36,6 +36,26 @@ def test_nginx_t_as_a_user_passes_on_syntax_and_says_what_it_could_not_test() ->
         "detail": 'nginx: [emerg] open() "/run/nginx.pid" failed (13: Permission denied)'}
 
 
+# The same user with a TLS key only root may read: nginx loads it while parsing, so the parse
+# itself stops there (seen on this host with `nginx-config --tls` and a 0600 key).
+TLS_KEY = """\
+2026/11/29 20:42:33 [warn] 2574#2574: the "user" directive makes sense only if the master \
+process runs with super-user privileges, ignored in /etc/nginx/nginx.conf:1
+2026/11/29 20:42:33 [emerg] 2574#2574: cannot load certificate key "/etc/ssl/shop/key.pem": \
+BIO_new_file() failed (SSL: error:8000000D:system library::Permission denied:calling \
+fopen(/etc/ssl/shop/key.pem, r) error:10080002:BIO routines::system lib)
+nginx: configuration file /etc/nginx/nginx.conf test failed
+"""
+
+
+def test_nginx_t_as_a_user_stopped_by_a_root_only_tls_key_says_it_needs_root() -> None:
+    result = _nginx_check(1, TLS_KEY, root_user=False)
+    assert result == {"check": "nginx -t", "ok": True, "detail": (
+        'stopped at a file only root may read (cannot load certificate key '
+        '"/etc/ssl/shop/key.pem"): the test needs root: sudo nginx -t')}
+    assert not _nginx_check(1, TLS_KEY, root_user=True)["ok"]
+
+
 def test_nginx_t_names_the_error_not_the_last_line() -> None:
     result = _nginx_check(1, BAD_DIRECTIVE, root_user=False)
     assert not result["ok"]
