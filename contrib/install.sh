@@ -236,6 +236,16 @@ Next steps (README, "A real deploy in five minutes"):
 EOF
 }
 
+# Processes started from the venv (a daemon's argv[0] is its python, by the shebang): the
+# venv must outlive them, since a daemon imports deploy code from it when a deploy comes.
+running_from_venv() {
+  local p arg0
+  for p in /proc/[0-9]*; do
+    arg0=$(tr '\0' '\n' <"$p/cmdline" 2>/dev/null | head -n 1) || continue
+    case $arg0 in "$PREFIX_VENV"/*) echo "${p#/proc/}" ;; esac
+  done
+}
+
 do_uninstall() {
   check_paths
   if [ ! -f "$MANIFEST" ]; then
@@ -243,6 +253,10 @@ do_uninstall() {
     return 0
   fi
   check_writable uninstall
+  local pids
+  pids=$(running_from_venv | tr '\n' ' ')
+  [ -z "$pids" ] || die "uninstall: pid ${pids% } still run(s) from $PREFIX_VENV:" \
+    "stop them first (systemctl disable --now relman@APP); nothing was removed"
   CHANGED=()
   local kind a b
   while read -r kind a b; do

@@ -170,6 +170,18 @@ def test_install_runs_for_the_deploy_user_upgrades_and_uninstalls(base_dir, tmp_
     assert "was = " not in cfg.read_text()
     assert os.access(root / "opt/relman/bin/relman", os.X_OK)
 
+    # A program still running from the venv (a daemon) keeps it: it imports from it later.
+    sleeper = subprocess.Popen([str(root / "opt/relman/bin/python"), "-c",
+                                "import time; time.sleep(120)"])
+    try:
+        done = make("uninstall", root)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert done.returncode != 0
+    assert f"pid {sleeper.pid} still run(s) from {root}/opt/relman" in done.stderr
+    assert (root / "opt/relman/bin/relman").exists()
+
     done = make("uninstall", root)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"kept {logrotate}" in done.stderr
