@@ -202,3 +202,24 @@ def test_export_attributes_and_another_file_system_fall_back_to_the_whole_tree(
                                                                          linked.index))
     assert not subst.linked
     assert (base_dir / "four" / "VERSION").read_text() == f"{v3}\n"
+
+
+def test_a_failed_build_that_wrote_a_linked_static_file_leaves_static_as_live_serves_it(
+        make_app, app_repo):
+    """A build step writes in place into a [static] file shared with the live release (one
+    inode, also the one static/ publishes), then the build fails: the live release gets its
+    file back, and so does static/ (no swap comes to publish again)."""
+    add_files(app_repo)
+    write = "grep -q v2 VERSION && echo appended >> data/a.txt && exit 1 || true"
+    app = make_app(static={'"/data/"': "data"}, build={"commands": [["sh", "-c", write]]})
+    root = Path(app.config.with_suffix(""))
+    app.relman("deploy", "v1b", check=True)
+    published = root / "static/data/a.txt"
+    assert published.read_text() == "alpha\n"
+    change_files(app_repo, "v2")
+    failed = app.relman("deploy", "v2")
+    assert failed.returncode != 0
+    assert "written in place (data/a.txt)" in failed.stdout + failed.stderr
+    old = root / "releases" / releases_by_ref(app)["v1b"]["id"]
+    assert (old / "data/a.txt").read_text() == "alpha\n"
+    assert published.read_text() == "alpha\n", "static/ serves what the live release has"
