@@ -295,3 +295,20 @@ def repair_source(mirror: Path, exported: Exported, paths: Sequence[str]) -> lis
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return shared
+
+
+def repair_abandoned(mirror: Path, index_path: Path, tree: Path, source_dir: Path,
+                     source_index_path: Path) -> list[str]:
+    """After a job was cut short (the daemon killed) with *tree* exported (its index at
+    *index_path*) and its build or release step maybe mid-way: what check_linked would
+    have done at the step's end. The files *tree* shares with the release at *source_dir*
+    (the same inode in both indexes) that were written in place since get a fresh copy
+    there; the paths repaired."""
+    new, old = load_index(index_path), load_index(source_index_path)
+    if new is None or old is None:
+        return []
+    linked = frozenset(path for path, entry in new.files.items()
+                       if (was := old.files.get(path)) is not None
+                       and was.identity[0] == entry.identity[0])
+    exported = Exported(new, linked, Source(source_dir, old))
+    return repair_source(mirror, exported, written_through(exported, tree))
