@@ -14,7 +14,8 @@ Which files may be shared, and why it is safe (build.link_unchanged, on by defau
   releases (one inode). After the build and after the release phase, every linked file is
   checked again; one written that way gets a fresh copy in the live release (git archive of
   its commit, then os.replace), and the new release keeps what its step wrote: each tree
-  is its own again, and a rollback target holds exactly its commit's files. Steps that
+  is its own again, and a rollback target holds exactly its commit's files (a daemon
+  killed mid-step: the next one does it from the two indexes, repair_abandoned). Steps that
   write new files or replace files by rename (collectstatic, compileall, `sed -i`) never
   touch the other release. Modes stay what git archive gives (no read-only files): a
   build step that rewrites a tracked file keeps working.
