@@ -102,8 +102,10 @@ def write_crash_log(text: str, env: dict[str, str] | os._Environ[str]) -> Path |
     shared = Path(tempfile.gettempdir()) / f"relman-crash-{os.getuid()}.log"
     try:
         # A shared directory: never follow a link, and append only to a plain file of our
-        # own that has no other name (another user may have made one there first).
-        fd = os.open(shared, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        # own that has no other name (another user may have made one there first). A FIFO
+        # would block the open until someone reads it: O_NONBLOCK makes that ENXIO.
+        fd = os.open(shared, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_NONBLOCK, 0o600)
     except OSError:
         return None
     with os.fdopen(fd, "a") as f:

@@ -38,14 +38,17 @@ def ssh_command(click_ctx: click.Context, as_name: str | None) -> None:
         raise UsageError("ssh-command: cannot parse SSH_ORIGINAL_COMMAND") from None
     if words[:1] == ["relman"]:
         words = words[1:]
-    as_json, words = take_global_options(ctx, hoist_global_options(words))
-    group = click_ctx.find_root().command
-    commands = group.commands if isinstance(group, click.Group) else {}
-    if not words or words[0] not in SSH_ALLOWED or words[0] not in commands:
-        allowed = ", ".join(sorted(SSH_ALLOWED))
-        raise UsageError(f"ssh-command: {original or '(no command)'!r} is not allowed; "
-                         f"allowed: {allowed}")
-    ctx.json = ctx.json or as_json
+    words = hoist_global_options(words)
+    # Asked for with --json, a refusal too is JSON on stdout, as any error of the command.
+    ctx.json = ctx.json or "--json" in (words[:words.index("--")] if "--" in words else words)
+    with error_handler(ctx.json):
+        _, words = take_global_options(ctx, words)
+        group = click_ctx.find_root().command
+        commands = group.commands if isinstance(group, click.Group) else {}
+        if not words or words[0] not in SSH_ALLOWED or words[0] not in commands:
+            allowed = ", ".join(sorted(SSH_ALLOWED))
+            raise UsageError(f"ssh-command: {original or '(no command)'!r} is not allowed; "
+                             f"allowed: {allowed}")
     ctx.who_as = as_name
     command = commands[words[0]]
     with error_handler(ctx.json):
@@ -63,7 +66,9 @@ def take_global_options(ctx: Context, words: list[str]) -> tuple[bool, list[str]
     as_json = False
     while words and words[0].startswith("-"):
         option, equals, value = words[0].partition("=")
-        if option == "--json" and not equals:
+        if option == "--json":
+            if equals:
+                raise UsageError(f"ssh-command: {words[0]!r}: --json takes no value")
             as_json, words = True, words[1:]
             continue
         if option not in SSH_GLOBAL_OPTIONS:

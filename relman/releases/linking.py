@@ -14,7 +14,8 @@ Which files may be shared, and why it is safe (build.link_unchanged, on by defau
   releases (one inode). After the build and after the release phase, every linked file is
   checked again; one written that way gets a fresh copy in the live release (git archive of
   its commit, then os.replace), and the new release keeps what its step wrote: each tree
-  is its own again, and a rollback target holds exactly its commit's files. Steps that
+  is its own again, and a rollback target holds exactly its commit's files (a daemon
+  killed mid-step: the next one does it from the two indexes, repair_abandoned). Steps that
   write new files or replace files by rename (collectstatic, compileall, `sed -i`) never
   touch the other release. Modes stay what git archive gives (no read-only files): a
   build step that rewrites a tracked file keeps working.
@@ -295,3 +296,20 @@ def repair_source(mirror: Path, exported: Exported, paths: Sequence[str]) -> lis
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return shared
+
+
+def repair_abandoned(mirror: Path, index_path: Path, tree: Path, source_dir: Path,
+                     source_index_path: Path) -> list[str]:
+    """After a job was cut short (the daemon killed) with *tree* exported (its index at
+    *index_path*) and its build or release step maybe mid-way: what check_linked would
+    have done at the step's end. The files *tree* shares with the release at *source_dir*
+    (the same inode in both indexes) that were written in place since get a fresh copy
+    there; the paths repaired."""
+    new, old = load_index(index_path), load_index(source_index_path)
+    if new is None or old is None:
+        return []
+    linked = frozenset(path for path, entry in new.files.items()
+                       if (was := old.files.get(path)) is not None
+                       and was.identity[0] == entry.identity[0])
+    exported = Exported(new, linked, Source(source_dir, old))
+    return repair_source(mirror, exported, written_through(exported, tree))

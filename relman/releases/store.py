@@ -262,6 +262,11 @@ class ReleaseStore:
             if on_line:
                 on_line(f"{len(repaired)} file(s) shared with {source} were written in place "
                         f"({', '.join(repaired[:3])}): {source} got fresh copies")
+            # static/ may publish the written inode as the live release's: its copy now.
+            try:  # (a failed build has no swap to publish again)
+                await asyncio.to_thread(self.publish_static, self.live_id())
+            except (OSError, StateWriteFailed) as e:
+                log.warning("static.republish_failed", error=str(e))
 
     async def build(self, manifest: Manifest, on_line: OnLine | None = None) -> Manifest:
         """Venv (reused when its inputs match), shared links, build.commands."""

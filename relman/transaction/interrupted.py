@@ -50,6 +50,7 @@ async def undo_interrupted_job(app: App, notes: list[str]) -> None:
     # about to be marked failed (that waits for the rollback to succeed). Do it now.
     switched = entry.job == "rollback" and entry.who.startswith(AUTO_WHO) and \
         not after(Step.SWITCHED, entry.step)
+    await repair_shared_files(app, entry.release, notes)
     for manifest in app.store.manifests():
         if manifest.id == entry.release and manifest.state is ReleaseState.UNFINISHED:
             app.store.mark(manifest, ReleaseState.FAILED, error="interrupted")
@@ -63,3 +64,21 @@ async def undo_interrupted_job(app: App, notes: list[str]) -> None:
     # release wants it (its files win a shared path; a removed half-built tree's go).
     await republish_static(app)
     app.journal.end()
+
+
+async def repair_shared_files(app: App, release: str, notes: list[str]) -> None:
+    """A build or release step cut short may have written in place into files *release*
+    shares with the live release (build.link_unchanged): the live release gets its own
+    back, before the half-built tree goes (its index says which files they shared)."""
+    live = app.store.live_id()
+    if not release or not live or release == live:
+        return
+    from relman.releases import linking  # deploy-only: not in the idle daemon
+
+    root = app.root
+    repaired = await asyncio.to_thread(
+        linking.repair_abandoned, root.repo, root.tree_index(release),
+        root.release_dir(release), root.release_dir(live), root.tree_index(live))
+    if repaired:
+        notes.append(f"{len(repaired)} file(s) of {live} written in place through "
+                     f"{release} got fresh copies ({', '.join(repaired[:3])})")

@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
 import tempfile
 from pathlib import Path
 
 from relman.releases import git as release_git
 from relman.releases import linking
+from testing.daemon import RELMAN
 from testing.git import commit, git, release_version
 from testing.needs import need
 from testing.unixhttp import http_get
+from testing.waiting import wait_until
 
 DATA = {"data/a.txt": "alpha\n", "data/deep/b.txt": "beta\n", "data/deep/c.txt": "gamma\n",
         "tool.sh": "#!/bin/sh\necho tool\n", "gone.txt": "removed in v2\n",
@@ -202,3 +205,55 @@ def test_export_attributes_and_another_file_system_fall_back_to_the_whole_tree(
                                                                          linked.index))
     assert not subst.linked
     assert (base_dir / "four" / "VERSION").read_text() == f"{v3}\n"
+
+
+def test_a_failed_build_that_wrote_a_linked_static_file_leaves_static_as_live_serves_it(
+        make_app, app_repo):
+    """A build step writes in place into a [static] file shared with the live release (one
+    inode, also the one static/ publishes), then the build fails: the live release gets its
+    file back, and so does static/ (no swap comes to publish again)."""
+    add_files(app_repo)
+    write = "grep -q v2 VERSION && echo appended >> data/a.txt && exit 1 || true"
+    app = make_app(static={'"/data/"': "data"}, build={"commands": [["sh", "-c", write]]})
+    root = Path(app.config.with_suffix(""))
+    app.relman("deploy", "v1b", check=True)
+    published = root / "static/data/a.txt"
+    assert published.read_text() == "alpha\n"
+    change_files(app_repo, "v2")
+    failed = app.relman("deploy", "v2")
+    assert failed.returncode != 0
+    assert "written in place (data/a.txt)" in failed.stdout + failed.stderr
+    old = root / "releases" / releases_by_ref(app)["v1b"]["id"]
+    assert (old / "data/a.txt").read_text() == "alpha\n"
+    assert published.read_text() == "alpha\n", "static/ serves what the live release has"
+
+
+def test_a_daemon_killed_during_a_build_that_wrote_a_linked_file_repairs_the_live_release(
+        make_app, app_repo, base_dir):
+    """kill -9 of the daemon while a build step that appended to a file shared with the live
+    release still runs: the next daemon removes the half-built release and gives the live
+    release its commit's file back (nothing else would: the live release is the rollback
+    target of every later deploy, and its changed file is no longer linked, only kept)."""
+    add_files(app_repo)
+    marker = base_dir / "written"
+    step = (f"grep -q v2 VERSION || exit 0; echo appended >> data/a.txt && touch {marker} "
+            "&& exec sleep 600")
+    app = make_app(build={"commands": [["sh", "-c", step]]})
+    root = Path(app.config.with_suffix(""))
+    app.relman("deploy", "v1b", check=True)
+    old = root / "releases" / releases_by_ref(app)["v1b"]["id"]
+    change_files(app_repo, "v2")
+    client = subprocess.Popen([*RELMAN, "--config", str(app.config), "deploy", "v2"],
+                              env=app.env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_until(marker.exists, timeout=120, what="the build step to write data/a.txt")
+        assert (old / "data/a.txt").read_text() == "alpha\nappended\n"  # one inode, shared
+        app.kill9()
+    finally:
+        client.kill()
+        client.wait(10)
+    app.start()
+    assert (old / "data/a.txt").read_text() == "alpha\n"
+    assert snapshot(old) == archive_snapshot(root / "repo", releases_by_ref(app)["v1b"]["sha"])
+    assert http_get(root / "run/app.sock", "/")[1].startswith("sample v1")

@@ -5,6 +5,8 @@ names a crash log only once it has written it."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,3 +143,22 @@ def test_no_crash_log_anywhere_prints_the_traceback(
     assert err.splitlines()[-1] == ("relman: internal error (a bug): no crash log could be "
                                     "written; the traceback is above")
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_fifo_planted_as_the_shared_crash_log_is_refused_without_waiting(
+        tmp_path: Path) -> None:
+    """A FIFO at <tmp>/relman-crash-<uid>.log (anyone may make one in /tmp) is not a crash
+    log: write_crash_log() returns None at once instead of blocking in open() until
+    someone reads the FIFO (a CLI hanging on its own bug)."""
+    (tmp_path / "file").write_text("")
+    (tmp_path / "tmp").mkdir()
+    fifo = tmp_path / "tmp" / f"relman-crash-{os.getuid()}.log"
+    os.mkfifo(fifo, 0o666)
+    env = {**os.environ, "HOME": str(tmp_path / "file" / "home"), "TMPDIR": str(fifo.parent)}
+    env.pop("XDG_STATE_HOME", None)
+    code = ("import os; from relman.cli.failures import write_crash_log; "
+            "print(write_crash_log('trace', os.environ))")
+    # The timeout only ends a child stuck in open(): no time is measured.
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout) == (0, "None\n"), done.stderr

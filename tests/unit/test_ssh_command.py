@@ -92,6 +92,25 @@ def test_json_errors_are_json(capsys: pytest.CaptureFixture[str],
 
 
 @pytest.mark.parametrize(("original", "message"), [
+    ("relman --json --app other history", "--app other: this key serves app shop"),
+    ("relman --app other history --json", "--app other: this key serves app shop"),
+    ("relman history --json --config=/etc/passwd",
+     "--config /etc/passwd: not this key's config file (the forced command names it)"),
+    ("relman --json run id", "'relman --json run id' is not allowed; allowed: deploy, "
+     "history, logs, ps, releases, rollback, status"),
+])
+def test_refusals_asked_for_with_json_are_json(capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch, config: Path,
+                                               original: str, message: str) -> None:
+    """A refusal of a command line that asks for --json is a JSON error on stdout, exit 2,
+    as every other error of that command line is (a CI script parses stdout)."""
+    code, out, err = ssh(capsys, monkeypatch, config, original)
+    assert (code, err) == (2, "")
+    error = json.loads(out)["error"]
+    assert (error["code"], error["message"]) == ("usage", f"ssh-command: {message}")
+
+
+@pytest.mark.parametrize(("original", "message"), [
     ("relman --app other history", "--app other: this key serves app shop"),
     ("relman history --app other", "--app other: this key serves app shop"),
     ("relman deploy --app=other v1", "--app other: this key serves app shop"),
@@ -110,8 +129,10 @@ def test_json_errors_are_json(capsys: pytest.CaptureFixture[str],
      "--json)"),
     ("relman -- history", "'--' is not allowed before the command: the forced command "
      "fixes relman's options (allowed: --app and --config naming this key's app, --json)"),
+    ("relman --json=1 history", "'--json=1': --json takes no value"),
 ], ids=["app-other", "app-other-after", "app-other-equals", "app-path", "config-other",
-        "config-other-after", "app-without-value", "version", "help", "as", "dashdash"])
+        "config-other-after", "app-without-value", "version", "help", "as", "dashdash",
+        "json-value"])
 def test_other_global_options_are_refused(capsys: pytest.CaptureFixture[str],
                                           monkeypatch: pytest.MonkeyPatch, config: Path,
                                           original: str, message: str) -> None:
