@@ -35,15 +35,18 @@ def test_the_daemon_leaves_deploy_only_modules_out() -> None:
     assert sorted(loaded.intersection(NEVER)) == []
 
 
-def test_the_daemon_command_keeps_rich_out(tmp_path: Path) -> None:
+def test_the_daemon_command_keeps_rich_and_click_out(tmp_path: Path) -> None:
     """`relman daemon` runs without rich, installed or not (structlog would import it for
-    console tracebacks; the daemon writes key=value lines or JSON): here the daemon gets as
-    far as finding its app root not initialised."""
-    config = write_config(tmp_path / "a.toml", name="a", repo=tmp_path, root=tmp_path / "a")
+    console tracebacks; the daemon writes key=value lines or JSON), and without click and
+    the other commands (relman.cli.daemon): here the daemon gets as far as finding its app
+    root not initialised."""
+    config = write_config(tmp_path / "a.toml", name="a", repo=tmp_path, root=tmp_path / "a",
+                          server={"kind": "gunicorn", "app": "app:server"})
     code = ("import sys, contextlib\nfrom relman.cli import main\n"
             "with contextlib.suppress(SystemExit):\n    main()")
     loaded = _modules_after(code, "--config", str(config), "daemon")
     assert "relman.daemon" in loaded
     assert "structlog" in loaded
-    assert sorted(m for m in loaded if m.split(".")[0] == "rich") == []
+    assert sorted(m for m in loaded if m.split(".")[0] in ("rich", "click")) == []
+    assert "relman.cli.commands" not in loaded
     assert sorted(loaded.intersection(DEPLOY_ONLY + NEVER)) == []
