@@ -15,7 +15,8 @@ DEPLOY_ONLY = ("relman.releases.build", "relman.releases.git", "relman.releases.
                "relman.releases.venvs", "tarfile")
 # Never imported by the daemon: importlib.metadata brings the email package, zipfile and csv
 # (2 MiB of idle RSS); the server kinds read a dist-info's METADATA by hand.
-NEVER = ("importlib.metadata", "email")
+# Only on an error path: difflib (a config key's "did you mean"), tempfile (a crash log).
+NEVER = ("importlib.metadata", "email", "difflib", "tempfile")
 
 
 def _modules_after(code: str, *argv: str) -> set[str]:
