@@ -7,7 +7,6 @@ What each type name accepts, and the checks keys share, live in relman.config_va
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -231,6 +230,8 @@ _USED_WITHOUT_SERVER: Final = frozenset({"kind", "env", "env_file"})
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    import difflib  # only for a config error: the daemon runs without it (issue 11)
+
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -8,62 +8,79 @@ import json
 import os
 import stat
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-
-import click
+from typing import TYPE_CHECKING
 
 from relman import __version__
 from relman.errors import INTERNAL_ERROR_EXIT, RelmanError, UsageError
 
+if TYPE_CHECKING:
+    import click
+
 
 @contextlib.contextmanager
 def error_handler(as_json: bool) -> Iterator[None]:
-    """Turn every error into one line and its exit code; bugs get exit 70 and a log file."""
+    """error_funnel() for a click command: click's own errors (usage, abort) too."""
+    import click
+
+    with error_funnel(as_json):
+        try:
+            yield
+        except click.exceptions.Exit as e:
+            raise SystemExit(e.exit_code) from None
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # `relman` alone: click 8.2+ helps
+                e.show()
+                raise SystemExit(2) from None
+            report(one_line(e), as_json)
+        except click.ClickException as e:
+            e.show()
+            raise SystemExit(2) from None
+        except click.exceptions.Abort:
+            say("aborted", err=True)
+            raise SystemExit(130) from None
+
+
+@contextlib.contextmanager
+def error_funnel(as_json: bool) -> Iterator[None]:
+    """Turn every error into one line and its exit code; bugs get exit 70 and a log file.
+    Without click: `relman daemon` runs without it (relman.cli.daemon)."""
     try:
         yield
     except RelmanError as e:
         report(e, as_json)
-    except click.exceptions.Exit as e:
-        raise SystemExit(e.exit_code) from None
-    except click.UsageError as e:
-        if type(e).__name__ == "NoArgsIsHelpError":  # `relman` alone: click 8.2+ shows help
-            e.show()
-            raise SystemExit(2) from None
-        report(one_line(e), as_json)
-    except click.ClickException as e:
-        e.show()
-        raise SystemExit(2) from None
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        raise SystemExit(130) from None
     except (KeyboardInterrupt, SystemExit, BrokenPipeError):
         raise
     except Exception:  # noqa: BLE001 - the one funnel for bugs: exit 70 with a pointer
         text = f"--- {time.ctime()} relman {__version__} {sys.argv}\n{traceback.format_exc()}"
         written = write_crash_log(text, os.environ)
         if written is None:  # nowhere to write it: the traceback itself, not a dead pointer
-            click.echo(text.rstrip("\n"), err=True)
-            click.echo("relman: internal error (a bug): no crash log could be written; the "
-                       "traceback is above", err=True)
+            say(text.rstrip("\n"), err=True)
+            say("relman: internal error (a bug): no crash log could be written; the "
+                "traceback is above", err=True)
         else:
-            click.echo(f"relman: internal error (a bug): see {written}", err=True)
+            say(f"relman: internal error (a bug): see {written}", err=True)
         raise SystemExit(INTERNAL_ERROR_EXIT) from None
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """One line of output, to stderr with *err* (click.echo's job, without click)."""
+    print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
 
 def report(error: RelmanError, as_json: bool) -> None:
     """Print *error* (as JSON with --json) and exit with its code."""
     if as_json:
-        click.echo(json.dumps({"error": error.to_dict()}))
+        say(json.dumps({"error": error.to_dict()}))
     else:
-        click.echo(f"relman: error: {error.message}", err=True)
+        say(f"relman: error: {error.message}", err=True)
         if error.tail:
-            click.echo("  " + error.tail.replace("\n", "\n  "), err=True)
+            say("  " + error.tail.replace("\n", "\n  "), err=True)
         if error.hint:
-            click.echo(f"  hint: {error.hint}", err=True)
+            say(f"  hint: {error.hint}", err=True)
     raise SystemExit(error.exit_code) from None
 
 
@@ -99,6 +116,8 @@ def write_crash_log(text: str, env: dict[str, str] | os._Environ[str]) -> Path |
         except OSError:
             continue
         return path
+    import tempfile  # only here: the daemon runs without it (issue 11)
+
     shared = Path(tempfile.gettempdir()) / f"relman-crash-{os.getuid()}.log"
     try:
         # A shared directory: never follow a link, and append only to a plain file of our

@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 import pytest
 
-from relman.cli import SSH_ALLOWED, cli
+from relman.cli.commands import SSH_ALLOWED, cli
 from relman.config import load_config, schema
 from relman.errors import BY_CODE, INTERNAL_ERROR_EXIT
 from testing.needs import skip_or_fail

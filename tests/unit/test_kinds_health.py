@@ -15,7 +15,12 @@ import pytest
 
 from relman.config import ServerConfig, load_config
 from relman.supervisor.health import Probe, in_range, probe_socket, uwsgi_packet
-from relman.supervisor.kinds import UWSGI_GRACEFUL_TERM, server_argv, socket_umask
+from relman.supervisor.kinds import (
+    UWSGI_GRACEFUL_TERM,
+    installed_version,
+    server_argv,
+    socket_umask,
+)
 
 VENV = Path("/srv/shop/venvs/0123abcd")
 RELEASE = Path("/srv/shop/releases/20261123T031500Z-1a2b3c4")
@@ -363,3 +368,26 @@ def test_gunicorn_control_socket_is_off_where_gunicorn_has_one(
     ours = argv[:len(argv) - len(server.args) - 1]
     assert [a for a in ours if "control-socket" in a] == expected
     assert argv.count("--no-control-socket") <= 1
+
+
+def test_installed_version_reads_the_dist_info_as_importlib_metadata_would(
+        tmp_path: Path) -> None:
+    """The version comes from METADATA's Version header, the distribution found by its
+    normalised name (case, `-`, `_` and `.` alike); a dist-info without METADATA or without
+    a Version header, or another distribution, is no version."""
+    site = tmp_path / "venv" / "lib" / "python3.12" / "site-packages"
+    for folder, text in [("Typing_Extensions-4.16.0.dist-info",
+                          "Metadata-Version: 2.4\nName: typing_extensions\n"
+                          "Version: 4.16.0+local\n\nVersion: 9\n"),
+                         ("gunicorn_extra-9.0.dist-info", "Name: gunicorn-extra\nVersion: 9.0\n"),
+                         ("broken-1.0.dist-info", None),
+                         ("headless-1.0.dist-info", "Name: headless\n")]:
+        (site / folder).mkdir(parents=True)
+        if text is not None:
+            (site / folder / "METADATA").write_text(text)
+    venv = tmp_path / "venv"
+    assert installed_version(venv, "typing-extensions") == (4, 16, 0)
+    assert installed_version(venv, "Typing.Extensions") == (4, 16, 0)
+    assert installed_version(venv, "gunicorn") is None
+    assert installed_version(venv, "broken") is None
+    assert installed_version(venv, "headless") is None

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from relman import cli, oneoff
+from relman import oneoff
+from relman.cli.commands import cli
 from relman.config import Config, ServerConfig, load_config
 from relman.errors import CommandNotFound, UsageError
 from relman.releases import AppRoot, Manifest
@@ -117,4 +118,4 @@ def test_ssh_command_allows_ps(capsys: pytest.CaptureFixture[str],
     allowed name that is no command yet is refused like any other, never a crash."""
     monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "relman ps")
     code, _out, err = run(capsys, "--config", str(config.path), "ssh-command")
-    assert code == (3 if "ps" in cli.cli.commands else 2), err
+    assert code == (3 if "ps" in cli.commands else 2), err
