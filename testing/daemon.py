@@ -60,6 +60,18 @@ def _toml(value: Any) -> str:
     return json.dumps(value)  # str, int, float and lists of those are TOML as JSON
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
+    """SIGTERM a supervisor this test started and wait for it; SIGKILL it past *timeout*."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 class RelmanDaemon:
     """`relman daemon` for one config file, plus a helper to run CLI commands against it."""
 
@@ -112,14 +124,7 @@ class RelmanDaemon:
 
     def stop(self) -> None:
         """SIGTERM: the daemon stops the app servers gracefully, then exits."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        terminate(self.proc)
 
     def log_tail(self, n: int = 60) -> str:
         with contextlib.suppress(FileNotFoundError):

@@ -9,13 +9,13 @@ it exits, in a process group of its own that a stop signals as a whole.
 from __future__ import annotations
 
 import contextlib
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import psutil
 
+from testing.daemon import terminate
 from testing.waiting import wait_until
 
 SUPERVISORD = Path(sys.executable).with_name("supervisord")
@@ -92,11 +92,4 @@ class Supervisord:
 
     def stop(self) -> None:
         """SIGTERM: supervisord stops its program (its whole group), then exits."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        terminate(self.proc)
