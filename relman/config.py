@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from signal import Signals
 from typing import Any, Final, get_type_hints
 
+from relman.config_fleet import FLEET, FleetConfig, parse_fleet
 from relman.config_values import (
     CONVERTERS,
     BadValue,
@@ -23,6 +24,7 @@ from relman.config_values import (
     FrozenMap,
     at_least,
     check_mode,
+    did_you_mean,
     kind_of,
     one_of,
     placeholders,
@@ -38,7 +40,7 @@ __all__ = [
     "NAME_RE", "PROCESS_NAME_RE", "STATIC", "STOP_SIGNALS", "TABLES", "AppConfig", "BuildConfig",
     "Config", "FrozenEnv", "HealthConfig", "ProcessConfig", "ReleaseConfig", "RestartConfig",
     "ServerConfig", "SwapConfig", "check_server", "example_config", "load_config",
-    "parse_table", "schema",
+    "parse_table", "read_toml", "schema",
 ]
 
 NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]*")
@@ -146,6 +148,8 @@ class Config:
     processes: Mapping[str, ProcessConfig] = FrozenMap()
     # [static]: URL prefix -> directory of the release tree (relman.static_urls).
     static: Mapping[str, str] = FrozenMap()
+    # [fleet]: the hosts `relman fleet` drives (DESIGN 9), if this file names them.
+    fleet: FleetConfig | None = None
 
 
 # Table name -> dataclass in file order, read from Config itself so the two cannot drift.
@@ -155,7 +159,7 @@ PROCESSES: Final = "processes"
 STATIC: Final = "static"
 TABLES: Final[dict[str, type[Any]]] = {
     name: cls for name, cls in get_type_hints(Config).items()
-    if name not in ("path", PROCESSES, STATIC)}
+    if name not in ("path", PROCESSES, STATIC, FLEET)}
 _ALL_TABLES: Final = (*TABLES, PROCESSES, STATIC)
 
 
@@ -229,13 +233,6 @@ _SERVER_RULES: Final[tuple[tuple[Callable[[ServerConfig], bool], str, str], ...]
 _USED_WITHOUT_SERVER: Final = frozenset({"kind", "env", "env_file"})
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    import difflib  # only for a config error: the daemon runs without it (issue 11)
-
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _load_table(path: Path, table: str, cls: type[Any], raw: object,
                 checks: str | None = None) -> Any:
     """*raw* as a *cls*; errors name keys under *table*, checks are looked up under
@@ -245,7 +242,7 @@ def _load_table(path: Path, table: str, cls: type[Any], raw: object,
     keys = {key.name: key for key in fields(cls)}
     for name in raw:
         if name not in keys:
-            raise ConfigError(path, f"{table}.{name}", "unknown key" + _did_you_mean(name, keys))
+            raise ConfigError(path, f"{table}.{name}", "unknown key" + did_you_mean(name, keys))
     values: dict[str, Any] = {}
     for name, key in keys.items():
         dotted = f"{table}.{name}"
@@ -316,8 +313,8 @@ def check_server(path: Path, server: ServerConfig) -> None:
                                   'not used with kind = "none" (no web server)')
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate *path*; every problem is a ConfigError naming file, key and reason."""
+def read_toml(path: Path) -> dict[str, Any]:
+    """*path* as TOML data; a ConfigError naming the file otherwise."""
     try:
         data = tomllib.loads(path.read_bytes().decode())
     except FileNotFoundError:
@@ -326,11 +323,18 @@ def load_config(path: Path) -> Config:
         raise ConfigError(path, "", f"cannot read: {e.strerror or e}") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:  # with line and column
         raise ConfigError(path, "", f"invalid TOML: {e}") from None
+    return data
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate *path*; every problem is a ConfigError naming file, key and reason."""
+    data = read_toml(path)
     for table in data:
-        if table not in _ALL_TABLES:
-            raise ConfigError(path, table, "unknown table" + _did_you_mean(table, _ALL_TABLES))
+        if table not in (*_ALL_TABLES, FLEET):
+            raise ConfigError(path, table, "unknown table" + did_you_mean(table, _ALL_TABLES))
     config = Config(path=path, **{name: parse_table(path, name, data.get(name, {}))
-                                  for name in _ALL_TABLES})
+                                  for name in _ALL_TABLES},
+                    fleet=parse_fleet(path, data[FLEET]) if FLEET in data else None)
     check_server(path, config.server)
     return config
 
@@ -344,7 +348,8 @@ def _rows(table: str, cls: type[Any]) -> list[tuple[str, str, str, str]]:
 def schema() -> list[tuple[str, str, str, str]]:
     """(dotted key, type name, default as TOML text or "" if required, doc) for every key;
     the keys of a [processes.NAME] table as processes.NAME.KEY."""
-    tables: list[tuple[str, type[Any]]] = [*TABLES.items(), (f"{PROCESSES}.NAME", ProcessConfig)]
+    tables: list[tuple[str, type[Any]]] = [*TABLES.items(), (f"{PROCESSES}.NAME", ProcessConfig),
+                                           (FLEET, FleetConfig)]
     return [row for table, cls in tables for row in _rows(table, cls)]
 
 
@@ -359,6 +364,8 @@ def example_config(*, name: str, repo: str, root: Path, app: str = "wsgi:applica
     lines = ["# relman.toml: see relman.toml(5). Every key is shown at its default."]
     for dotted, type_name, default, doc in schema():
         section, _, key = dotted.rpartition(".")
+        if section == FLEET:  # only for `relman fleet`: relman.toml(5) shows it
+            continue
         if section == f"{PROCESSES}.NAME":
             if "# [processes.worker]" not in lines:
                 lines += ["", "# Processes beside the web server ([processes.NAME], NAME "

@@ -13,7 +13,7 @@ import json
 import math
 import re
 import shlex
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import field
 from pathlib import Path, PurePath, PurePosixPath
 from string import Formatter
@@ -142,6 +142,14 @@ CONVERTERS: Final[dict[str, Callable[[object], Any]]] = {
                                     _each(_typed("an integer", (int,), int))),
 }
 Check = Callable[[Any], "str | None"]
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the choice closest to a misspelt *word*, or ''."""
+    import difflib  # only for a config error: the daemon runs without it (issue 11)
+
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def one_of(*choices: str) -> Check:

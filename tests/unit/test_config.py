@@ -27,6 +27,7 @@ from relman.config import (
     load_config,
     schema,
 )
+from relman.config_fleet import FleetConfig
 from relman.config_search import find_config
 from relman.errors import ConfigError, UsageError
 
@@ -426,9 +427,10 @@ def test_schema_lists_every_field_with_doc_and_type() -> None:
     """schema() has one row per dataclass field, each with a type name and a doc line."""
     expected = [f"{table}.{f.name}" for table, cls in TABLES.items() for f in fields(cls)]
     expected += [f"processes.NAME.{f.name}" for f in fields(ProcessConfig)]
+    expected += [f"fleet.{f.name}" for f in fields(FleetConfig)]
     rows = schema()
     assert [row[0] for row in rows] == expected
-    assert len(expected) == 40
+    assert len(expected) == 49
     for key, type_name, _default, doc in rows:
         assert type_name, key
         assert doc, key
@@ -439,12 +441,12 @@ def test_schema_defaults_are_toml_of_the_dataclass_defaults(tmp_path: Path) -> N
     """Every default in schema() is TOML text that loads back to the field's default."""
     rows = {key: default for key, _type, default, _doc in schema()}
     assert [key for key, default in rows.items() if not default] == [
-        "app.name", "app.repo", "app.root", "processes.NAME.command"
+        "app.name", "app.repo", "app.root", "processes.NAME.command", "fleet.hosts"
     ]
     assert rows["server.socket_mode"] == '"0660"'
     assert rows["health.expect"] == "[200, 399]"
     changes = {key: default for key, default in rows.items()
-               if default and not key.startswith("processes.")}
+               if default and not key.startswith(("processes.", "fleet."))}
     changes["server.app"] = '"wsgi:application"'
     config = load_config(write(tmp_path, config_text(changes)))
     assert config.build == BuildConfig()
@@ -456,6 +458,11 @@ def test_schema_defaults_are_toml_of_the_dataclass_defaults(tmp_path: Path) -> N
         f"{key} = {default}\n" for key, default in process.items())
     assert load_config(write(tmp_path, text)).processes == {
         "worker": ProcessConfig(command=("run",))}
+    fleet = {key.rpartition(".")[2]: default for key, default in rows.items()
+             if key.startswith("fleet.") and default}
+    text = config_text(changes) + "[fleet]\nhosts = [\"web1\"]\n" + "".join(
+        f"{key} = {default}\n" for key, default in fleet.items())
+    assert load_config(write(tmp_path, text)).fleet == FleetConfig(hosts=("web1",))
 
 
 def test_tables_follow_config_fields() -> None:
@@ -475,12 +482,14 @@ def test_example_config_loads_with_defaults(tmp_path: Path) -> None:
     assert config.processes == {}
     for key, _type, _default, doc in schema():
         table, _, name = key.rpartition(".")
-        if table == "processes.NAME":
+        if table == "fleet":  # only `relman fleet` reads it; relman.toml(5) shows it
+            assert "[fleet]" not in text
+        elif table == "processes.NAME":
             assert f"\n# {name} = " in text
         else:
             assert f"[{table}]" in text
             assert f"\n{name} = " in text
-        assert doc in text
+        assert doc in text or table == "fleet"
 
 
 def test_example_config_process_table_loads_uncommented(tmp_path: Path) -> None:
