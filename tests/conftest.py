@@ -101,3 +101,15 @@ def stack(make_app, base_dir):
     yield make
     for nginx in started:
         nginx.stop()
+
+
+@pytest.fixture(scope="session")
+def fleet() -> Iterator[Any]:
+    """fleet(n) -> testing.fleet.Fleet: n simulated hosts (a unix user, app root, daemon
+    each) behind one private sshd and a front nginx; made once, kept for the session."""
+    from testing.fleet import simulated_fleet  # root only; most sessions never need it
+    from testing.needs import need_root
+
+    need_root("a simulated host is a unix user")
+    with simulated_fleet() as sim:
+        yield sim
