@@ -331,7 +331,8 @@ def load_config(path: Path) -> Config:
     data = read_toml(path)
     for table in data:
         if table not in (*_ALL_TABLES, FLEET):
-            raise ConfigError(path, table, "unknown table" + did_you_mean(table, _ALL_TABLES))
+            raise ConfigError(path, table, "unknown table"
+                              + did_you_mean(table, (*_ALL_TABLES, FLEET)))
     config = Config(path=path, **{name: parse_table(path, name, data.get(name, {}))
                                   for name in _ALL_TABLES},
                     fleet=parse_fleet(path, data[FLEET]) if FLEET in data else None)

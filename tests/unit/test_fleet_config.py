@@ -183,3 +183,26 @@ def test_ssh_argv_uses_the_configured_ssh() -> None:
     fleet = FleetConfig(hosts=("web1:2200",), ssh=("ssh", "-F", "/ci/ssh config"))
     assert ssh_argv(fleet, "web1:2200", ["ps"]) == [
         "ssh", "-F", "/ci/ssh config", "-p", "2200", "--", "web1", "relman ps"]
+
+
+def test_a_misspelt_fleet_table_is_named(tmp_path: Path) -> None:
+    text = example_config(name="shop", repo="/srv/git/shop.git", root=Path("/srv/shop"))
+    path = tmp_path / "relman.toml"
+    path.write_text(text + '\n[fleets]\nhosts = ["web1"]\n')
+    with pytest.raises(ConfigError, match=r"fleets: unknown table \(did you mean 'fleet'\?\)"):
+        load_config(path)
+
+
+def test_a_bad_fleet_table_exits_2_with_one_line(capsys: pytest.CaptureFixture[str],
+                                                 tmp_path: Path) -> None:
+    """Through the CLI (`relman check`): exit 2, one line naming file, key and reason."""
+    from tests.unit.test_broken_config import run
+
+    text = example_config(name="shop", repo="/srv/git/shop.git", root=tmp_path / "shop")
+    path = tmp_path / "relman.toml"
+    path.write_text(text + '\n[fleet]\nhosts = ["web1", "web1"]\n')
+    code, out, err = run(capsys, "--config", str(path), "check")
+    assert code == 2
+    assert (out + err).strip() == \
+        f"relman: error: {path}: fleet.hosts: 'web1' is listed twice"
+    assert "Traceback" not in out + err
