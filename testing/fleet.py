@@ -1,8 +1,10 @@
 """A simulated fleet on one machine (issue 10, "Tests"): each host is a unix user
-(relman-h1, relman-h2, ...) with its own home, app root, `relman.toml` and daemon run as
-that user; one private sshd on a loopback port serves them all, one client key logging in
-to each with the forced command `relman --config ~/relman.toml ssh-command`; a front nginx
-load-balances over the hosts' run/app.sock.
+(relman-h1-TAG, relman-h2-TAG, ..., TAG this session's) with its own home, app root,
+`relman.toml` and daemon run as that user; one private sshd on a loopback port serves them
+all, one client key logging in to each with the forced command
+`relman --config ~/relman.toml ssh-command` (relman by its absolute path: sshd's PATH
+lacks it); a front nginx load-balances over the hosts'
+run/app.sock.
 
 Root only (it makes users). The relman the hosts run is `make install`ed once under the
 fleet's base dir (the test venv, under /work or /root, may not be theirs to read); the
@@ -239,7 +241,9 @@ class SimulatedFleet:
         self.key = self.sshd.new_key("fleet-ci")
 
     def _add_host(self) -> Host:
-        name = f"{USER_PREFIX}{len(self.hosts) + 1}"
+        # relman-h1-<tag>: the tag (the base dir's random part) keeps sessions run at once
+        # (CI, helpers, the bench) apart; at most 32 characters, as useradd wants.
+        name = f"{USER_PREFIX}{len(self.hosts) + 1}-{self.base.name.rsplit('-', 1)[-1][:8]}"
         home = self.base / "home" / name
         home.parent.mkdir(mode=0o755, exist_ok=True)
         user = ensure_user(name, home)

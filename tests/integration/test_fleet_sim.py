@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import urllib.request
 
+import psutil
 import pytest
 
 from testing.git import release_version
@@ -15,20 +16,24 @@ from testing.waiting import wait_until
 pytestmark = pytest.mark.integration
 
 
-def served(url: str) -> tuple[str, str]:
-    """(socket the front nginx used, the sample app's version) for one GET /."""
+def served(url: str) -> tuple[str, str, int]:
+    """(socket the front nginx used, the sample app's version, the worker's uid) for one
+    GET /; the sample app answers "sample VERSION pid PID release ID"."""
     with urllib.request.urlopen(url + "/", timeout=10) as response:
-        return response.headers["X-Upstream"], response.read().decode().split()[1]
+        words = response.read().decode().split()
+        return response.headers["X-Upstream"], words[1], psutil.Process(int(words[3])).uids()[0]
 
 
-def versions_by_host(url: str, hosts: int) -> dict[str, str]:
-    """Each upstream socket's version, asking until all *hosts* have answered."""
+def versions_by_host(url: str, hosts: dict[str, int]) -> dict[str, str]:
+    """Each upstream socket's version, asking until all *hosts* (socket -> the uid its
+    server must run as) have answered."""
     seen: dict[str, str] = {}
 
     def all_seen() -> bool:
-        upstream, version = served(url)
+        upstream, version, uid = served(url)
+        assert uid == hosts[upstream], f"{upstream} answered from uid {uid}"
         seen[upstream] = version
-        return len(seen) == hosts
+        return len(seen) == len(hosts)
 
     wait_until(all_seen, timeout=30, interval=0, what=f"all {hosts} hosts to answer")
     return seen
@@ -41,8 +46,8 @@ def test_three_hosts_deploy_over_ssh_and_swap_in_turn_under_load(fleet):
         done = f.ssh(host, "deploy", "v1")
         assert done.returncode == 0, f"{host.name}: {done.stdout}{done.stderr}\n{host.log_tail()}"
         assert host.json("status")["live"] is not None
-    sockets = {f"unix:{h.root}/run/app.sock": h for h in f.hosts}
-    assert versions_by_host(f.url, 3) == dict.fromkeys(sockets, "v1")
+    sockets = {f"unix:{h.root}/run/app.sock": h.uid for h in f.hosts}
+    assert versions_by_host(f.url, sockets) == dict.fromkeys(sockets, "v1")
 
     release_version(f.repo, "v2")
     with Load(f.url, concurrency=4) as load:
@@ -52,7 +57,7 @@ def test_three_hosts_deploy_over_ssh_and_swap_in_turn_under_load(fleet):
     result = load.result
     assert result.sent > 0
     assert result.failed == 0, result.errors[:5]
-    assert versions_by_host(f.url, 3) == dict.fromkeys(sockets, "v2")
+    assert versions_by_host(f.url, sockets) == dict.fromkeys(sockets, "v2")
     # Each host's daemon, run as its user, owns its servers; who deployed is its user via ssh.
     for host in f.hosts:
         last = host.json("history", "--event", "deployed")[-1]
