@@ -108,6 +108,8 @@ class SwapConfig:
     keep_warm: float = _key(0.0, "number", "seconds the previous release keeps running")
     verify_window: float = _key(300.0, "number", "seconds after a switch it may roll back")
     live_check_interval: float = _key(5.0, "number", "seconds between live checks in it")
+    prepare_timeout: float = _key(600.0, "number",
+                                  "seconds a prepared candidate waits for its switch")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,6 +203,7 @@ _CHECKS: Final[dict[str, Check]] = {
     "swap.keep_warm": _AT_LEAST_0,
     "swap.verify_window": _AT_LEAST_0,
     "swap.live_check_interval": _POSITIVE,
+    "swap.prepare_timeout": _POSITIVE,
     "restart.policy": one_of("always", "on-failure", "never"),
     "restart.backoff_max": _POSITIVE,
     # Checked as processes.NAME.KEY, named in errors as processes.worker.KEY.

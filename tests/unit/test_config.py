@@ -171,6 +171,8 @@ def test_full_config_round_trips_into_dataclasses(tmp_path: Path) -> None:
         ({"server.socket_mode": '"0666"'}, ("server.socket_mode", 0o666)),
         ({"health.timeout": "10"}, ("health.timeout", 10.0)),
         ({"swap.keep_warm": "0"}, ("swap.keep_warm", 0.0)),
+        ({"swap.prepare_timeout": "30"}, ("swap.prepare_timeout", 30.0)),
+        ({"swap.prepare_timeout": "0.5"}, ("swap.prepare_timeout", 0.5)),
         ({"server.kind": '"uwsgi"', "server.protocol": '"http"'}, ("server.protocol", "http")),
         ({"server.kind": '"command"', "server.app": None,
           "server.command": '"bin/serve --bind unix:{socket} --root {root}"'},
@@ -327,6 +329,11 @@ BAD_VALUES: list[tuple[dict[str, str | None], str, str]] = [
     ({"swap.verify_window": "-1"}, "swap.verify_window", "must be at least 0"),
     ({"swap.verify_window": "nan"}, "swap.verify_window", "must be at least 0"),
     ({"swap.live_check_interval": "0"}, "swap.live_check_interval", "above 0"),
+    ({"swap.prepare_timeout": "0"}, "swap.prepare_timeout", "above 0"),
+    ({"swap.prepare_timeout": "-600"}, "swap.prepare_timeout", "above 0"),
+    ({"swap.prepare_timeout": "inf"}, "swap.prepare_timeout", "above 0"),
+    ({"swap.prepare_timeout": '"600"'}, "swap.prepare_timeout",
+     "expected a number, got a string"),
     ({"restart.policy": '"sometimes"'}, "restart.policy",
      "must be one of always | on-failure | never"),
     ({"restart.backoff_max": "0"}, "restart.backoff_max", "above 0"),
@@ -430,7 +437,7 @@ def test_schema_lists_every_field_with_doc_and_type() -> None:
     expected += [f"fleet.{f.name}" for f in fields(FleetConfig)]
     rows = schema()
     assert [row[0] for row in rows] == expected
-    assert len(expected) == 49
+    assert len(expected) == 50
     for key, type_name, _default, doc in rows:
         assert type_name, key
         assert doc, key
