@@ -22,7 +22,7 @@ from relman.control import KEEPALIVE, ControlServer, Send, scale_counts
 from relman.errors import LockHeld, RelmanError, StateWriteFailed, UsageError, writing
 from relman.filewatch import watch_files
 from relman.lock import Busy, FileLock
-from relman.transaction import App, CrashRecovery, Observer, Report, reconcile
+from relman.transaction import App, CrashRecovery, Observer, Report, prepare, reconcile
 from relman.transaction.repair import set_aside_current
 from relman.who import who_of
 
@@ -83,7 +83,8 @@ class Daemon:
         }
         for sig, handler in handlers.items():
             loop.add_signal_handler(sig, handler)
-        notes = await reconcile(self.app, _quiet)
+        notes = await reconcile(self.app, _ignore)
+        prepare.forget_abandoned(self.app, notes)
         for note in notes:
             log.info("daemon.reconciled", note=note)
         await self.control.start()
@@ -172,7 +173,7 @@ class Daemon:
         """Run *work* as a job after *delay* seconds, queued behind any running job."""
         async def run() -> None:
             with contextlib.suppress(RelmanError):  # job() has logged it
-                await self.job(what, "relman", {"wait": True}, _drop, work)
+                await self.job(what, "relman", {"wait": True}, _ignore, work)
 
         def spawn() -> None:
             if self.stopping.is_set():  # shutting down: start nothing new
@@ -232,7 +233,10 @@ class Daemon:
                                       lambda rep: self._scale(args, who, rep)),
             "deploy": lambda: self.job(f"deploy {args.get('ref')}", who, args, send,
                                        lambda rep: self._deploy(str(args.get("ref", "")), who,
-                                                                rep)),
+                                                                rep, args)),
+            "abort": lambda: self.job(f"abort {args.get('release')}", who, args, send,
+                                      lambda _rep: prepare.abort(self.app,
+                                                                 str(args.get("release")), who)),
             "rollback": lambda: self.job("rollback", who, args, send,
                                          lambda rep: self._rollback(args.get("release"), who,
                                                                     rep)),
@@ -276,7 +280,7 @@ class Daemon:
                     self.notify(STATUS=f"{self.config.app.name}: {what}")
                     try:
                         with writing():  # a refused write the job did not name: exit 1
-                            return await work(report)
+                            return await prepare.unless_prepared(self.app, what, work, report)
                     except RelmanError as e:  # the journal says why, not only the history
                         log.warning("job.failed", job=what, who=who, error=e.message)
                         raise
@@ -298,8 +302,17 @@ class Daemon:
         finally:
             beat.cancel()
 
-    async def _deploy(self, ref: str, who: str, report: Report) -> results.DeployResult:
+    async def _deploy(self, ref: str, who: str, report: Report, args: dict[str, Any]
+                      ) -> results.DeployResult | results.PrepareResult:
         self.refresh_config()
+        if args.get("prepare"):
+            ready = await prepare.prepare(self.app, ref, who, report,
+                                          release_phase=not args.get("no_release_phase"))
+            self.schedule_job(f"abort {ready.release}",  # the one timer of its deadline
+                              lambda _rep: prepare.expire(self.app, ready),
+                              max(0.0, ready.deadline - time.time()))
+            return results.PrepareResult(release=ready.release, sha=ready.sha, ref=ref,
+                                         prepared_until=round(ready.deadline, 3))
         manifest = await self.app.deploy(ref, who, report)
         # Like Capistrano's cleanup, every deploy keeps the disk bounded (Kamal's is not).
         # A server still stopping counts as running: the next prune takes its release.
@@ -371,12 +384,8 @@ async def _keep_alive(send: Send) -> None:
         send({"type": "keepalive"})
 
 
-def _quiet(_step: str, _message: str) -> None:
-    return None
-
-
-def _drop(_message: dict[str, Any]) -> None:
-    return None
+def _ignore(*_args: object) -> None:
+    """No progress wanted (a report, a send)."""
 
 
 def _now() -> str:

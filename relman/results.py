@@ -163,6 +163,24 @@ class DeployResult(Result):
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PrepareResult(Result):
+    """`deploy --prepare`: the release prepared on next.sock, and when it expires."""
+
+    release: str
+    sha: str
+    ref: str
+    prepared_until: float  # epoch seconds
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AbortResult(Result):
+    release: str
+    candidate: str  # the instance stopped
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RollbackResult(Result):
     release: str
     sha: str
@@ -313,3 +331,5 @@ class Status(Result):
     job: JobInfo | None = None
     crash_loop: str | None = None  # what the crash-loop detector says, while it lasts
     processes: tuple[ProcessCount, ...] = ()
+    prepared: str | None = None  # release prepared on next.sock (deploy --prepare)
+    prepared_until: float | None = None  # when it expires (epoch)

@@ -179,6 +179,10 @@ def render_status(s: Status) -> str:
         job = s.job
         lines.append(f"job:      {job.job} {job.release or job.ref} "
                      f"by {job.who}, at step {job.step}")
+    if s.prepared:  # deploy --prepare: waits for `relman switch` or `relman abort`
+        left = max(0.0, (s.prepared_until or 0.0) - time.time())
+        lines.append(f"prepared: {s.prepared} on next.sock, stopped in {left:.0f}s unless "
+                     "switched")
     return "\n".join(lines)
 
 

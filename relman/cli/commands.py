@@ -57,14 +57,42 @@ def daemon(ctx: Context) -> None:
 
 @cli.command()
 @click.argument("ref")
+@click.option("--prepare", is_flag=True,
+              help="Stop before the switch: leave the healthy candidate on run/next.sock "
+                   "(until `relman abort ID` or swap.prepare_timeout) and print its id.")
+@click.option("--no-release-phase", is_flag=True,
+              help="With --prepare: skip release.commands (another host runs them).")
 @WAIT
 @pass_ctx
-def deploy(ctx: Context, ref: str, wait: bool) -> None:
+def deploy(ctx: Context, ref: str, prepare: bool, no_release_phase: bool, wait: bool) -> None:
     """Fetch REF, build it, run the release phase and swap it in."""
-    from relman.results import DeployResult
+    from relman.results import DeployResult, PrepareResult
 
-    result = ctx.call("deploy", DeployResult, ref=ref, wait=wait)
-    ctx.emit(result.to_json(), lambda: f"deployed {result.ref} as {result.release}")
+    if no_release_phase and not prepare:
+        raise click.UsageError("--no-release-phase needs --prepare")
+    if not prepare:
+        result = ctx.call("deploy", DeployResult, ref=ref, wait=wait)
+        ctx.emit(result.to_json(), lambda: f"deployed {result.ref} as {result.release}")
+        return
+    prepared = ctx.call("deploy", PrepareResult, ref=ref, wait=wait, prepare=True,
+                        no_release_phase=no_release_phase)
+    ctx.emit(prepared.to_json(), lambda: prepared.release)  # its own line: machine readable
+
+
+@cli.command()
+@click.argument("release")
+@WAIT
+@pass_ctx
+def abort(ctx: Context, release: str, wait: bool) -> None:
+    """Stop the candidate `deploy --prepare` left for RELEASE; the live release stays."""
+    from relman.releases.ids import is_release_id
+    from relman.results import AbortResult
+
+    if not is_release_id(release):
+        raise UsageError(f"abort {release!r}: not a release id (like 20261123T031500Z-1a2b3c4)")
+    result = ctx.call("abort", AbortResult, release=release, wait=wait)
+    ctx.emit(result.to_json(), lambda: f"aborted {result.release} ({result.candidate} "
+             "stopped)")
 
 
 @cli.command()

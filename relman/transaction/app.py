@@ -23,6 +23,7 @@ from relman.settings import Settings, settings_diff, settings_of
 from relman.supervisor import ServerHandle, ServerSpec, ServerState, Supervisor, Tracker
 from relman.transaction.jobs import JOB_ENV, JobLog, Report
 from relman.transaction.links import Links
+from relman.transaction.prepare import Prepared
 from relman.transaction.processes import Change, Processes
 from relman.transaction.record import Clock, RunRecord
 from relman.transaction.runstate import Gone, Role, RunState, Scaled, Started, SwitchedTo
@@ -63,6 +64,7 @@ class App:
         # `relman stop` ran, and no start, switch or restart since: a crash restart that
         # was pending then starts nothing.
         self.stopped = False
+        self.prepared: Prepared | None = None  # deploy --prepare's candidate (prepare.py)
 
     def reload(self, config: Config) -> None:
         """Run with *config* from now on (SIGHUP, a changed file)."""

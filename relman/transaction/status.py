@@ -95,6 +95,8 @@ class Observer:
             job=results.JobInfo(**entry.to_json()) if entry else None,
             crash_loop=crash_loop or None,
             processes=self.counts(),
+            prepared=app.prepared.release if app.prepared else None,
+            prepared_until=round(app.prepared.deadline, 3) if app.prepared else None,
         )
 
     def status_line(self, crash_loop: str) -> str:

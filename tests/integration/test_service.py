@@ -212,8 +212,8 @@ def test_ssh_command_over_real_ssh(make_app, app_repo, sshd):
                           ("rolled_back", v1["id"], ci_who)], events
 
 
-REFUSED = "relman: error: ssh-command: {!r} is not allowed; allowed: deploy, history, logs, " \
-          "ps, releases, rollback, status"
+REFUSED = "relman: error: ssh-command: {!r} is not allowed; allowed: abort, deploy, history, " \
+          "logs, ps, releases, rollback, status"
 OTHER_CONFIG = "relman: error: ssh-command: --config {}: not this key's config file (the " \
                "forced command names it)"
 OTHER_APP = "relman: error: ssh-command: --app other: this key serves app sample"

@@ -108,8 +108,8 @@ def test_ssh_command_refuses_run_and_scale(capsys: pytest.CaptureFixture[str],
     monkeypatch.setenv("SSH_ORIGINAL_COMMAND", command)
     code, out, err = run(capsys, "--config", str(config.path), "ssh-command")
     assert (code, out) == (2, "")
-    assert err == (f"relman: error: ssh-command: {command!r} is not allowed; allowed: deploy, "
-                   "history, logs, ps, releases, rollback, status\n")
+    assert err == (f"relman: error: ssh-command: {command!r} is not allowed; allowed: abort, "
+                   "deploy, history, logs, ps, releases, rollback, status\n")
 
 
 def test_ssh_command_allows_ps(capsys: pytest.CaptureFixture[str],

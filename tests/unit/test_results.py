@@ -13,12 +13,14 @@ import pytest
 from relman.errors import BadAnswer, DaemonBug, error_from_dict
 from relman.journal import JournalEntry, Step
 from relman.results import (
+    AbortResult,
     DaemonInfo,
     DeployResult,
     Figures,
     Health,
     JobInfo,
     Pong,
+    PrepareResult,
     Progress,
     PruneResult,
     RestartResult,
@@ -59,6 +61,8 @@ EVERY_RESULT: list[Result] = [
     PruneResult(releases=(), venvs=("ab12",)),
     Pong(pid=100, version="1.0"),
     Progress(step="fetched", message="v1 is 1a2b3c4"),
+    PrepareResult(release=RID, sha="1a2b3c4d", ref="v1", prepared_until=1800000000.5),
+    AbortResult(release=RID, candidate=f"{RID}.3"),
 ]
 
 
@@ -75,7 +79,8 @@ def test_status_json_keeps_its_keys() -> None:
     pid, and a server psutil could not read has none of them."""
     data = json.loads(json.dumps(STATUS.to_json()))
     assert sorted(data) == ["app", "crash_loop", "current", "daemon", "health", "job", "live",
-                            "processes", "rollback_target", "servers"]
+                            "prepared", "prepared_until", "processes", "rollback_target",
+                            "servers"]
     assert sorted(data["daemon"]) == ["cpu_percent", "pid", "rss", "uptime", "version",
                                       "workers"]
     assert data["health"] == {"status": 200, "detail": "HTTP/1.1 200 OK", "healthy": True}
@@ -104,7 +109,7 @@ def test_an_older_daemons_server_line_is_the_web_server() -> None:
 def test_other_results_keep_their_keys() -> None:
     """The answers of deploy, rollback, restart, start, stop and prune, and progress lines,
     are the objects the daemon sent before they were typed."""
-    deploy, rollback, restart, start, stop, prune, _pong, progress = EVERY_RESULT[1:]
+    deploy, rollback, restart, start, stop, prune, _pong, progress = EVERY_RESULT[1:9]
     assert deploy.to_json() == {"release": RID, "sha": "1a2b3c4d", "ref": "v1",
                                 "switch_ms": 812.4,
                                 "pruned": {"releases": ["20261101T000000Z-0000000"],

@@ -96,8 +96,8 @@ def test_json_errors_are_json(capsys: pytest.CaptureFixture[str],
     ("relman --app other history --json", "--app other: this key serves app shop"),
     ("relman history --json --config=/etc/passwd",
      "--config /etc/passwd: not this key's config file (the forced command names it)"),
-    ("relman --json run id", "'relman --json run id' is not allowed; allowed: deploy, "
-     "history, logs, ps, releases, rollback, status"),
+    ("relman --json run id", "'relman --json run id' is not allowed; allowed: abort, "
+     "deploy, history, logs, ps, releases, rollback, status"),
 ])
 def test_refusals_asked_for_with_json_are_json(capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch, config: Path,

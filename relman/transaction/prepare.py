@@ -1,0 +1,205 @@
+"""A prepared candidate (DESIGN section 9, issue 10): `relman deploy REF --prepare` runs a
+deploy's fetch, build, release phase, health check and nginx preview, then stops short of
+the switch. The healthy candidate stays on run/next.sock, recorded in state/prepared.json
+(release id, candidate instance, deadline), until `relman abort ID` or swap.prepare_timeout
+stops it.
+
+Decisions (man/relman.1 says them too):
+- One prepared candidate per app. The job lock is released once prepare ends (status, ps,
+  logs work), but every other job (deploy, rollback, restart, start, stop, scale, prune) is
+  refused with LockHeld (exit 4) naming `relman abort ID` until it is switched, aborted or
+  expired. Refused, not aborted for it: on a fleet host the coordinator owns the candidate,
+  and a local job that silently stopped it would fail the fleet's switch on this host.
+- An aborted or expired candidate's release stays built, not failed: it was healthy, it
+  was never live (so it is no rollback target), and deploying the same ref again reuses it.
+- A daemon killed while a candidate is prepared: the next daemon stops the candidate (an
+  adopted instance that is not live is stopped), points next.sock back at the live server
+  and records prepare_abandoned. It does not adopt the candidate yet.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import structlog
+
+from relman.atomic import replace_symlink, write_json_atomic
+from relman.config import HealthConfig
+from relman.errors import LockHeld, UsageError
+from relman.journal import JournalEntry, Step
+from relman.releases import Manifest, ReleaseState
+from relman.results import AbortResult
+from relman.supervisor import ServerHandle
+from relman.transaction.jobs import Report
+from relman.transaction.swap import healthy_candidate, preview
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from relman.transaction.app import App
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """The prepared candidate: its release, its server and the time (epoch) it expires."""
+
+    release: str
+    sha: str
+    candidate: ServerHandle
+    deadline: float
+
+
+def prepared_path(app: App) -> Path:
+    return app.root.state / "prepared.json"
+
+
+def refuse_while_prepared(app: App, job: str) -> None:
+    """A LockHeld naming `relman abort ID` when a candidate is prepared."""
+    prepared = app.prepared
+    if prepared is not None:
+        raise LockHeld(f"{job}: release {prepared.release} is prepared on next.sock "
+                       f"({prepared.candidate.instance}) until it is switched or aborted",
+                       hint=f"relman abort {prepared.release}")
+
+
+async def unless_prepared(app: App, job: str, work: Callable[[Report], Awaitable[T]],
+                          report: Report) -> T:
+    """*work*, the daemon's *job*, unless a candidate is prepared and the job is no abort."""
+    if not job.startswith("abort "):
+        refuse_while_prepared(app, job)
+    return await work(report)
+
+
+async def prepare(app: App, ref: str, who: str, report: Report, *,
+                  release_phase: bool = True) -> Prepared:
+    """Fetch *ref*, build it, run its release phase (unless not *release_phase*), start a
+    healthy candidate and preview it on next.sock; leave it there, prepared."""
+    app.jobs.begin(JournalEntry(job="deploy", ref=ref, who=who))
+    candidate: ServerHandle | None = None
+    try:
+        manifest = await _built(app, ref, who, report, release_phase=release_phase)
+        manifest = app._settings_changed(manifest, app.live_manifest(), "deploy", who, report)
+        health = _preparable(app, manifest)
+        app.journal.step(Step.RELEASED, release=manifest.id,
+                         previous=app.live.instance if app.live else "")
+        candidate, detail = await healthy_candidate(app, manifest, health, report,
+                                                    reuse_warm=False)
+        app.jobs.step(Step.HEALTHY, report, detail, candidate=candidate.instance)
+        await preview(app, candidate, health, report)
+        prepared = Prepared(manifest.id, manifest.sha, candidate,
+                            app.clock() + app.config.swap.prepare_timeout)
+        write_json_atomic(prepared_path(app), {
+            "release": prepared.release, "candidate": candidate.instance,
+            "deadline": prepared.deadline})
+    except BaseException as e:
+        if candidate is not None:
+            await _stop_candidate(app, candidate)
+        app.jobs.failed(e, report)
+        raise
+    app.prepared = prepared
+    app.store.record("prepared", release=manifest.id, sha=manifest.sha, ref=ref, who=who,
+                     candidate=candidate.instance, deadline=round(prepared.deadline, 3))
+    app.jobs.end()
+    report("prepared", f"{manifest.id} is prepared on next.sock for "
+           f"{app.config.swap.prepare_timeout:g}s")
+    return prepared
+
+
+async def _built(app: App, ref: str, who: str, report: Report, *, release_phase: bool
+                 ) -> Manifest:
+    """A deploy's steps 1 and 2: *ref* fetched and built, its release phase run."""
+    app.store.probe_interpreter()
+    await app.store.fetch(lambda line: report("fetch", line))
+    commit = await app.store.resolve(ref)
+    app.jobs.step(Step.FETCHED, report, f"{ref} is {commit.sha[:12]}")
+    manifest = app.store.begin(commit, ref, who)
+    app.journal.step(Step.FETCHED, release=manifest.id)
+    if app.live is not None and app.live.release == manifest.id:
+        raise UsageError(f"deploy --prepare: release {manifest.id} is live already")
+    manifest = await app._build(manifest, report)
+    if not release_phase:
+        app.jobs.step(Step.RELEASED, report, "release phase skipped (--no-release-phase)")
+        return manifest
+    try:
+        await app.store.release_phase(manifest, lambda line: report("release", line))
+    except BaseException as e:
+        app.store.mark(manifest, ReleaseState.FAILED, error=str(e) or "release phase")
+        raise
+    app.jobs.step(Step.RELEASED, report, "release phase done")
+    return manifest
+
+
+def _preparable(app: App, manifest: Manifest) -> HealthConfig:
+    """The [health] *manifest*'s candidate is checked with; a UsageError when there is no
+    candidate to prepare."""
+    settings = app.store.settings(manifest)
+    if settings.server.kind == "none":
+        raise UsageError('deploy --prepare: server.kind = "none": no candidate to prepare')
+    return app.health(settings)
+
+
+async def abort(app: App, release: str, who: str, *, event: str = "prepare_aborted"
+                ) -> AbortResult:
+    """Stop the prepared candidate of *release*; next.sock leads to the live server again.
+    A UsageError (exit 2) when *release* is not the prepared one."""
+    prepared = app.prepared
+    if prepared is None:
+        raise UsageError(f"abort {release}: no release is prepared")
+    if prepared.release != release:
+        raise UsageError(f"abort {release}: the prepared release is {prepared.release}")
+    app.prepared = None
+    try:
+        await _stop_candidate(app, prepared.candidate)
+    finally:
+        prepared_path(app).unlink(missing_ok=True)
+        app.store.record(event, release=release, who=who,
+                         candidate=prepared.candidate.instance)
+    log.info("prepare.aborted", release=release, event=event)
+    return AbortResult(release=release, candidate=prepared.candidate.instance)
+
+
+async def expire(app: App, prepared: Prepared) -> AbortResult | None:
+    """swap.prepare_timeout is over (the daemon's one timer): *prepared* stops, unless it
+    was switched or aborted meanwhile."""
+    if app.prepared is not prepared:
+        return None
+    return await abort(app, prepared.release, "relman (swap.prepare_timeout)",
+                       event="prepare_expired")
+
+
+async def _stop_candidate(app: App, candidate: ServerHandle) -> None:
+    """Stop *candidate*; next.sock back to the live server's listener (none: removed)."""
+    try:
+        await app.stop_server(candidate)
+    finally:
+        live = app.live
+        if live is not None and live.alive:
+            replace_symlink(app.root.next_sock, live.listener.name)
+        else:
+            app.root.next_sock.unlink(missing_ok=True)
+
+
+def forget_abandoned(app: App, notes: list[str]) -> None:
+    """After a daemon restart (its reconcile stopped the candidate, which was not live):
+    the prepared.json the killed daemon left is recorded as prepare_abandoned, removed,
+    and noted in *notes*."""
+    path = prepared_path(app)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return
+    except ValueError:
+        data = None
+    fields = data if isinstance(data, dict) else {}
+    release, candidate = str(fields.get("release", "")), str(fields.get("candidate", ""))
+    app.store.record("prepare_abandoned", release=release, candidate=candidate,
+                     reason="daemon restarted")
+    path.unlink(missing_ok=True)
+    notes.append(f"prepared candidate {candidate or '?'} of {release or '?'} stopped: "
+                 "the daemon restarted")
