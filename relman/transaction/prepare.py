@@ -160,7 +160,7 @@ async def abort(app: App, release: str, who: str, *, event: str = "prepare_abort
         prepared_path(app).unlink(missing_ok=True)
         app.store.record(event, release=release, who=who,
                          candidate=prepared.candidate.instance)
-    log.info("prepare.aborted", release=release, event=event)
+    log.info("prepare.aborted", release=release, recorded=event)
     return AbortResult(release=release, candidate=prepared.candidate.instance)
 
 

@@ -185,3 +185,34 @@ def test_who_refuses_a_bad_label(label: object) -> None:
         return
     with pytest.raises(UsageError, match="--as"):
         who_of(client, 0)
+
+
+RID = "20261123T031500Z-1a2b3c4"
+
+
+@pytest.mark.parametrize(("original", "code", "message"), [
+    # Allowed: they get as far as the daemon (none runs here: exit 3).
+    ("relman deploy v2 --prepare", 3, "daemon"),
+    ("relman deploy v2 --prepare --no-release-phase", 3, "daemon"),
+    ("relman --json deploy --prepare v2", 3, "daemon"),
+    (f"relman abort {RID}", 3, "daemon"),
+    (f"relman abort --wait {RID}", 3, "daemon"),
+    # Refused before any request, exit 2.
+    ("relman deploy v2 --no-release-phase", 2, "--no-release-phase needs --prepare"),
+    ("relman deploy v2 --prepare --keep-warm 5", 2, "No such option '--keep-warm'"),
+    ("relman abort", 2, "Missing argument 'RELEASE'"),
+    ("relman abort ../../etc", 2, "'../../etc': not a release id"),
+    (f"relman abort {RID}/..", 2, "not a release id"),
+    (f"relman abort {RID} {RID}", 2, "unexpected extra argument"),
+    ("relman switch " + RID, 2, "is not allowed; allowed: abort, deploy"),
+])
+def test_prepare_and_abort_over_ssh(capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch, config: Path,
+                                    original: str, code: int, message: str) -> None:
+    """`deploy REF --prepare [--no-release-phase]` and `abort ID` (issue 10) pass the
+    forced command; a release id of another shape, or a bad option, exits 2 in one line."""
+    got, out, err = ssh(capsys, monkeypatch, config, original)
+    assert got == code, (out, err)
+    assert message in err or message in out, (out, err)
+    if code == 2:
+        assert len((err or out).strip().splitlines()) == 1, (out, err)

@@ -1,0 +1,124 @@
+"""`relman deploy REF --prepare` and `relman abort RELEASE` (issue 10, the host side of a
+fleet deploy): a real daemon, real gunicorn, a private nginx where the preview applies."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psutil
+
+from testing.git import release_version
+from testing.load import Load
+from testing.unixhttp import http_get
+from testing.waiting import wait_until
+
+
+def root_of(app) -> Path:
+    return app.config.with_suffix("")  # make_app: root = base_dir / name, config name.toml
+
+
+def events(app) -> list[tuple[str, str]]:
+    return [(e["event"], e.get("release", "")) for e in app.json("history")]
+
+
+def candidate_pid(app, release: str) -> int:
+    servers = app.json("status")["servers"]
+    return next(s["pid"] for s in servers if s["release"] == release and not s["live"])
+
+
+def prepare(app, ref: str, *args: str) -> str:
+    """`deploy REF --prepare ARGS`: the release id, printed alone on its last line."""
+    proc = app.relman("deploy", ref, "--prepare", *args, check=True)
+    return proc.stdout.splitlines()[-1]
+
+
+def next_sock_target(app) -> str:
+    return os.readlink(root_of(app) / "run/next.sock")
+
+
+def test_prepare_then_abort_under_load_leaves_live_untouched(stack, app_repo):
+    """The prepared candidate answers on next.sock with the new version while live keeps
+    the old; other jobs are refused naming `relman abort ID`; a wrong id exits 2; abort
+    stops the candidate with no failed request through nginx, and the same ref can be
+    deployed afterwards (the release stayed built)."""
+    app, nginx = stack("gunicorn")
+    app.relman("deploy", "v1", check=True)
+    v1 = app.json("status")["live"]
+    release_version(app_repo, "v2")
+    with Load(nginx.url, ("/slow?ms=50", "/"), concurrency=8, max_seconds=240) as load:
+        time.sleep(0.5)
+        v2 = prepare(app, "v2")
+        status = app.json("status")
+        assert (status["live"], status["prepared"]) == (v1, v2)
+        assert status["prepared_until"] > time.time()
+        assert "prepared: " + v2 in app.relman("status", check=True).stdout
+        pid = candidate_pid(app, v2)
+        assert http_get(root_of(app) / "run/next.sock")[1].startswith("sample v2")
+        assert http_get(root_of(app) / "run/app.sock")[1].startswith("sample v1")
+
+        refused = app.relman("deploy", "v2")
+        assert refused.returncode == 4, refused.stderr
+        assert f"relman abort {v2}" in refused.stderr
+        again = app.relman("deploy", "v2", "--prepare")
+        assert again.returncode == 4, again.stderr
+        assert app.relman("rollback").returncode == 4
+        wrong = app.relman("abort", v1)
+        assert wrong.returncode == 2, wrong.stderr
+        assert f"the prepared release is {v2}" in wrong.stderr
+        assert app.relman("abort", "--", "../etc").returncode == 2
+
+        aborted = app.json("abort", v2)
+        assert aborted["release"] == v2
+        time.sleep(0.5)
+    assert load.result.failed == 0, (load.result.statuses, load.result.errors)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    status = app.json("status")
+    assert (status["live"], status["prepared"]) == (v1, None)
+    assert [s["release"] for s in status["servers"]] == [v1]
+    assert next_sock_target(app) == os.readlink(root_of(app) / "run/app.sock")
+    assert not (root_of(app) / "state/prepared.json").exists()
+    assert ("prepared", v2) in events(app)
+    assert ("prepare_aborted", v2) in events(app)
+    assert app.relman("abort", v2).returncode == 2  # nothing prepared any more
+    app.relman("deploy", "v2", check=True)
+    assert app.json("status")["live"] == v2
+
+
+def test_a_prepared_candidate_expires_after_prepare_timeout(make_app, app_repo):
+    """Not switched within swap.prepare_timeout, the candidate is stopped by the daemon
+    (one timer) and the history says prepare_expired; the live release serves on."""
+    app = make_app(swap={"prepare_timeout": 2})
+    app.relman("deploy", "v1", check=True)
+    v1 = app.json("status")["live"]
+    release_version(app_repo, "v2")
+    v2 = prepare(app, "v2", "--no-release-phase")
+    pid = candidate_pid(app, v2)
+    wait_until(lambda: ("prepare_expired", v2) in events(app), timeout=30,
+               what="the prepared candidate to expire")
+    wait_until(lambda: not psutil.pid_exists(pid), timeout=30, what="the candidate to stop")
+    status = app.json("status")
+    assert (status["live"], status["prepared"]) == (v1, None)
+    assert app.relman("abort", v2).returncode == 2
+    app.relman("deploy", "v2", check=True)  # no longer refused
+
+
+def test_a_daemon_killed_while_prepared_stops_the_candidate_on_restart(make_app, app_repo):
+    """SIGKILL of the daemon while a candidate is prepared: the next daemon stops it,
+    records prepare_abandoned, next.sock leads to the live server; jobs run again."""
+    app = make_app()
+    app.relman("deploy", "v1", check=True)
+    v1 = app.json("status")["live"]
+    release_version(app_repo, "v2")
+    v2 = prepare(app, "v2")
+    pid = candidate_pid(app, v2)
+    app.kill9()
+    assert psutil.pid_exists(pid)  # the candidate outlives its daemon
+    app.start()
+    wait_until(lambda: not psutil.pid_exists(pid), timeout=30, what="the candidate to stop")
+    status = app.json("status")
+    assert (status["live"], status["prepared"]) == (v1, None)
+    assert ("prepare_abandoned", v2) in events(app)
+    assert next_sock_target(app) == os.readlink(root_of(app) / "run/app.sock")
+    app.relman("deploy", "v2", check=True)
