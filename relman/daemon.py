@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import sdnotify
 import structlog
@@ -28,6 +28,7 @@ from relman.who import who_of
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+_INTERNAL: Final = {"wait": True}  # the args of the daemon's own jobs (schedule_job)
 
 
 class Daemon:
@@ -173,7 +174,7 @@ class Daemon:
         """Run *work* as a job after *delay* seconds, queued behind any running job."""
         async def run() -> None:
             with contextlib.suppress(RelmanError):  # job() has logged it
-                await self.job(what, "relman", {"wait": True}, _ignore, work)
+                await self.job(what, "relman", _INTERNAL, _ignore, work)
 
         def spawn() -> None:
             if self.stopping.is_set():  # shutting down: start nothing new
@@ -234,6 +235,10 @@ class Daemon:
             "deploy": lambda: self.job(f"deploy {args.get('ref')}", who, args, send,
                                        lambda rep: self._deploy(str(args.get("ref", "")), who,
                                                                 rep, args)),
+            "switch": lambda: self.job(f"switch {args.get('release')}", who, args, send,
+                                       lambda rep: prepare.switch(
+                                           self.app, str(args.get("release")), who, rep,
+                                           keep_warm=args.get("keep_warm"))),
             "abort": lambda: self.job(f"abort {args.get('release')}", who, args, send,
                                       lambda _rep: prepare.abort(self.app,
                                                                  str(args.get("release")), who)),
@@ -280,7 +285,8 @@ class Daemon:
                     self.notify(STATUS=f"{self.config.app.name}: {what}")
                     try:
                         with writing():  # a refused write the job did not name: exit 1
-                            return await prepare.unless_prepared(self.app, what, work, report)
+                            return await prepare.unless_prepared(
+                                self.app, what, work, report, internal=args is _INTERNAL)
                     except RelmanError as e:  # the journal says why, not only the history
                         log.warning("job.failed", job=what, who=who, error=e.message)
                         raise
@@ -306,13 +312,8 @@ class Daemon:
                       ) -> results.DeployResult | results.PrepareResult:
         self.refresh_config()
         if args.get("prepare"):
-            ready = await prepare.prepare(self.app, ref, who, report,
-                                          release_phase=not args.get("no_release_phase"))
-            self.schedule_job(f"abort {ready.release}",  # the one timer of its deadline
-                              lambda _rep: prepare.expire(self.app, ready),
-                              max(0.0, ready.deadline - time.time()))
-            return results.PrepareResult(release=ready.release, sha=ready.sha, ref=ref,
-                                         prepared_until=round(ready.deadline, 3))
+            return await prepare.prepare_job(self.app, ref, who, report, schedule=self.schedule_job,
+                                             release_phase=not args.get("no_release_phase"))
         manifest = await self.app.deploy(ref, who, report)
         # Like Capistrano's cleanup, every deploy keeps the disk bounded (Kamal's is not).
         # A server still stopping counts as running: the next prune takes its release.

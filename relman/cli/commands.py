@@ -14,7 +14,7 @@ from relman.cli import processes
 from relman.cli.context import WAIT, Context, pass_ctx
 from relman.cli.daemon import start_daemon
 from relman.cli.failures import error_handler
-from relman.cli.params import COUNT, positive_number
+from relman.cli.params import COUNT, number_at_least_0, positive_number
 from relman.cli.ssh import SSH_ALLOWED, ssh_command
 from relman.errors import UsageError
 
@@ -81,15 +81,36 @@ def deploy(ctx: Context, ref: str, prepare: bool, no_release_phase: bool, wait: 
 
 @cli.command()
 @click.argument("release")
+@click.option("--keep-warm", type=float, metavar="SECONDS", callback=number_at_least_0,
+              help="Keep the old release warm this long (instead of swap.keep_warm).")
+@WAIT
+@pass_ctx
+def switch(ctx: Context, release: str, keep_warm: float | None, wait: bool) -> None:
+    """Switch to the candidate `deploy --prepare` left for RELEASE (health checked again)."""
+    from relman.results import DeployResult
+
+    _release_id("switch", release)
+    result = ctx.call("switch", DeployResult, release=release, keep_warm=keep_warm, wait=wait)
+    ctx.emit(result.to_json(), lambda: f"switched to {result.release}")
+
+
+def _release_id(command: str, release: str) -> None:
+    from relman.releases.ids import is_release_id
+
+    if not is_release_id(release):
+        raise UsageError(f"{command} {release!r}: not a release id (like "
+                         "20261123T031500Z-1a2b3c4)")
+
+
+@cli.command()
+@click.argument("release")
 @WAIT
 @pass_ctx
 def abort(ctx: Context, release: str, wait: bool) -> None:
     """Stop the candidate `deploy --prepare` left for RELEASE; the live release stays."""
-    from relman.releases.ids import is_release_id
     from relman.results import AbortResult
 
-    if not is_release_id(release):
-        raise UsageError(f"abort {release!r}: not a release id (like 20261123T031500Z-1a2b3c4)")
+    _release_id("abort", release)
     result = ctx.call("abort", AbortResult, release=release, wait=wait)
     ctx.emit(result.to_json(), lambda: f"aborted {result.release} ({result.candidate} "
              "stopped)")

@@ -19,3 +19,11 @@ def positive_number(_ctx: click.Context, _param: click.Parameter, value: float |
     if value is not None and (not math.isfinite(value) or value <= 0):
         raise click.BadParameter(f"{value:g} is not a finite number above 0")
     return value
+
+
+def number_at_least_0(_ctx: click.Context, _param: click.Parameter, value: float | None
+                      ) -> float | None:
+    """A finite number, 0 or more (switch --keep-warm)."""
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise click.BadParameter(f"{value:g} is not a finite number of at least 0")
+    return value

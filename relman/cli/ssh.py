@@ -15,8 +15,8 @@ from relman.config_search import hoist_global_options
 from relman.errors import RelmanError, UsageError
 from relman.who import WHO_LABEL, WHO_LABEL_RULE
 
-SSH_ALLOWED = frozenset({"deploy", "abort", "rollback", "releases", "status", "ps", "history",
-                         "logs"})
+SSH_ALLOWED = frozenset({"deploy", "switch", "abort", "rollback", "releases", "status", "ps",
+                         "history", "logs"})
 # Global options a key may repeat (`ssh deploy@web1 relman --app shop deploy v1`, as README
 # shows for a login): --app and --config only when they name this key's app, and --json.
 SSH_GLOBAL_OPTIONS = ("--app", "--config", "--json")

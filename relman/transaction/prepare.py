@@ -4,12 +4,20 @@ the switch. The healthy candidate stays on run/next.sock, recorded in state/prep
 (release id, candidate instance, deadline), until `relman abort ID` or swap.prepare_timeout
 stops it.
 
+`relman switch ID` runs the swap's steps 4 to 7 for it (swap() with *prepared*), after a
+fresh health check of the candidate; `relman switch ID --keep-warm SECONDS` keeps the old
+release warm that long (a fleet coordinator switches hosts back without a start).
+
 Decisions (man/relman.1 says them too):
 - One prepared candidate per app. The job lock is released once prepare ends (status, ps,
-  logs work), but every other job (deploy, rollback, restart, start, stop, scale, prune) is
-  refused with LockHeld (exit 4) naming `relman abort ID` until it is switched, aborted or
-  expired. Refused, not aborted for it: on a fleet host the coordinator owns the candidate,
-  and a local job that silently stopped it would fail the fleet's switch on this host.
+  logs work), but every other job asked for (deploy, rollback, restart, start, stop,
+  scale, prune) is refused with LockHeld (exit 4) naming `relman abort ID` until it is
+  switched, aborted or expired. Refused, not aborted for it: on a fleet host the
+  coordinator owns the candidate, and a local job that silently stopped it would fail the
+  fleet's switch on this host. The daemon's own jobs (a crash restart of the live server,
+  an automatic rollback) abort it first: serving comes before a candidate.
+- `switch` or `abort` of an id that is not the prepared one (or with none prepared) is a
+  UsageError, exit 2: the caller named the wrong thing, nothing was busy.
 - An aborted or expired candidate's release stays built, not failed: it was healthy, it
   was never live (so it is no rollback target), and deploying the same ref again reuses it.
 - A daemon killed while a candidate is prepared: the next daemon stops the candidate (an
@@ -31,10 +39,10 @@ from relman.config import HealthConfig
 from relman.errors import LockHeld, UsageError
 from relman.journal import JournalEntry, Step
 from relman.releases import Manifest, ReleaseState
-from relman.results import AbortResult
+from relman.results import AbortResult, DeployResult, PrepareResult
 from relman.supervisor import ServerHandle
 from relman.transaction.jobs import Report
-from relman.transaction.swap import healthy_candidate, preview
+from relman.transaction.swap import healthy_candidate, preview, swap
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -69,11 +77,63 @@ def refuse_while_prepared(app: App, job: str) -> None:
 
 
 async def unless_prepared(app: App, job: str, work: Callable[[Report], Awaitable[T]],
-                          report: Report) -> T:
-    """*work*, the daemon's *job*, unless a candidate is prepared and the job is no abort."""
-    if not job.startswith("abort "):
-        refuse_while_prepared(app, job)
+                          report: Report, *, internal: bool) -> T:
+    """*work*, the daemon's *job*, unless a candidate is prepared and the job is no switch
+    or abort of it: a job asked for is refused; one of the daemon's own (*internal*: a
+    crash restart of the live server, an automatic rollback) aborts the candidate first,
+    since the live server comes before a candidate, and its links would move anyway."""
+    if app.prepared is not None and not job.startswith(("abort ", "switch ")):
+        if not internal:
+            refuse_while_prepared(app, job)
+        await abort(app, app.prepared.release, f"relman ({job})")
     return await work(report)
+
+
+async def switch(app: App, release: str, who: str, report: Report, *,
+                 keep_warm: float | None = None) -> DeployResult:
+    """`relman switch RELEASE`: steps 4 to 7 of the swap for the prepared candidate, after
+    it answers its health check again. Any failure leaves the live release serving and
+    stops the candidate (swap's abandon): it is no longer prepared either way."""
+    prepared = _the_prepared(app, release, "switch")
+    if keep_warm is not None and not (isinstance(keep_warm, (int, float))
+                                      and 0 <= keep_warm < float("inf")):
+        raise UsageError(f"switch {release}: keep_warm {keep_warm!r}: not a number >= 0")
+    manifest = app.store.get(release)
+    app.jobs.begin(JournalEntry(job="switch", release=release, ref=manifest.ref, who=who,
+                                step=Step.PREVIEWED, candidate=prepared.candidate.instance))
+    app.prepared = None
+    try:
+        prepared_path(app).unlink(missing_ok=True)
+        await swap(app, manifest, report, previous=app.live_manifest(),
+                   prepared=prepared.candidate, keep_warm=keep_warm)
+    except BaseException as e:
+        app.jobs.failed(e, report)
+        raise
+    app.jobs.finish("deployed", report, manifest, ref=manifest.ref, who=who,
+                    prepared=True)
+    return DeployResult(release=manifest.id, sha=manifest.sha, ref=manifest.ref,
+                        switch_ms=app.switch_ms)
+
+
+def _the_prepared(app: App, release: str, command: str) -> Prepared:
+    """The prepared candidate, when it is *release*'s; else a UsageError (exit 2)."""
+    prepared = app.prepared
+    if prepared is None:
+        raise UsageError(f"{command} {release}: no release is prepared")
+    if prepared.release != release:
+        raise UsageError(f"{command} {release}: the prepared release is {prepared.release}")
+    return prepared
+
+
+async def prepare_job(app: App, ref: str, who: str, report: Report, *, release_phase: bool,
+                      schedule: Callable[[str, Callable[[Report], Awaitable[object]], float],
+                                         None]) -> PrepareResult:
+    """The daemon's `deploy --prepare`: prepare, then the one timer of its deadline."""
+    ready = await prepare(app, ref, who, report, release_phase=release_phase)
+    schedule(f"abort {ready.release}", lambda _report: expire(app, ready),
+             max(0.0, ready.deadline - app.clock()))
+    return PrepareResult(release=ready.release, sha=ready.sha, ref=ref,
+                         prepared_until=round(ready.deadline, 3))
 
 
 async def prepare(app: App, ref: str, who: str, report: Report, *,
@@ -148,11 +208,7 @@ async def abort(app: App, release: str, who: str, *, event: str = "prepare_abort
                 ) -> AbortResult:
     """Stop the prepared candidate of *release*; next.sock leads to the live server again.
     A UsageError (exit 2) when *release* is not the prepared one."""
-    prepared = app.prepared
-    if prepared is None:
-        raise UsageError(f"abort {release}: no release is prepared")
-    if prepared.release != release:
-        raise UsageError(f"abort {release}: the prepared release is {prepared.release}")
+    prepared = _the_prepared(app, release, "abort")
     app.prepared = None
     try:
         await _stop_candidate(app, prepared.candidate)

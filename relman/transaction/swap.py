@@ -18,6 +18,7 @@ from relman.releases import Manifest, ReleaseState
 from relman.releases.static import Published
 from relman.supervisor import ServerHandle, ServerState
 from relman.supervisor.drain import wait_drained
+from relman.supervisor.health import in_range, probe_socket
 from relman.transaction.jobs import Report
 from relman.transaction.links import Links
 from relman.transaction.processes import Change
@@ -49,7 +50,8 @@ async def start_candidate(app: App, manifest: Manifest, health: HealthConfig,
 
 async def swap(app: App, manifest: Manifest, report: Report, *, reuse_warm: bool = True,
                 auto: bool = False, processes: bool = True,
-                previous: Manifest | None = None, unrecorded: Manifest | None = None
+                previous: Manifest | None = None, unrecorded: Manifest | None = None,
+                prepared: ServerHandle | None = None, keep_warm: float | None = None
                 ) -> None:
     """DESIGN section 5, steps 1 to 7, with the processes handed over between the
     verified switch and the old server's retirement. The job owns its candidate until
@@ -58,7 +60,9 @@ async def swap(app: App, manifest: Manifest, report: Report, *, reuse_warm: bool
     back, so the old release serves as before (see abandon). *previous*: the live
     release's manifest as it ran, when the job recorded new settings in it already;
     *unrecorded*: *manifest* before the job recorded today's settings in it (an undone
-    swap puts back the settings a known release ran with)."""
+    swap puts back the settings a known release ran with). *prepared*: the candidate
+    `deploy --prepare` started and previewed (steps 1 to 3 done; `relman switch`);
+    *keep_warm*: the old server's warm window, instead of swap.keep_warm."""
     old = app.live
     links, before = Links.read(app.root), app.record.state
     previous = previous or app.live_manifest()
@@ -71,7 +75,10 @@ async def swap(app: App, manifest: Manifest, report: Report, *, reuse_warm: bool
     try:
         app.journal.step(app.journal.entry.step if app.journal.entry else Step.BEGUN,
                           release=manifest.id, previous=old.instance if old else "")
-        if web:
+        if web and prepared is not None:
+            candidate = prepared
+            await still_healthy(candidate, health, report)
+        elif web:
             candidate, detail = await healthy_candidate(app, manifest, health, report,
                                                         reuse_warm=reuse_warm)
             app.jobs.step(Step.HEALTHY, report, detail, candidate=candidate.instance)
@@ -87,7 +94,7 @@ async def swap(app: App, manifest: Manifest, report: Report, *, reuse_warm: bool
                 app.jobs.step(Step.HANDED_OVER, report, _handed_over(change))
         if old is not None and old is not candidate:
             # A release rolled back from automatically is never kept warm.
-            await retire(app, old, report, may_keep_warm=not auto)
+            await retire(app, old, report, may_keep_warm=not auto, keep_warm=keep_warm)
         if not web:
             app.root.app_sock.unlink(missing_ok=True)
             app.root.next_sock.unlink(missing_ok=True)
@@ -158,6 +165,20 @@ async def switch_verified(app: App, candidate: ServerHandle | None, manifest: Ma
                   "live route verified" if candidate is not None else "switched")
 
 
+async def still_healthy(candidate: ServerHandle, health: HealthConfig, report: Report
+                        ) -> None:
+    """A prepared candidate, before its switch: running and answering its health check
+    (it may have died since it was prepared); else Unhealthy."""
+    if not candidate.alive:
+        raise Unhealthy(f"the prepared candidate {candidate.instance} is not running")
+    probe = await probe_socket(candidate.listener, protocol=candidate.protocol,
+                               path=health.path, timeout=health.timeout)
+    if not in_range(probe.status, health.expect):
+        raise Unhealthy(f"the prepared candidate {candidate.instance} answers "
+                        f"{health.path}: {probe.detail}")
+    report("healthy", f"prepared {candidate.instance} answers {health.path}: {probe.detail}")
+
+
 async def healthy_candidate(app: App, manifest: Manifest, health: HealthConfig,
                             report: Report, *, reuse_warm: bool) -> tuple[ServerHandle, str]:
     """The warm server of *manifest*, or a new one that passed its health check; and what
@@ -218,8 +239,9 @@ async def preview(app: App, candidate: ServerHandle, health: HealthConfig,
 
 
 async def retire(app: App, old: ServerHandle, report: Report, *,
-                  may_keep_warm: bool = True) -> None:
-    """Drain the old listener, then stop it or keep it warm."""
+                 may_keep_warm: bool = True, keep_warm: float | None = None) -> None:
+    """Drain the old listener, then stop it or keep it warm (*keep_warm* seconds, or
+    swap.keep_warm)."""
     if not old.alive:  # it crashed during the swap: nothing to drain, what is left goes
         await app.stop_server(old)
         app.jobs.done_anyway(lambda: app.jobs.step(Step.STOPPED_OLD, report,
@@ -230,7 +252,7 @@ async def retire(app: App, old: ServerHandle, report: Report, *,
     app.jobs.step(Step.DRAINED, report,
                    f"{old.instance} drained in {drained.waited:.2f}s "
                    f"(deepest accept queue {drained.max_depth})")
-    keep = app.config.swap.keep_warm
+    keep = app.config.swap.keep_warm if keep_warm is None else keep_warm
     # Warm is for a rollback target: not the live release's own old instance (a restart,
     # a redeploy of the same commit), nor a release being rolled back from as broken.
     worth = old.release != app.live_release() and may_keep_warm

@@ -3,6 +3,7 @@ fleet deploy): a real daemon, real gunicorn, a private nginx where the preview a
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -32,6 +33,11 @@ def prepare(app, ref: str, *args: str) -> str:
     """`deploy REF --prepare ARGS`: the release id, printed alone on its last line."""
     proc = app.relman("deploy", ref, "--prepare", *args, check=True)
     return proc.stdout.splitlines()[-1]
+
+
+def answer(app, *args: str) -> dict:
+    """`relman --json ARGS`: its result, the last line after the progress lines."""
+    return json.loads(app.relman("--json", *args, check=True).stdout.splitlines()[-1])
 
 
 def next_sock_target(app) -> str:
@@ -121,4 +127,54 @@ def test_a_daemon_killed_while_prepared_stops_the_candidate_on_restart(make_app,
     assert (status["live"], status["prepared"]) == (v1, None)
     assert ("prepare_abandoned", v2) in events(app)
     assert next_sock_target(app) == os.readlink(root_of(app) / "run/app.sock")
+    app.relman("deploy", "v2", check=True)
+
+
+def test_prepare_then_switch_under_load_fails_no_request(stack, app_repo):
+    """`deploy v2 --prepare` then `switch ID` under load through nginx: 0 failed requests,
+    v2 live, the old server kept warm for --keep-warm seconds (not swap.keep_warm = 0), and
+    the history says deployed; a switch of the same id again exits 2 (nothing prepared)."""
+    app, nginx = stack("gunicorn")
+    app.relman("deploy", "v1", check=True)
+    v1 = app.json("status")["live"]
+    release_version(app_repo, "v2")
+    with Load(nginx.url, ("/slow?ms=50", "/"), concurrency=8, max_seconds=240) as load:
+        time.sleep(0.5)
+        v2 = prepare(app, "v2")
+        wrong = app.relman("switch", v1)
+        assert wrong.returncode == 2, wrong.stderr
+        assert app.json("status")["prepared"] == v2  # a wrong id leaves it prepared
+        switched = answer(app, "switch", v2, "--keep-warm", "60")
+        assert switched["release"] == v2
+        time.sleep(0.5)
+    assert load.result.failed == 0, (load.result.statuses, load.result.errors)
+    status = app.json("status")
+    assert (status["live"], status["prepared"]) == (v2, None)
+    assert {s["release"]: s["state"] for s in status["servers"]} == {v2: "live", v1: "warm"}
+    assert http_get(root_of(app) / "run/app.sock")[1].startswith("sample v2")
+    assert ("deployed", v2) in events(app)
+    assert app.relman("switch", v2).returncode == 2
+    assert answer(app, "rollback")["release"] == v1  # the warm one: a switch only
+
+
+def test_a_candidate_that_died_is_not_switched_to(make_app, app_repo):
+    """The candidate is checked again before the switch: killed in between, the switch
+    exits 1, the live release is untouched and the history says why."""
+    app = make_app()
+    app.relman("deploy", "v1", check=True)
+    v1 = app.json("status")["live"]
+    release_version(app_repo, "v2")
+    v2 = prepare(app, "v2")
+    pid = candidate_pid(app, v2)
+    psutil.Process(pid).kill()
+    wait_until(lambda: not psutil.pid_exists(pid) or
+               psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=30,
+               what="the candidate to die")
+    failed = app.relman("switch", v2)
+    assert failed.returncode == 1, (failed.stdout, failed.stderr)
+    assert "prepared candidate" in failed.stdout + failed.stderr
+    status = app.json("status")
+    assert (status["live"], status["prepared"]) == (v1, None)
+    assert http_get(root_of(app) / "run/app.sock")[1].startswith("sample v1")
+    assert ("switch_failed", v2) in events(app)
     app.relman("deploy", "v2", check=True)

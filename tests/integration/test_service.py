@@ -213,7 +213,7 @@ def test_ssh_command_over_real_ssh(make_app, app_repo, sshd):
 
 
 REFUSED = "relman: error: ssh-command: {!r} is not allowed; allowed: abort, deploy, history, " \
-          "logs, ps, releases, rollback, status"
+          "logs, ps, releases, rollback, status, switch"
 OTHER_CONFIG = "relman: error: ssh-command: --config {}: not this key's config file (the " \
                "forced command names it)"
 OTHER_APP = "relman: error: ssh-command: --app other: this key serves app sample"

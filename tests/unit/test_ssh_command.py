@@ -97,7 +97,7 @@ def test_json_errors_are_json(capsys: pytest.CaptureFixture[str],
     ("relman history --json --config=/etc/passwd",
      "--config /etc/passwd: not this key's config file (the forced command names it)"),
     ("relman --json run id", "'relman --json run id' is not allowed; allowed: abort, "
-     "deploy, history, logs, ps, releases, rollback, status"),
+     "deploy, history, logs, ps, releases, rollback, status, switch"),
 ])
 def test_refusals_asked_for_with_json_are_json(capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch, config: Path,
@@ -204,13 +204,22 @@ RID = "20261123T031500Z-1a2b3c4"
     ("relman abort ../../etc", 2, "'../../etc': not a release id"),
     (f"relman abort {RID}/..", 2, "not a release id"),
     (f"relman abort {RID} {RID}", 2, "unexpected extra argument"),
-    ("relman switch " + RID, 2, "is not allowed; allowed: abort, deploy"),
+    (f"relman switch {RID}", 3, "daemon"),
+    (f"relman switch {RID} --keep-warm 60", 3, "daemon"),
+    (f"relman switch {RID} --keep-warm 0", 3, "daemon"),
+    (f"relman switch {RID} --keep-warm -1", 2, "not a finite number of at least 0"),
+    (f"relman switch {RID} --keep-warm inf", 2, "not a finite number of at least 0"),
+    (f"relman switch {RID} --keep-warm soon", 2, "'soon' is not a valid float"),
+    ("relman switch v2", 2, "'v2': not a release id"),
+    ("relman switch -- -x", 2, "not a release id"),
+    (f"relman run -- {RID}", 2, "is not allowed; allowed: abort, deploy"),
 ])
 def test_prepare_and_abort_over_ssh(capsys: pytest.CaptureFixture[str],
                                     monkeypatch: pytest.MonkeyPatch, config: Path,
                                     original: str, code: int, message: str) -> None:
-    """`deploy REF --prepare [--no-release-phase]` and `abort ID` (issue 10) pass the
-    forced command; a release id of another shape, or a bad option, exits 2 in one line."""
+    """`deploy REF --prepare [--no-release-phase]`, `switch ID [--keep-warm SECONDS]` and
+    `abort ID` (issue 10) pass the forced command; a release id of another shape, or a
+    bad option or value, exits 2 in one line."""
     got, out, err = ssh(capsys, monkeypatch, config, original)
     assert got == code, (out, err)
     assert message in err or message in out, (out, err)
