@@ -178,3 +178,22 @@ def test_a_candidate_that_died_is_not_switched_to(make_app, app_repo):
     assert http_get(root_of(app) / "run/app.sock")[1].startswith("sample v1")
     assert ("switch_failed", v2) in events(app)
     app.relman("deploy", "v2", check=True)
+
+
+def test_no_release_phase_skips_release_commands(make_app, app_repo):
+    """With --no-release-phase the release commands do not run (this one fails for v2):
+    prepare succeeds and --json gives the release id and its deadline; without it the
+    failing command fails the prepare (exit 1) and nothing is left prepared."""
+    app = make_app(release={"commands": ["python -c \"import os; "
+                                         "raise SystemExit(0 if open('VERSION').read()"
+                                         ".strip() == 'v1' else 3)\""]})
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    failed = app.relman("deploy", "v2", "--prepare")
+    assert failed.returncode == 1, (failed.stdout, failed.stderr)
+    assert app.json("status")["prepared"] is None
+    assert not (root_of(app) / "state/prepared.json").exists()
+    result = answer(app, "deploy", "v2", "--prepare", "--no-release-phase")
+    assert result["prepared_until"] > time.time()
+    assert app.json("status")["prepared"] == result["release"]
+    app.json("abort", result["release"])
