@@ -85,7 +85,7 @@ class Daemon:
         for sig, handler in handlers.items():
             loop.add_signal_handler(sig, handler)
         notes = await reconcile(self.app, _ignore)
-        prepare.forget_abandoned(self.app, notes)
+        prepare.after_restart(self.app, notes, self.schedule_job)
         for note in notes:
             log.info("daemon.reconciled", note=note)
         await self.control.start()

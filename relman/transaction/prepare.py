@@ -20,9 +20,11 @@ Decisions (man/relman.1 says them too):
   UsageError, exit 2: the caller named the wrong thing, nothing was busy.
 - An aborted or expired candidate's release stays built, not failed: it was healthy, it
   was never live (so it is no rollback target), and deploying the same ref again reuses it.
-- A daemon killed while a candidate is prepared: the next daemon stops the candidate (an
-  adopted instance that is not live is stopped), points next.sock back at the live server
-  and records prepare_abandoned. It does not adopt the candidate yet.
+- A daemon killed while a candidate is prepared: the next daemon adopts it, prepared for
+  what is left until its deadline (next.sock leads to it again, and one timer is set), if
+  it runs and answers its health check and no job was interrupted; else it is stopped
+  like any adopted instance that is not live, next.sock leads to the live server, and
+  the history says prepare_abandoned (or prepare_expired, once its deadline passed).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from relman.journal import JournalEntry, Step
 from relman.releases import Manifest, ReleaseState
 from relman.results import AbortResult, DeployResult, PrepareResult
 from relman.supervisor import ServerHandle
+from relman.supervisor.health import in_range, probe_socket
 from relman.transaction.jobs import Report
 from relman.transaction.swap import healthy_candidate, preview, swap
 
@@ -241,21 +244,63 @@ async def _stop_candidate(app: App, candidate: ServerHandle) -> None:
             app.root.next_sock.unlink(missing_ok=True)
 
 
-def forget_abandoned(app: App, notes: list[str]) -> None:
-    """After a daemon restart (its reconcile stopped the candidate, which was not live):
-    the prepared.json the killed daemon left is recorded as prepare_abandoned, removed,
-    and noted in *notes*."""
-    path = prepared_path(app)
+def _recorded(app: App) -> tuple[str, str, float] | None:
+    """(release, candidate instance, deadline) from state/prepared.json; None when there is
+    none; ("", "", 0) when it is unreadable."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(prepared_path(app).read_text())
     except FileNotFoundError:
-        return
+        return None
     except ValueError:
         data = None
     fields = data if isinstance(data, dict) else {}
-    release, candidate = str(fields.get("release", "")), str(fields.get("candidate", ""))
-    app.store.record("prepare_abandoned", release=release, candidate=candidate,
-                     reason="daemon restarted")
-    path.unlink(missing_ok=True)
+    deadline = fields.get("deadline")
+    return (str(fields.get("release", "")), str(fields.get("candidate", "")),
+            float(deadline) if isinstance(deadline, (int, float)) else 0.0)
+
+
+async def readopt(app: App, handle: ServerHandle, interrupted: bool, notes: list[str]
+                  ) -> bool:
+    """After a daemon restart: *handle*, adopted and not live, is prepared again when
+    state/prepared.json names it, its deadline is ahead, no job was interrupted, and it
+    answers its health check. True if so (it must not be stopped)."""
+    recorded = _recorded(app)
+    if interrupted or recorded is None or recorded[1] != handle.instance:
+        return False
+    release, _candidate, deadline = recorded
+    if deadline <= app.clock() or not handle.alive:
+        return False
+    health = app.release_health(release)
+    probe = await probe_socket(handle.listener, protocol=handle.protocol, path=health.path,
+                               timeout=5)
+    if not in_range(probe.status, health.expect) or not handle.alive:
+        return False
+    app.prepared = Prepared(release, app.store.get(release).sha, handle, deadline)
+    notes.append(f"{handle.instance} stays prepared for the {deadline - app.clock():.0f}s "
+                 "left until its deadline")
+    return True
+
+
+def after_restart(app: App, notes: list[str],
+                  schedule: Callable[[str, Callable[[Report], Awaitable[object]], float],
+                                     None]) -> None:
+    """After reconcile: a candidate adopted as prepared gets next.sock and its one timer
+    back; a prepared.json whose candidate was not (dead, expired, an interrupted job) is
+    recorded (prepare_expired past its deadline, else prepare_abandoned) and removed."""
+    prepared = app.prepared
+    if prepared is not None:
+        replace_symlink(app.root.next_sock, prepared.candidate.listener.name)
+        schedule(f"abort {prepared.release}", lambda _report: expire(app, prepared),
+                 max(0.0, prepared.deadline - app.clock()))
+        return
+    recorded = _recorded(app)
+    if recorded is None:
+        return
+    release, candidate, deadline = recorded
+    expired = 0 < deadline <= app.clock()
+    app.store.record("prepare_expired" if expired else "prepare_abandoned", release=release,
+                     candidate=candidate, who="relman (daemon restarted)")
+    prepared_path(app).unlink(missing_ok=True)
     notes.append(f"prepared candidate {candidate or '?'} of {release or '?'} stopped: "
-                 "the daemon restarted")
+                 f"{'its deadline passed' if expired else 'not adoptable'} while the daemon "
+                 "was down")

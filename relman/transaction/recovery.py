@@ -17,6 +17,7 @@ from relman.supervisor import ServerHandle, ServerState
 from relman.supervisor.drain import wait_drained
 from relman.supervisor.health import in_range, probe_socket
 from relman.supervisor.restart import Exit, RestartPolicy, decide, quick_exits
+from relman.transaction import prepare
 from relman.transaction.app import App, Report
 from relman.transaction.interrupted import AUTO_WHO, undo_interrupted_job
 from relman.transaction.repair import relink_current, set_aside_unreadable_state
@@ -65,7 +66,8 @@ async def reconcile(app: App, report: Report) -> list[str]:
         except RelmanError as e:
             notes.append(f"could not start the live release: {e.message}")
     for handle in adopted.values():
-        if handle is not live and handle.is_web:
+        if handle is not live and handle.is_web and \
+                not await prepare.readopt(app, handle, interrupted, notes):
             await _keep_or_stop(app, handle, before, interrupted, notes)
     await _converge_processes(app, notes)
     return notes
@@ -158,8 +160,8 @@ async def _adopt(app: App, notes: list[str]) -> dict[str, ServerHandle]:
 
 
 async def _still_warm(app: App, handle: ServerHandle) -> bool:
-    """Whether an adopted server that is not live, with time left as the warm release, may
-    stay warm: its release is a built one, and it still answers its health check."""
+    """An adopted server, not live, with time left as the warm release, may stay warm: its
+    release is built, and it answers its health check."""
     other = app.warm.server()  # the record may already name this one: it was warm before
     if (other is not None and other is not handle) or handle.release == app.store.live_id():
         return False
@@ -200,15 +202,13 @@ class CrashRecovery:
 
     @property
     def crash_loop(self) -> str:
-        """What status and sd_notify STATUS report while the live release crash-loops (a
-        loop of a release no longer live is over)."""
+        """What status and STATUS say while the live release crash-loops (not once over)."""
         release, what = self.looping
         return what if release and release == self.app.store.live_id() else ""
 
     def on_probation(self) -> bool:
         """Whether the live release may still be rolled back automatically."""
-        app = self.app
-        state = app.record.state
+        app, state = self.app, self.app.record.state
         return state.switch.key != self.requested and on_probation(
             state, app.clock(), app.config.swap.verify_window)
 

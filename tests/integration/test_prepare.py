@@ -110,23 +110,49 @@ def test_a_prepared_candidate_expires_after_prepare_timeout(make_app, app_repo):
     app.relman("deploy", "v2", check=True)  # no longer refused
 
 
-def test_a_daemon_killed_while_prepared_stops_the_candidate_on_restart(make_app, app_repo):
-    """SIGKILL of the daemon while a candidate is prepared: the next daemon stops it,
-    records prepare_abandoned, next.sock leads to the live server; jobs run again."""
+def test_a_daemon_killed_while_prepared_keeps_it_prepared(make_app, app_repo):
+    """SIGKILL of the daemon while a candidate is prepared: the next daemon adopts it,
+    still prepared with its deadline (next.sock leads to it), and `switch` works."""
     app = make_app()
     app.relman("deploy", "v1", check=True)
-    v1 = app.json("status")["live"]
     release_version(app_repo, "v2")
     v2 = prepare(app, "v2")
+    deadline = app.json("status")["prepared_until"]
     pid = candidate_pid(app, v2)
     app.kill9()
     assert psutil.pid_exists(pid)  # the candidate outlives its daemon
     app.start()
+    status = app.json("status")
+    assert (status["prepared"], status["prepared_until"]) == (v2, deadline)
+    assert candidate_pid(app, v2) == pid
+    assert http_get(root_of(app) / "run/next.sock")[1].startswith("sample v2")
+    assert app.relman("deploy", "v1").returncode == 4  # still the one prepared candidate
+    app.relman("switch", v2, check=True)
+    status = app.json("status")
+    assert (status["live"], status["prepared"]) == (v2, None)
+    assert [s["pid"] for s in status["servers"] if s["live"]] == [pid]
+
+
+def test_a_candidate_whose_deadline_passed_while_the_daemon_was_down_stops(make_app,
+                                                                            app_repo):
+    """Killed while prepared and restarted after the deadline: the candidate is stopped,
+    the history says prepare_expired, next.sock leads to the live server, jobs run."""
+    app = make_app(swap={"prepare_timeout": 3})
+    app.relman("deploy", "v1", check=True)
+    v1 = app.json("status")["live"]
+    release_version(app_repo, "v2")
+    v2 = prepare(app, "v2")
+    deadline = app.json("status")["prepared_until"]
+    pid = candidate_pid(app, v2)
+    app.kill9()
+    wait_until(lambda: time.time() > deadline + 0.5, timeout=30, what="the deadline")
+    app.start()
     wait_until(lambda: not psutil.pid_exists(pid), timeout=30, what="the candidate to stop")
     status = app.json("status")
     assert (status["live"], status["prepared"]) == (v1, None)
-    assert ("prepare_abandoned", v2) in events(app)
+    assert ("prepare_expired", v2) in events(app)
     assert next_sock_target(app) == os.readlink(root_of(app) / "run/app.sock")
+    assert not (root_of(app) / "state/prepared.json").exists()
     app.relman("deploy", "v2", check=True)
 
 
