@@ -223,3 +223,43 @@ def test_no_release_phase_skips_release_commands(make_app, app_repo):
     assert result["prepared_until"] > time.time()
     assert app.json("status")["prepared"] == result["release"]
     app.json("abort", result["release"])
+
+
+def test_a_daemon_killed_mid_switch_recovers_like_a_deploy(make_app, app_repo):
+    """SIGKILL right after the switch step of `relman switch`: the restarted daemon
+    recovers the half-done swap as it does a deploy's (what app.sock leads to serves),
+    nothing is left prepared, and jobs run again."""
+    app = make_app()
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    app.stop()
+    app.start(env={"RELMAN_TEST_CRASH_AT": "switch:switched"})
+    v2 = prepare(app, "v2")
+    assert app.relman("switch", v2).returncode != 0  # the daemon died under it
+    app.proc.wait(30)
+    app.start()
+    status = app.json("status")
+    assert status["prepared"] is None
+    assert status["live"] == v2  # app.sock led to it: it serves
+    assert http_get(root_of(app) / "run/app.sock")[1].startswith("sample v2")
+    assert ("job_interrupted", v2) in events(app)
+    app.relman("deploy", "v1", check=True)
+
+
+def test_a_live_crash_while_prepared_aborts_the_candidate_and_restarts_live(make_app,
+                                                                            app_repo):
+    """The live server killed while a candidate is prepared: the daemon's crash restart
+    comes first; it aborts the candidate (prepare_aborted) and starts the live release."""
+    app = make_app()
+    app.relman("deploy", "v1", check=True)
+    v1 = app.json("status")["live"]
+    release_version(app_repo, "v2")
+    v2 = prepare(app, "v2")
+    live = next(s["pid"] for s in app.json("status")["servers"] if s["live"])
+    candidate = candidate_pid(app, v2)
+    os.killpg(live, 9)
+    wait_until(lambda: ("prepare_aborted", v2) in events(app), timeout=60,
+               what="the candidate to be aborted")
+    wait_until(lambda: app.json("status")["live"] == v1 and not psutil.pid_exists(candidate),
+               timeout=60, what="the live release restarted, the candidate stopped")
+    assert app.json("status")["prepared"] is None
