@@ -243,3 +243,18 @@ def test_the_cli_side_is_standard_library_only() -> None:
                          check=True).stdout.split()
     assert "relman" in out
     assert sorted(set(out) - set(sys.stdlib_module_names) - {"relman"}) == []
+
+
+def test_status_shows_a_prepared_candidate_and_its_time_left() -> None:
+    """`relman status` names the release `deploy --prepare` left and the seconds until
+    it is stopped; without one, no such line."""
+    import time
+
+    prepared = dataclasses.replace(STATUS, prepared=RID, prepared_until=time.time() + 600)
+    line = render_status(prepared).splitlines()[-1]
+    assert line.startswith(f"prepared: {RID} on next.sock, stopped in ")
+    assert line.endswith("s unless switched")
+    assert 590 <= int(line.split("stopped in ")[1].split("s")[0]) <= 600
+    assert "prepared:" not in render_status(STATUS)
+    back = Status.from_json(json.loads(json.dumps(prepared.to_json())))
+    assert (back.prepared, back.prepared_until) == (RID, prepared.prepared_until)
