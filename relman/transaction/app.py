@@ -132,24 +132,38 @@ class App:
         live = self.store.live_id()
         return self.store.get(live) if live is not None else None
 
+    async def fetch_and_build(self, ref: str, who: str, report: Report, *,
+                              release_phase: bool = True,
+                              before_build: Callable[[Manifest], None] | None = None
+                              ) -> Manifest:
+        """A deploy's steps 1 and 2 (deploy and deploy --prepare): *ref* fetched and built,
+        its release phase run unless not *release_phase*; *before_build* may refuse it."""
+        self.store.probe_interpreter()
+        await self.store.fetch(lambda line: report("fetch", line))
+        commit = await self.store.resolve(ref)
+        self.jobs.step(Step.FETCHED, report, f"{ref} is {commit.sha[:12]}")
+        manifest = self.store.begin(commit, ref, who)
+        self.journal.step(Step.FETCHED, release=manifest.id)
+        if before_build is not None:
+            before_build(manifest)
+        manifest = await self._build(manifest, report)
+        if not release_phase:
+            self.jobs.step(Step.RELEASED, report, "release phase skipped (--no-release-phase)")
+            return manifest
+        try:
+            await self.store.release_phase(manifest, lambda line: report("release", line))
+        except BaseException as e:
+            self.store.mark(manifest, ReleaseState.FAILED, error=str(e) or "release phase")
+            raise
+        self.jobs.step(Step.RELEASED, report, "release phase done")
+        return manifest
+
     async def deploy(self, ref: str, who: str, report: Report = _quiet) -> Manifest:
         """Fetch *ref*, build it, run the release phase and swap it in."""
         started = time.monotonic()
         self.jobs.begin(JournalEntry(job="deploy", ref=ref, who=who))
         try:
-            self.store.probe_interpreter()
-            await self.store.fetch(lambda line: report("fetch", line))
-            commit = await self.store.resolve(ref)
-            self.jobs.step(Step.FETCHED, report, f"{ref} is {commit.sha[:12]}")
-            manifest = self.store.begin(commit, ref, who)
-            self.journal.step(Step.FETCHED, release=manifest.id)
-            manifest = await self._build(manifest, report)
-            try:
-                await self.store.release_phase(manifest, lambda line: report("release", line))
-            except BaseException as e:
-                self.store.mark(manifest, ReleaseState.FAILED, error=str(e) or "release phase")
-                raise
-            self.jobs.step(Step.RELEASED, report, "release phase done")
+            manifest = await self.fetch_and_build(ref, who, report)
             live, unrecorded = self.live_manifest(), manifest
             manifest = self._settings_changed(manifest, live, "deploy", who, report)
             await swap(self, manifest, report, previous=live, unrecorded=unrecorded)

@@ -40,7 +40,7 @@ from relman.atomic import replace_symlink, write_json_atomic
 from relman.config import HealthConfig
 from relman.errors import LockHeld, UsageError
 from relman.journal import JournalEntry, Step
-from relman.releases import Manifest, ReleaseState
+from relman.releases import Manifest
 from relman.results import AbortResult, DeployResult, PrepareResult
 from relman.supervisor import ServerHandle
 from relman.supervisor.health import in_range, probe_socket
@@ -146,7 +146,8 @@ async def prepare(app: App, ref: str, who: str, report: Report, *,
     app.jobs.begin(JournalEntry(job="deploy", ref=ref, who=who))
     candidate: ServerHandle | None = None
     try:
-        manifest = await _built(app, ref, who, report, release_phase=release_phase)
+        manifest = await app.fetch_and_build(ref, who, report, release_phase=release_phase,
+                                             before_build=lambda m: _refuse_live(app, m))
         manifest = app._settings_changed(manifest, app.live_manifest(), "deploy", who, report)
         health = _preparable(app, manifest)
         app.journal.step(Step.RELEASED, release=manifest.id,
@@ -174,28 +175,10 @@ async def prepare(app: App, ref: str, who: str, report: Report, *,
     return prepared
 
 
-async def _built(app: App, ref: str, who: str, report: Report, *, release_phase: bool
-                 ) -> Manifest:
-    """A deploy's steps 1 and 2: *ref* fetched and built, its release phase run."""
-    app.store.probe_interpreter()
-    await app.store.fetch(lambda line: report("fetch", line))
-    commit = await app.store.resolve(ref)
-    app.jobs.step(Step.FETCHED, report, f"{ref} is {commit.sha[:12]}")
-    manifest = app.store.begin(commit, ref, who)
-    app.journal.step(Step.FETCHED, release=manifest.id)
+def _refuse_live(app: App, manifest: Manifest) -> None:
+    """Before building: a release that is live already is no candidate (exit 2)."""
     if app.live is not None and app.live.release == manifest.id:
         raise UsageError(f"deploy --prepare: release {manifest.id} is live already")
-    manifest = await app._build(manifest, report)
-    if not release_phase:
-        app.jobs.step(Step.RELEASED, report, "release phase skipped (--no-release-phase)")
-        return manifest
-    try:
-        await app.store.release_phase(manifest, lambda line: report("release", line))
-    except BaseException as e:
-        app.store.mark(manifest, ReleaseState.FAILED, error=str(e) or "release phase")
-        raise
-    app.jobs.step(Step.RELEASED, report, "release phase done")
-    return manifest
 
 
 def _preparable(app: App, manifest: Manifest) -> HealthConfig:
