@@ -17,8 +17,6 @@ from typing import Any, Final, get_type_hints
 
 from relman.config_fleet import FLEET, FleetConfig, parse_fleet
 from relman.config_values import (
-    CONVERTERS,
-    BadValue,
     Check,
     FrozenEnv,
     FrozenMap,
@@ -26,6 +24,7 @@ from relman.config_values import (
     check_mode,
     did_you_mean,
     kind_of,
+    load_table,
     one_of,
     placeholders,
     relative,
@@ -238,28 +237,12 @@ _USED_WITHOUT_SERVER: Final = frozenset({"kind", "env", "env_file"})
 
 def _load_table(path: Path, table: str, cls: type[Any], raw: object,
                 checks: str | None = None) -> Any:
-    """*raw* as a *cls*; errors name keys under *table*, checks are looked up under
+    """*raw* as a *cls* (config_values.load_table); its checks are those of _CHECKS under
     *checks* (default *table*): "processes.worker" is checked as "processes.NAME"."""
-    if not isinstance(raw, dict):
-        raise ConfigError(path, table, f"expected a table, got {kind_of(raw)}")
-    keys = {key.name: key for key in fields(cls)}
-    for name in raw:
-        if name not in keys:
-            raise ConfigError(path, f"{table}.{name}", "unknown key" + did_you_mean(name, keys))
-    values: dict[str, Any] = {}
-    for name, key in keys.items():
-        dotted = f"{table}.{name}"
-        if name in raw:
-            try:
-                values[name] = CONVERTERS[key.metadata["type"]](raw[name])
-            except BadValue as e:
-                raise ConfigError(path, dotted, str(e)) from None
-            reason = _CHECKS.get(f"{checks or table}.{name}", lambda _: None)(values[name])
-            if reason:
-                raise ConfigError(path, dotted, reason)
-        elif key.default is MISSING:
-            raise ConfigError(path, dotted, "required")
-    return cls(**values)
+    prefix = f"{checks or table}."
+    return load_table(path, table, cls, raw, {dotted.removeprefix(prefix): check
+                                              for dotted, check in _CHECKS.items()
+                                              if dotted.startswith(prefix)})
 
 
 def _load_processes(path: Path, raw: object) -> Mapping[str, ProcessConfig]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from relman.config_values import CONVERTERS, BadValue, did_you_mean, kind_of, one_of
+from relman.config_values import BadValue, load_table, one_of
 from relman.config_values import key as _key
 from relman.errors import ConfigError
 
@@ -93,34 +93,11 @@ _CHECKS: Final[dict[str, Any]] = {
 def parse_fleet(path: Path, raw: object) -> FleetConfig:
     """The [fleet] table *raw* of *path*, converted and checked; a ConfigError naming the
     key and the reason otherwise."""
-    if not isinstance(raw, dict):
-        raise ConfigError(path, FLEET, f"expected a table, got {kind_of(raw)}")
-    keys = {key.name: key for key in fields(FleetConfig)}
-    for name in raw:
-        if name not in keys:
-            raise ConfigError(path, f"{FLEET}.{name}", "unknown key" + did_you_mean(name, keys))
-    missing = next((name for name, key in keys.items()
-                    if key.default is MISSING and name not in raw), None)
-    if missing:
-        raise ConfigError(path, f"{FLEET}.{missing}", "required")
-    fleet = FleetConfig(**{name: _value(path, key, raw[name])
-                           for name, key in keys.items() if name in raw})
+    fleet: FleetConfig = load_table(path, FLEET, FleetConfig, raw, _CHECKS)
     for key, reason in _across(fleet):
         if reason:
             raise ConfigError(path, f"{FLEET}.{key}", reason)
     return fleet
-
-
-def _value(path: Path, key: Field[Any], raw: object) -> Any:
-    """*raw* converted to *key*'s type and checked."""
-    try:
-        value = CONVERTERS[key.metadata["type"]](raw)
-    except BadValue as e:
-        raise ConfigError(path, f"{FLEET}.{key.name}", str(e)) from None
-    reason = _CHECKS.get(key.name, lambda _: None)(value)
-    if reason:
-        raise ConfigError(path, f"{FLEET}.{key.name}", reason)
-    return value
 
 
 def _across(fleet: FleetConfig) -> Iterator[tuple[str, str | None]]:

@@ -14,11 +14,13 @@ import math
 import re
 import shlex
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import field
+from dataclasses import MISSING, field, fields
 from pathlib import Path, PurePath, PurePosixPath
 from string import Formatter
 from typing import Any, Final, TypeVar, final
 from urllib.parse import urlsplit
+
+from relman.errors import ConfigError
 
 V = TypeVar("V")
 
@@ -229,3 +231,31 @@ def toml_text(value: object, type_name: str = "") -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def load_table(path: Path, table: str, cls: type[Any], raw: object,
+               checks: Mapping[str, Check]) -> Any:
+    """*raw*, the TOML table *table* of *path*, as a *cls* (a dataclass of key() fields):
+    each value converted by its type and checked by *checks* (by key name); unknown keys
+    (with a did-you-mean), missing required ones, bad values: a ConfigError naming
+    "table.key" and the reason."""
+    if not isinstance(raw, dict):
+        raise ConfigError(path, table, f"expected a table, got {kind_of(raw)}")
+    keys = {key.name: key for key in fields(cls)}
+    for name in raw:
+        if name not in keys:
+            raise ConfigError(path, f"{table}.{name}", "unknown key" + did_you_mean(name, keys))
+    values: dict[str, Any] = {}
+    for name, key in keys.items():
+        dotted = f"{table}.{name}"
+        if name in raw:
+            try:
+                values[name] = CONVERTERS[key.metadata["type"]](raw[name])
+            except BadValue as e:
+                raise ConfigError(path, dotted, str(e)) from None
+            reason = checks.get(name, lambda _: None)(values[name])
+            if reason:
+                raise ConfigError(path, dotted, reason)
+        elif key.default is MISSING:
+            raise ConfigError(path, dotted, "required")
+    return cls(**values)
