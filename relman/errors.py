@@ -129,6 +129,13 @@ class NoRollbackTarget(RelmanError):
     code = "no-rollback-target"
 
 
+class FleetFailed(RelmanError):
+    """`relman fleet`: the fleet did not end where it was asked to (its table says how each
+    host ended), or `fleet status` found it mixed, unhealthy or partly unreachable."""
+
+    code = "fleet-failed"
+
+
 class NotRunning(RelmanError):
     code = "not-running"
 

@@ -14,6 +14,7 @@ from relman.cli import processes
 from relman.cli.context import WAIT, Context, pass_ctx
 from relman.cli.daemon import start_daemon
 from relman.cli.failures import error_handler
+from relman.cli.fleet import fleet
 from relman.cli.params import COUNT, number_at_least_0, positive_number
 from relman.cli.ssh import SSH_ALLOWED, ssh_command
 from relman.errors import UsageError
@@ -305,7 +306,8 @@ def completion(shell: str) -> None:
     click.echo(complete(cli, {}, "relman", "_RELMAN_COMPLETE").source())
 
 
-for command in (processes.ps, processes.scale, processes.logs, processes.run, ssh_command):
+for command in (processes.ps, processes.scale, processes.logs, processes.run, ssh_command,
+                fleet):
     cli.add_command(command)
 
 

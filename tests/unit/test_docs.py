@@ -93,8 +93,12 @@ def click_options(command: click.Command, *, with_help: bool = False) -> set[str
     """All option names of *command*, long and short, as `param.opts` spells them."""
     params = (command.get_params(click.Context(command, **command.context_settings))
               if with_help else command.params)
-    return {opt for p in params if isinstance(p, click.Option)
-            for opt in (*p.opts, *p.secondary_opts)}
+    found = {opt for p in params if isinstance(p, click.Option)
+             for opt in (*p.opts, *p.secondary_opts)}
+    if isinstance(command, click.Group) and command is not cli:  # fleet: one subsection
+        for sub in command.commands.values():
+            found |= click_options(sub)
+    return found
 
 
 MAN1_PAGE = parse(MAN1)
@@ -139,7 +143,9 @@ def test_every_command_argument_is_named_in_its_subsection() -> None:
     missing = []
     for name, command in sorted(cli.commands.items()):
         text = plain("\n".join(MAN1_PAGE["COMMANDS"].get(name, [])))
-        missing += [f"{name} {p.human_readable_name}" for p in command.params
+        subs = command.commands.values() if isinstance(command, click.Group) else ()
+        missing += [f"{name} {p.human_readable_name}"
+                    for p in [*command.params, *(q for s in subs for q in s.params)]
                     if isinstance(p, click.Argument)
                     and not re.search(rf"\b{p.human_readable_name}\b", text)]
     assert not missing, f"arguments missing from man/relman.1: {missing}"

@@ -1,0 +1,118 @@
+"""One relman command on one fleet host, over the user's ssh: `relman --json ARGS` there, its
+progress events echoed with the host's name as they arrive, its answer read from the last
+JSON line. ssh's exit status 255 with no answer from relman is an unreachable host."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from relman.config_fleet import FleetConfig
+from relman.fleet.ssh import ssh_argv
+
+__all__ = ["SSH_UNREACHABLE", "Answer", "Echo", "run_on"]
+
+#: ssh's exit status for its own errors (connection, authentication): relman never exits 255
+SSH_UNREACHABLE: Final = 255
+#: how a coordinator shows one line: (host, step, message)
+Echo = Callable[[str, str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What *host* answered to one command."""
+
+    host: str
+    code: int  # ssh's exit status: relman's, or 255 for ssh's own failure
+    result: Any  # the command's result (an object; `releases` a list); None if none
+    error: dict[str, Any] | None  # relman's {"error": ...} object
+    seconds: float
+    said: tuple[str, ...] = ()  # its last lines that were not relman's JSON (ssh's errors)
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0 and self.result is not None
+
+    @property
+    def unreachable(self) -> bool:
+        return self.code == SSH_UNREACHABLE and self.error is None and self.result is None
+
+    @property
+    def reason(self) -> str:
+        """One line: why it failed."""
+        if self.error is not None:
+            return str(self.error.get("message") or self.error.get("code") or "failed")
+        last = self.said[-1] if self.said else ""
+        if self.unreachable:
+            return f"unreachable (ssh exit {self.code}{': ' + last if last else ''})"
+        if self.code == 0:
+            return "no answer from relman (is relman on the host's PATH?)"
+        return f"exit {self.code}{': ' + last if last else ''}"
+
+
+async def run_on(fleet: FleetConfig, host: str, args: Sequence[str], echo: Echo, *,
+                 limit: asyncio.Semaphore | None = None) -> Answer:
+    """`relman --json *args*` on *host*; *limit* bounds the ssh sessions at once.
+
+    ssh runs in a session of its own: a Ctrl-C meant for the coordinator must not cut a
+    host's switch in half (the coordinator stops in order and says so). stdin is /dev/null
+    (BatchMode asks nothing anyway)."""
+    argv = ssh_argv(fleet, host, ["--json", *args])
+    if limit is None:
+        return await _run(host, argv, echo)
+    async with limit:
+        return await _run(host, argv, echo)
+
+
+async def _run(host: str, argv: list[str], echo: Echo) -> Answer:
+    started = time.monotonic()
+    env = {k: v for k, v in os.environ.items() if k not in ("RELMAN_CONFIG",)}
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True, env=env)
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    found: dict[str, Any] = {}
+    said: list[str] = []
+
+    async def read_stdout(stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
+            line = raw.decode(errors="replace").rstrip("\n")
+            event = _json(line)
+            if event is None:
+                if line.strip():
+                    said.append(line)
+                    echo(host, "", line)
+            elif isinstance(event, dict) and event.get("type") == "progress":
+                echo(host, str(event.get("step", "")), str(event.get("message", "")))
+            elif isinstance(event, dict) and isinstance(event.get("error"), dict):
+                found["error"] = event["error"]
+            else:
+                found["result"] = event
+
+    async def read_stderr(stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if line.strip():
+                said.append(line)
+                echo(host, "", line)
+
+    await asyncio.gather(read_stdout(proc.stdout), read_stderr(proc.stderr))
+    code = await proc.wait()
+    return Answer(host, code, found.get("result"), found.get("error"),
+                  round(time.monotonic() - started, 3), tuple(said[-3:]))
+
+
+def _json(line: str) -> Any:
+    """*line* as relman's JSON (an object, or a list: `releases --json`); None if not."""
+    if not line.startswith(("{", "[")):
+        return None
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
