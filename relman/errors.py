@@ -221,7 +221,8 @@ BY_CODE: dict[str, type[RelmanError]] = {
     for cls in (
         RelmanError, UsageError, ConfigError, BadRef, UnknownRelease, DeployFailed, FetchFailed,
         BuildFailed, ReleasePhaseFailed, Unhealthy, ProcessFailed, PreviewFailed,
-        LiveCheckFailed, NoRollbackTarget, NotRunning, NothingLive, CommandNotExecutable,
+        LiveCheckFailed, NoRollbackTarget, FleetFailed, NotRunning, NothingLive,
+        CommandNotExecutable,
         CommandNotFound, StateWriteFailed, DaemonUnreachable, LockHeld,
         DaemonBug, BadAnswer,
     )
