@@ -113,3 +113,16 @@ def fleet() -> Iterator[Any]:
     need_root("a simulated host is a unix user")
     with simulated_fleet() as sim:
         yield sim
+
+
+@pytest.fixture
+def settled_fleet(fleet: Any) -> Iterator[Any]:
+    """fleet(3) with every host live on one release and nothing prepared; afterwards every
+    host's daemon must still run, with no candidate prepared and its config as it was (the
+    hosts are the session's: the next fleet test finds them so)."""
+    from testing.fleet_cli import check_left_alone, settle
+
+    f = fleet(3)
+    configs = settle(f)
+    yield f
+    check_left_alone(f, configs)
