@@ -22,6 +22,7 @@ import psutil
 from testing.daemon import _toml
 from testing.fleet import Fleet, Host
 from testing.git import release_version
+from testing.load import Load
 from testing.waiting import wait_until
 
 RELMAN = (sys.executable, "-m", "relman")
@@ -110,13 +111,18 @@ class Coordinator:
         return children
 
     def finish(self, timeout: float = 600) -> tuple[int, dict[str, Any] | None]:
-        """Its exit status and its report (the last JSON object, if it is the report)."""
+        """Its exit status and its report (the {"type": "fleet"} object), if any."""
         code = self.proc.wait(timeout)
         for reader in self._readers:
             reader.join(30)
-        objects = self.objects
-        report = objects[-1] if objects and objects[-1].get("type") == "fleet" else None
-        return code, report
+        reports = [o for o in self.objects if o.get("type") == "fleet"]
+        return code, reports[-1] if reports else None
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        """The {"error": ...} object it ended with (--json puts it on stdout), if any."""
+        errors = [o["error"] for o in self.objects if "error" in o]
+        return errors[-1] if errors else None
 
 
 def results(report: dict[str, Any]) -> dict[str, str]:
@@ -209,7 +215,49 @@ def check_left_alone(fleet: Fleet, configs: dict[str, bytes]) -> None:
     """What a fleet test must leave: every host's daemon running, no job, no candidate
     prepared, its config as *configs* has it."""
     for host in fleet.hosts:
-        assert host.proc is not None and host.proc.poll() is None, (
-            f"{host.name}'s daemon exited:\n{host.log_tail()}")
+        assert host.proc is not None, f"{host.name}'s daemon is not running"
+        assert host.proc.poll() is None, f"{host.name}'s daemon exited:\n{host.log_tail()}"
         assert idle(host)["prepared"] is None, f"{host.name} has a candidate prepared"
         assert host.config.read_bytes() == configs[host.name], f"{host.name}'s config changed"
+
+
+def live_release(fleet: Fleet) -> str:
+    """The one release every host serves."""
+    lives = {idle(h)["live"] for h in fleet.hosts}
+    assert len(lives) == 1, lives
+    return str(lives.pop())
+
+
+def fleet_run(fleet: Fleet, config: Path, *args: str) -> tuple[int, dict[str, Any],
+                                                               Coordinator]:
+    """`relman --json fleet ARGS` to its end, under load through the front nginx: its exit
+    status, its report, its lines; no request may fail meanwhile."""
+    with under_load(fleet):
+        coordinator = Coordinator(config, *args)
+        code, report = coordinator.finish()
+    assert report is not None, coordinator.said()
+    return code, report, coordinator
+
+
+@contextmanager
+def under_load(fleet: Fleet) -> Iterator[Load]:
+    """Requests through the front nginx (4 clients) for the block; none may fail."""
+    with Load(fleet.url, concurrency=4) as load:
+        yield load
+    assert load.result.sent > 0
+    assert load.result.failed == 0, load.result.errors[:5]
+
+
+def assert_fleet_on(fleet: Fleet, release: str, version: str) -> None:
+    """Every host live on *release*, nothing prepared, and the front nginx gets *version*
+    from each."""
+    for host in fleet.hosts:
+        status = idle(host)
+        assert (status["live"], status["prepared"]) == (release, None), (host.name, status)
+    assert front_versions(fleet) == dict.fromkeys((h.name for h in fleet.hosts), version)
+
+
+def index(progress: list[dict[str, Any]], host: str, step: str, start: str = "") -> int:
+    """Where the first line of *host* with *step* (and a message starting *start*) is."""
+    return next(i for i, p in enumerate(progress)
+                if (p["host"], p["step"]) == (host, step) and p["message"].startswith(start))

@@ -9,54 +9,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from testing.fleet import Fleet
-from testing.fleet_cli import Coordinator, fleet_toml, front_versions, idle, relman, results
+from testing.fleet_cli import (
+    assert_fleet_on,
+    fleet_run,
+    fleet_toml,
+    front_versions,
+    idle,
+    index,
+    live_release,
+    relman,
+    results,
+)
 from testing.git import release_version
-from testing.load import Load
 
 pytestmark = pytest.mark.integration
 
 #: progress steps that are the coordinator's own (host ""); every other line is a host's
 COORDINATOR_STEPS = frozenset({"prepare", "switch", "canary", "recover", "stop"})
-
-
-def live_release(fleet: Fleet) -> str:
-    """The one release every host serves."""
-    lives = {idle(h)["live"] for h in fleet.hosts}
-    assert len(lives) == 1, lives
-    return str(lives.pop())
-
-
-def fleet_run(fleet: Fleet, config: Path, *args: str) -> tuple[int, dict[str, Any],
-                                                               Coordinator]:
-    """`relman --json fleet ARGS` to its end, under load through the front nginx: its exit
-    status, its report, its lines; no request may fail meanwhile."""
-    with Load(fleet.url, concurrency=4) as load:
-        coordinator = Coordinator(config, *args)
-        code, report = coordinator.finish()
-    assert report is not None, coordinator.said()
-    assert load.result.sent > 0
-    assert load.result.failed == 0, load.result.errors[:5]
-    return code, report, coordinator
-
-
-def assert_fleet_on(fleet: Fleet, release: str, version: str) -> None:
-    """Every host live on *release*, nothing prepared, and the front nginx gets *version*
-    from each."""
-    for host in fleet.hosts:
-        status = idle(host)
-        assert (status["live"], status["prepared"]) == (release, None), (host.name, status)
-    assert front_versions(fleet) == dict.fromkeys((h.name for h in fleet.hosts), version)
-
-
-def index(progress: list[dict[str, Any]], host: str, step: str, start: str = "") -> int:
-    """Where the first line of *host* with *step* (and a message starting *start*) is."""
-    return next(i for i, p in enumerate(progress)
-                if (p["host"], p["step"]) == (host, step) and p["message"].startswith(start))
 
 
 def test_together_every_host_switches_and_only_the_release_host_runs_the_release_phase(
@@ -191,4 +164,5 @@ def test_a_bad_ref_exits_2_before_any_host_is_asked(tmp_path: Path, args: tuple[
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stdout == ""
     assert said in done.stderr
-    assert "unreachable" not in done.stderr and "Traceback" not in done.stderr
+    assert "unreachable" not in done.stderr
+    assert "Traceback" not in done.stderr
