@@ -82,7 +82,7 @@ async def _run(host: str, argv: list[str], echo: Echo) -> Answer:
 
     async def read_stdout(stream: asyncio.StreamReader) -> None:
         async for raw in stream:
-            line = raw.decode(errors="replace").rstrip("\n")
+            line = _line(raw)
             event = _json(line)
             if event is None:
                 if line.strip():
@@ -97,7 +97,7 @@ async def _run(host: str, argv: list[str], echo: Echo) -> Answer:
 
     async def read_stderr(stream: asyncio.StreamReader) -> None:
         async for raw in stream:
-            line = raw.decode(errors="replace").rstrip("\n")
+            line = _line(raw)
             if line.strip():
                 said.append(line)
                 echo(host, "", line)
@@ -106,6 +106,13 @@ async def _run(host: str, argv: list[str], echo: Echo) -> Answer:
     code = await proc.wait()
     return Answer(host, code, found.get("result"), found.get("error"),
                   round(time.monotonic() - started, 3), tuple(said[-3:]))
+
+
+def _line(raw: bytes) -> str:
+    """One line of output without its end. ssh ends its own error lines with CR LF (its
+    log writes "\\r\\n" to stderr: seen with OpenSSH 9.2's "Connection refused"); a CR
+    left in a reason sends the table's cursor back to the start of its line."""
+    return raw.decode(errors="replace").rstrip("\r\n")
 
 
 def _json(line: str) -> Any:

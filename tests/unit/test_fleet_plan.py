@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from relman.config_fleet import FleetConfig
 from relman.errors import UsageError
 from relman.fleet import plan
 from relman.fleet.plan import TRANSITIONS, HostOutcome
-from relman.fleet.remote import Answer
+from relman.fleet.remote import Answer, run_on
 from relman.fleet.report import FleetReport, HostRecord, render_report
 from relman.fleet.views import merge_releases, render_releases, render_status, status_rows
 
@@ -135,6 +136,16 @@ def test_answer_reasons() -> None:
     assert not refused.unreachable
     assert refused.reason == "switch X: no release is prepared"
     assert answer("h", code=0).reason.startswith("no answer from relman")
+
+
+def test_an_ssh_error_line_ends_without_its_carriage_return() -> None:
+    """ssh ends its own error lines with CR LF: the reason (a table cell) has no CR."""
+    script = "printf 'ssh: connect to host h port 22: Connection refused\\r\\n' >&2; exit 255"
+    config = FleetConfig(hosts=("h",), ssh=("sh", "-c", script, "ssh"))
+    got = asyncio.run(run_on(config, "h", ["status"], lambda *_: None))
+    assert got.unreachable
+    assert got.reason == "unreachable (ssh exit 255: ssh: connect to host h port 22: " \
+        "Connection refused)"
 
 
 def test_status_rows_flag_mixed_releases_and_unreachable_hosts() -> None:
