@@ -118,13 +118,22 @@ def test_an_unreachable_host_stops_the_fleet_unless_allowed(settled_fleet: Fleet
     nobody = f"relman-nosuch-user@127.0.0.1:{f.hosts[0].port}"
     config = fleet_toml(tmp_path / "fleet.toml", f, extra_hosts=[nobody])
 
-    code, report, run = fleet_run(f, config, "deploy", "ft-unreachable")
-    assert code == 1, run.said()
-    assert results(report) == {**dict.fromkeys(f.config.hosts, "not-started"),
-                               nobody: "unreachable"}
-    assert "--allow-unreachable" in report["reason"]
-    detail = {h["host"]: h["detail"] for h in report["hosts"]}[nobody]
-    assert detail.startswith("unreachable (ssh exit 255"), detail
+    with under_load(f):  # as a person runs it: lines, then the table
+        done = relman(config, "fleet", "deploy", "ft-unreachable")
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    table = lines.index(next(line for line in lines if line.startswith("HOST ")))
+    assert lines[table].split() == ["HOST", "RELEASE", "PREPARE", "SWITCH", "RESULT"]
+    assert all(line.split()[0] in (*f.config.hosts, nobody, "fleet")
+               for line in lines[:table]), done.stdout
+    rows = {line.split()[0]: line.split(None, 4)[4] for line in lines[table + 1:]}
+    assert rows.keys() == {*f.config.hosts, nobody}, done.stdout
+    assert all(rows[h] == "not-started" for h in f.config.hosts), done.stdout
+    assert rows[nobody].startswith("unreachable: unreachable (ssh exit 255: "), done.stdout
+    assert "\r" not in done.stdout
+    assert done.stderr.splitlines() == [
+        f"relman: error: fleet deploy ft-unreachable: unreachable: {nobody}: nobody switched "
+        "(--allow-unreachable deploys to the others)"]
     assert_fleet_on(f, old, old_version)
 
     code, report, run = fleet_run(f, config, "deploy", "ft-unreachable",

@@ -4,39 +4,13 @@ sockets serves every host with no failed request while they deploy the next ref 
 
 from __future__ import annotations
 
-import urllib.request
-
-import psutil
 import pytest
 
+from testing.fleet_cli import versions_by_host
 from testing.git import release_version
 from testing.load import Load
-from testing.waiting import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def served(url: str) -> tuple[str, str, int]:
-    """(socket the front nginx used, the sample app's version, the worker's uid) for one
-    GET /; the sample app answers "sample VERSION pid PID release ID"."""
-    with urllib.request.urlopen(url + "/", timeout=10) as response:
-        words = response.read().decode().split()
-        return response.headers["X-Upstream"], words[1], psutil.Process(int(words[3])).uids()[0]
-
-
-def versions_by_host(url: str, hosts: dict[str, int]) -> dict[str, str]:
-    """Each upstream socket's version, asking until all *hosts* (socket -> the uid its
-    server must run as) have answered."""
-    seen: dict[str, str] = {}
-
-    def all_seen() -> bool:
-        upstream, version, uid = served(url)
-        assert uid == hosts[upstream], f"{upstream} answered from uid {uid}"
-        seen[upstream] = version
-        return len(seen) == len(hosts)
-
-    wait_until(all_seen, timeout=30, interval=0, what=f"all {hosts} hosts to answer")
-    return seen
 
 
 def test_three_hosts_deploy_over_ssh_and_swap_in_turn_under_load(fleet):
