@@ -13,7 +13,14 @@ from testing.git import release_version
 from testing.load import Load
 from testing.unixhttp import http_get
 from testing.waiting import wait_until
-from tests.integration.test_prepare import answer, candidate_pid, events, prepare, root_of
+from tests.integration.test_prepare import (
+    answer,
+    candidate_pid,
+    events,
+    kill_candidate,
+    prepare,
+    root_of,
+)
 
 
 def pids(app) -> dict[str, int]:
@@ -68,11 +75,7 @@ def test_prepare_again_after_the_candidate_exited_starts_a_new_one(make_app, app
     app.relman("deploy", "v1", check=True)
     release_version(app_repo, "v2")
     v2 = prepare(app, "v2")
-    dead = candidate_pid(app, v2)
-    psutil.Process(dead).kill()
-    wait_until(lambda: not psutil.pid_exists(dead) or
-               psutil.Process(dead).status() == psutil.STATUS_ZOMBIE, timeout=30,
-               what="the candidate to die")
+    dead = kill_candidate(app, v2)
     assert prepare(app, "v2") == v2
     assert candidate_pid(app, v2) != dead
     assert ("prepare_aborted", v2) in events(app)
