@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -101,6 +102,10 @@ class Coordinator:
             return found
 
         return wait_until(seen, timeout=timeout, interval=0.02, what=what)
+
+    def terminate(self) -> None:
+        """SIGTERM the coordinator (Ctrl-C's twin): it should stop in order."""
+        self.proc.send_signal(signal.SIGTERM)
 
     def kill9(self) -> list[psutil.Process]:
         """SIGKILL the coordinator (only it: its ssh sessions run in sessions of their own);

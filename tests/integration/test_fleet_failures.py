@@ -107,6 +107,28 @@ def test_a_host_failing_its_switch_sends_everybody_back(settled_fleet: Fleet,
     assert_fleet_on(f, old, old_version)
 
 
+def test_a_coordinator_stopped_with_sigterm_puts_the_fleet_back(settled_fleet: Fleet,
+                                                                tmp_path: Path) -> None:
+    """SIGTERM while the canary is watched: the coordinator says it stops, switches the
+    canary back and aborts the other candidates: exit 1, every host on the old release."""
+    f = settled_fleet
+    old, old_version = before(f)
+    release_version(f.repo, "ft-sigterm")
+    config = fleet_toml(tmp_path / "fleet.toml", f, canary=1, canary_seconds=30)
+    with under_load(f):
+        run = Coordinator(config, "deploy", "ft-sigterm")
+        run.wait_for(is_canary_watch, "the canary watch")
+        run.terminate()
+        code, report = run.finish()
+    assert code == 1, run.said()
+    assert report is not None
+    assert report["reason"] == "stopped while watching the canary", report
+    assert any(p["step"] == "stop" for p in run.progress), run.said()
+    first, second, third = f.config.hosts
+    assert results(report) == {first: "switched-back", second: "aborted", third: "aborted"}
+    assert_fleet_on(f, old, old_version)
+
+
 def test_an_unreachable_host_stops_the_fleet_unless_allowed(settled_fleet: Fleet,
                                                             tmp_path: Path) -> None:
     """A [fleet] host that nothing answers (a user the sshd does not know: ssh exits 255):
