@@ -8,7 +8,9 @@ killed coordinator."""
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,7 @@ from testing.fleet_cli import (
     fleet_run,
     fleet_toml,
     front_versions,
+    host_config,
     idle,
     index,
     live_release,
@@ -34,18 +37,33 @@ COORDINATOR_STEPS = frozenset({"prepare", "switch", "canary", "recover", "stop"}
 
 def test_together_every_host_switches_and_only_the_release_host_runs_the_release_phase(
         settled_fleet: Fleet, tmp_path: Path) -> None:
-    """strategy together: every host switches to the release; the first host (the release
-    host) runs the release phase and the others skip it; every line names its host."""
+    """strategy together: every host switches to the release; only the first host (the
+    release host) runs release.commands (each host has one that notes its release dir),
+    the others skip them; every line names its host."""
     f = settled_fleet
     release_version(f.repo, "ft-together")
-    code, report, run = fleet_run(f, fleet_toml(tmp_path / "fleet.toml", f),
-                                  "deploy", "ft-together")
+
+    def note_release_phase(tables: dict[str, Any]) -> None:
+        tables["release"] = {"commands": [["sh", "-c", "pwd >> ../../release-phase.txt"]]}
+
+    with ExitStack() as configs:
+        for host in f.hosts:
+            configs.enter_context(host_config(host, note_release_phase))
+        code, report, run = fleet_run(f, fleet_toml(tmp_path / "fleet.toml", f),
+                                      "deploy", "ft-together")
     assert code == 0, run.said()
     assert (report["outcome"], report["ref"]) == ("deployed", "ft-together")
     assert results(report) == dict.fromkeys(f.config.hosts, "switched")
     assert_fleet_on(f, report["release"], "ft-together")
 
+    noted = {}
+    for host in f.hosts:
+        notes = host.root / "release-phase.txt"
+        noted[host.destination] = notes.read_text().split() if notes.exists() else []
+        notes.unlink(missing_ok=True)
     first, *others = f.config.hosts
+    release_dir = str(f.hosts[0].root / "releases" / report["release"])
+    assert noted == {first: [release_dir], **{h: [] for h in others}}
     released = {p["host"]: p["message"] for p in run.progress if p["step"] == "released"}
     assert released.keys() == set(f.config.hosts), released
     assert "skipped" not in released[first]
