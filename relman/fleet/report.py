@@ -55,14 +55,41 @@ class FleetReport:
 
     @property
     def mixed(self) -> bool:
-        """Some hosts are left on the new release and some not (a failed switch back)."""
-        return any(h.outcome in (HostOutcome.BACK_FAILED, HostOutcome.UNKNOWN)
-                   for h in self.hosts)
+        """The hosts are left on different releases: one could not be switched back or was
+        lost in its switch, or hosts where the release was live already (a rerun after a
+        killed coordinator) stay on it beside hosts that failed or went back."""
+        if any(h.outcome in (HostOutcome.BACK_FAILED, HostOutcome.UNKNOWN)
+               for h in self.hosts):
+            return True
+        return len(self.left_on()) > 1
+
+    def left_on(self) -> dict[str, list[str]]:
+        """release -> the hosts this run left live on it, where that is known."""
+        left: dict[str, list[str]] = {}
+        for h in self.hosts:
+            release = _left_on(h)
+            if release:
+                left.setdefault(release, []).append(h.host)
+        return left
 
     def to_json(self) -> dict[str, Any]:
         return {"type": "fleet", "command": self.command, "ref": self.ref,
                 "release": self.release, "outcome": self.outcome, "reason": self.reason,
                 "mixed": self.mixed, "hosts": [h.to_json() for h in self.hosts]}
+
+
+#: outcomes that leave a host on the run's release; UNREACHABLE and UNKNOWN: not known
+_ON_THE_RELEASE = frozenset({HostOutcome.SWITCHED, HostOutcome.UNCHANGED,
+                             HostOutcome.BACK_FAILED})
+
+
+def _left_on(h: HostRecord) -> str | None:
+    """The release *h* is live on after the run (None: not known, or nothing)."""
+    if h.outcome in _ON_THE_RELEASE:
+        return h.release or None
+    if h.outcome in (HostOutcome.UNREACHABLE, HostOutcome.UNKNOWN):
+        return None
+    return h.previous
 
 
 def _seconds(value: float | None) -> str:
@@ -86,6 +113,12 @@ def render_report(report: FleetReport) -> str:
     elif not report.failed:
         lines.append(f"{verb} {report.ref} as {report.release} on {switched} host(s)")
     elif report.mixed:
-        lines.append("the fleet is MIXED: some hosts could not be switched back; run "
-                     f"`relman fleet status`, then `relman fleet {report.command}` again")
+        left = "; ".join(f"{r} on {', '.join(h)}" for r, h in report.left_on().items())
+        lines.append(f"the fleet is MIXED ({left}{'; some unknown' if _unknown(report) else ''}"
+                     f"): run `relman fleet status`, then `relman fleet {report.command}` "
+                     "again")
     return "\n".join(lines)
+
+
+def _unknown(report: FleetReport) -> bool:
+    return any(h.outcome is HostOutcome.UNKNOWN for h in report.hosts)

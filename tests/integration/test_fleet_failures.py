@@ -238,3 +238,40 @@ def test_a_coordinator_killed_mid_switch_is_converged_by_running_it_again(
     status = relman(config, "fleet", "status")
     assert status.returncode == 0, status.stdout + status.stderr
     assert f"all 3 hosts live on {new}" in status.stdout
+
+
+def test_a_failed_rerun_of_a_fleet_left_mixed_says_it_is_still_mixed(
+        settled_fleet: Fleet, tmp_path: Path) -> None:
+    """A coordinator SIGKILLed during the canary watch left host 1 on the new release; the
+    rerun fails (host 2's new candidate does not boot): host 1 is "unchanged", the others
+    on the old release, and the report says the fleet is mixed (exit 1). Once host 2 is
+    fixed, the same command converges it."""
+    f = settled_fleet
+    old, _old_version = before(f)
+    release_version(f.repo, "ft-rerun-fails")
+    config = fleet_toml(tmp_path / "fleet.toml", f, canary=1, canary_seconds=30)
+    first, sick, third = f.hosts
+    with under_load(f):
+        run = Coordinator(config, "deploy", "ft-rerun-fails")
+        run.wait_for(is_canary_watch, "the canary watch")
+        _gone, alive = psutil.wait_procs(run.kill9(), timeout=60)
+        assert not alive, alive
+    new = idle(first)["live"]
+    sick.relman("abort", new, check=True)  # its candidate must start again, and fail
+
+    def fail_import(tables: dict[str, Any]) -> None:
+        tables["server"]["env"] = {"SAMPLE_FAIL_IMPORT": "1"}
+
+    with host_config(sick, fail_import):
+        code, report, again = fleet_run(f, config, "deploy", "ft-rerun-fails")
+    assert code == 1, again.said()
+    assert results(report) == {first.destination: "unchanged",
+                               sick.destination: "prepare-failed",
+                               third.destination: "aborted"}
+    assert [idle(h)["live"] for h in f.hosts] == [new, old, old]
+    assert report["mixed"], report
+
+    code, report, run = fleet_run(f, fleet_toml(tmp_path / "fleet.toml", f),
+                                  "deploy", "ft-rerun-fails")
+    assert code == 0, run.said()
+    assert_fleet_on(f, new, "ft-rerun-fails")

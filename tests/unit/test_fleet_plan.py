@@ -212,3 +212,30 @@ def test_a_report_with_a_host_not_switched_back_says_the_fleet_is_mixed() -> Non
     report = FleetReport("deploy", "v2", "R", "failed", "switch failed on h2", (stuck,))
     assert report.mixed
     assert "MIXED" in render_report(report).splitlines()[-1]
+
+
+def test_a_failed_rerun_that_leaves_an_unchanged_host_beside_the_others_is_mixed() -> None:
+    """A host where the release was live already stays on it when the run fails; beside
+    hosts that stay on (or went back to) their previous release, the fleet is mixed, and
+    the last line says which hosts are on which release."""
+    same = HostRecord("h1", release="R", previous="R")
+    same.move(HostOutcome.UNCHANGED, "live already")
+    sick = HostRecord("h2", previous="A")
+    sick.move(HostOutcome.PREPARE_FAILED, "deploy: unhealthy")
+    other = HostRecord("h3", release="R", previous="A")
+    other.move(HostOutcome.PREPARED)
+    other.move(HostOutcome.ABORTED)
+    lost = HostRecord("h4", previous="A")
+    lost.move(HostOutcome.UNREACHABLE, "unreachable (ssh exit 255)")
+    report = FleetReport("deploy", "v2", "R", "failed", "prepare failed on h2",
+                         (same, sick, other, lost))
+    assert report.mixed
+    assert report.left_on() == {"R": ["h1"], "A": ["h2", "h3"]}
+    assert render_report(report).splitlines()[-1] == (
+        "the fleet is MIXED (R on h1; A on h2, h3): run `relman fleet status`, then "
+        "`relman fleet deploy` again")
+    # The same failure with every host on its previous release is not mixed.
+    fresh = HostRecord("h1", release="R", previous="A")
+    fresh.move(HostOutcome.PREPARED)
+    fresh.move(HostOutcome.ABORTED)
+    assert not FleetReport("deploy", "v2", "R", "failed", "x", (fresh, sick, other)).mixed
