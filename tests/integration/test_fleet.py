@@ -8,6 +8,7 @@ killed coordinator."""
 from __future__ import annotations
 
 import json
+import os
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 
 from testing.fleet import Fleet
 from testing.fleet_cli import (
+    Coordinator,
     assert_fleet_on,
     fleet_run,
     fleet_toml,
@@ -26,6 +28,7 @@ from testing.fleet_cli import (
     live_release,
     relman,
     results,
+    under_load,
 )
 from testing.git import release_version
 
@@ -112,6 +115,39 @@ def test_canary_is_watched_before_the_rest_switch(settled_fleet: Fleet,
     second = index(progress, "", "switch", f"wave 2 of 2: {', '.join(rest)}")
     assert index(progress, canary, "switched") < watching < healthy < second, run.said()
     assert all(second < index(progress, h, "switched") for h in rest), run.said()
+
+
+def test_a_sick_canary_is_switched_back_and_the_others_never_switch(
+        settled_fleet: Fleet, tmp_path: Path) -> None:
+    """canary 1: the canary's new release fails its health check while it is watched (an
+    UNHEALTHY file in that host's release directory, which the sample app looks for on
+    every /health): the coordinator switches it back to the release it ran and aborts the
+    others' candidates: exit 1, every host on the old release."""
+    f = settled_fleet
+    old = live_release(f)
+    old_version = front_versions(f)[f.hosts[0].name]
+    release_version(f.repo, "ft-sick-canary")
+    config = fleet_toml(tmp_path / "fleet.toml", f, canary=1, canary_seconds=30)
+    canary = f.hosts[0]
+    with under_load(f):
+        run = Coordinator(config, "deploy", "ft-sick-canary")
+        run.wait_for(lambda p: p["step"] == "canary" and p["message"].startswith("watching"),
+                     "the canary watch")
+        sick = canary.root / "releases" / str(idle(canary)["live"]) / "UNHEALTHY"
+        sick.write_text("")
+        os.chown(sick, canary.uid, canary.gid)
+        try:
+            code, report = run.finish()
+        finally:
+            sick.unlink()
+    assert code == 1, run.said()
+    assert report is not None
+    assert report["reason"].startswith(f"canary {canary.destination} is sick: unhealthy"), (
+        report)
+    first, second, third = f.config.hosts
+    assert results(report) == {first: "switched-back", second: "aborted", third: "aborted"}
+    assert not report["mixed"]
+    assert_fleet_on(f, old, old_version)
 
 
 def test_fleet_rollback_takes_the_warm_release_back_on_every_host(
