@@ -130,6 +130,11 @@ class Coordinator:
         return errors[-1] if errors else None
 
 
+def is_canary_watch(line: dict[str, Any]) -> bool:
+    """The coordinator's line saying it watches the canary hosts (they have switched)."""
+    return line["step"] == "canary" and line["message"].startswith("watching")
+
+
 def results(report: dict[str, Any]) -> dict[str, str]:
     """host -> its RESULT in a fleet report."""
     return {h["host"]: h["result"] for h in report["hosts"]}

@@ -25,6 +25,7 @@ from testing.fleet_cli import (
     host_config,
     idle,
     index,
+    is_canary_watch,
     live_release,
     relman,
     results,
@@ -131,8 +132,7 @@ def test_a_sick_canary_is_switched_back_and_the_others_never_switch(
     canary = f.hosts[0]
     with under_load(f):
         run = Coordinator(config, "deploy", "ft-sick-canary")
-        run.wait_for(lambda p: p["step"] == "canary" and p["message"].startswith("watching"),
-                     "the canary watch")
+        run.wait_for(is_canary_watch, "the canary watch")
         sick = canary.root / "releases" / str(idle(canary)["live"]) / "UNHEALTHY"
         sick.write_text("")
         os.chown(sick, canary.uid, canary.gid)

@@ -24,6 +24,7 @@ from testing.fleet_cli import (
     front_versions,
     host_config,
     idle,
+    is_canary_watch,
     live_release,
     relman,
     results,
@@ -35,10 +36,6 @@ from testing.waiting import wait_until
 pytestmark = pytest.mark.integration
 
 
-def is_canary_watch(line: dict[str, Any]) -> bool:
-    return line["step"] == "canary" and line["message"].startswith("watching")
-
-
 def before(fleet: Fleet) -> tuple[str, str]:
     """The release every host serves, and the version the front nginx gets."""
     return live_release(fleet), front_versions(fleet)[fleet.hosts[0].name]
@@ -46,6 +43,23 @@ def before(fleet: Fleet) -> tuple[str, str]:
 
 def history(host: Host, event: str, release: str) -> list[dict[str, Any]]:
     return [e for e in host.json("history", "--event", event) if e.get("release") == release]
+
+
+def killed_in_the_canary_watch(fleet: Fleet, config: Path, ref: str) -> str:
+    """`fleet deploy REF` (canary 1) SIGKILLed once it watches the canary, under load; the
+    release the canary now runs. Its ssh sessions, which go on without it, have ended."""
+    with under_load(fleet):
+        run = Coordinator(config, "deploy", ref)
+        run.wait_for(is_canary_watch, "the canary watch")
+        _gone, alive = psutil.wait_procs(run.kill9(), timeout=60)
+        assert not alive, alive
+    return str(idle(fleet.hosts[0])["live"])
+
+
+def fail_import(tables: dict[str, Any]) -> None:
+    """A host's config whose next server fails at import (the sample app's
+    SAMPLE_FAIL_IMPORT), so that its health check fails."""
+    tables["server"]["env"] = {"SAMPLE_FAIL_IMPORT": "1"}
 
 
 def test_one_sick_host_and_nobody_switches(settled_fleet: Fleet, tmp_path: Path) -> None:
@@ -56,9 +70,6 @@ def test_one_sick_host_and_nobody_switches(settled_fleet: Fleet, tmp_path: Path)
     old, old_version = before(f)
     release_version(f.repo, "ft-sick")
     sick = f.hosts[1]
-
-    def fail_import(tables: dict[str, Any]) -> None:
-        tables["server"]["env"] = {"SAMPLE_FAIL_IMPORT": "1"}
 
     with host_config(sick, fail_import):
         code, report, run = fleet_run(f, fleet_toml(tmp_path / "fleet.toml", f),
@@ -215,12 +226,7 @@ def test_a_coordinator_killed_mid_switch_is_converged_by_running_it_again(
     release_version(f.repo, "ft-killed-switch")
     config = fleet_toml(tmp_path / "fleet.toml", f, canary=1, canary_seconds=30)
     first, *rest = f.hosts
-    with under_load(f):
-        run = Coordinator(config, "deploy", "ft-killed-switch")
-        run.wait_for(is_canary_watch, "the canary watch")
-        _gone, alive = psutil.wait_procs(run.kill9(), timeout=60)
-        assert not alive, alive
-    new = idle(first)["live"]
+    new = killed_in_the_canary_watch(f, config, "ft-killed-switch")
     first_pid = next(s["pid"] for s in idle(first)["servers"] if s["live"])
     assert all(idle(h)["prepared"] == new for h in rest)
 
@@ -251,16 +257,8 @@ def test_a_failed_rerun_of_a_fleet_left_mixed_says_it_is_still_mixed(
     release_version(f.repo, "ft-rerun-fails")
     config = fleet_toml(tmp_path / "fleet.toml", f, canary=1, canary_seconds=30)
     first, sick, third = f.hosts
-    with under_load(f):
-        run = Coordinator(config, "deploy", "ft-rerun-fails")
-        run.wait_for(is_canary_watch, "the canary watch")
-        _gone, alive = psutil.wait_procs(run.kill9(), timeout=60)
-        assert not alive, alive
-    new = idle(first)["live"]
+    new = killed_in_the_canary_watch(f, config, "ft-rerun-fails")
     sick.relman("abort", new, check=True)  # its candidate must start again, and fail
-
-    def fail_import(tables: dict[str, Any]) -> None:
-        tables["server"]["env"] = {"SAMPLE_FAIL_IMPORT": "1"}
 
     with host_config(sick, fail_import):
         code, report, again = fleet_run(f, config, "deploy", "ft-rerun-fails")
