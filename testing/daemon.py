@@ -44,19 +44,20 @@ def write_config(path: Path, *, name: str, repo: Path, root: Path, **tables: dic
                  ) -> Path:
     """A relman.toml with [app] (plus any keys in tables["app"]) and any other *tables*."""
     lines = ["[app]", f'name = "{name}"', f'repo = "{repo}"', f'root = "{root}"']
-    lines.extend(f"{key} = {_toml(value)}" for key, value in tables.pop("app", {}).items())
+    lines.extend(f"{key} = {toml_value(value)}" for key, value in tables.pop("app", {}).items())
     for table, values in tables.items():
         lines.append(f"\n[{table}]")
-        lines.extend(f"{key} = {_toml(value)}" for key, value in values.items())
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def _toml(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """*value* (bool, number, string, list, or dict as an inline table) as TOML."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     return json.dumps(value)  # str, int, float and lists of those are TOML as JSON
 
 

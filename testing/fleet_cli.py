@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from testing.daemon import _toml
+from testing.daemon import toml_value, write_config
 from testing.fleet import Fleet, Host
 from testing.git import release_version
 from testing.load import Load
@@ -36,7 +36,7 @@ def fleet_toml(path: Path, fleet: Fleet, *, extra_hosts: Sequence[str] = (),
     table = {"hosts": [*fleet.config.hosts, *extra_hosts], "ssh": list(fleet.config.ssh),
              **keys}
     lines = ["[app]", 'name = "sample"', "", "[fleet]"]
-    lines += [f"{key} = {_toml(value)}" for key, value in table.items()]
+    lines += [f"{key} = {toml_value(value)}" for key, value in table.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -188,11 +188,8 @@ def host_config(host: Host, change: Callable[[dict[str, Any]], None]) -> Iterato
     tables = tomllib.loads(before.decode())
     change(tables)
     app = tables.pop("app")
-    lines = [f"{key} = {_toml(value)}" for key, value in app.items()]
-    lines = ["[app]", *lines]
-    for name, values in tables.items():
-        lines += ["", f"[{name}]", *(f"{k} = {_toml(v)}" for k, v in values.items())]
-    host.config.write_text("\n".join(lines) + "\n")
+    write_config(host.config, name=app.pop("name"), repo=app.pop("repo"),
+                 root=app.pop("root"), app=app, **tables)
     try:
         yield
     finally:
