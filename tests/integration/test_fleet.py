@@ -80,10 +80,11 @@ def test_together_every_host_switches_and_only_the_release_host_runs_the_release
 
 def test_rolling_switches_one_wave_at_a_time(settled_fleet: Fleet, tmp_path: Path) -> None:
     """strategy rolling, batch 1: wave i of 3 switches host i, and only it, before the next
-    wave starts."""
+    wave starts; release_host names the third host, which alone runs the release phase."""
     f = settled_fleet
     release_version(f.repo, "ft-rolling")
-    config = fleet_toml(tmp_path / "fleet.toml", f, strategy="rolling", batch=1)
+    config = fleet_toml(tmp_path / "fleet.toml", f, strategy="rolling", batch=1,
+                        release_host=f.config.hosts[2])
     code, report, run = fleet_run(f, config, "deploy", "ft-rolling")
     assert code == 0, run.said()
     assert results(report) == dict.fromkeys(f.config.hosts, "switched")
@@ -95,6 +96,8 @@ def test_rolling_switches_one_wave_at_a_time(settled_fleet: Fleet, tmp_path: Pat
     switched = [index(progress, h, "switched") for h in f.config.hosts]
     assert waves[0] < switched[0] < waves[1] < switched[1] < waves[2] < switched[2], (
         run.said())
+    released = {p["host"]: p["message"] for p in progress if p["step"] == "released"}
+    assert ["skipped" in released[h] for h in f.config.hosts] == [True, True, False], released
 
 
 def test_canary_is_watched_before_the_rest_switch(settled_fleet: Fleet,
