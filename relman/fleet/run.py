@@ -298,6 +298,12 @@ class FleetRun:
         answer = await self.run(record.host, "rollback", record.previous)
         if answer.ok:
             record.move(HostOutcome.SWITCHED_BACK, f"back on {record.previous}")
+            return
+        # A sick canary's daemon may have rolled back by itself (its crash-loop rule).
+        status = await self.run(record.host, "status", echo=_quiet)
+        if status.ok and isinstance(status.result, dict) \
+                and status.result.get("live") == record.previous:
+            record.move(HostOutcome.SWITCHED_BACK, f"back on {record.previous}")
         else:
             record.move(HostOutcome.BACK_FAILED, f"rollback {record.previous}: {answer.reason}")
 
