@@ -40,15 +40,26 @@ def answer(app, *args: str) -> dict:
     return json.loads(app.relman("--json", *args, check=True).stdout.splitlines()[-1])
 
 
+def kill_candidate(app, release: str) -> int:
+    """SIGKILL *release*'s candidate and wait until it is gone; its pid."""
+    pid = candidate_pid(app, release)
+    psutil.Process(pid).kill()
+    wait_until(lambda: not psutil.pid_exists(pid) or
+               psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=30,
+               what="the candidate to die")
+    return pid
+
+
 def next_sock_target(app) -> str:
     return os.readlink(root_of(app) / "run/next.sock")
 
 
 def test_prepare_then_abort_under_load_leaves_live_untouched(stack, app_repo):
     """The prepared candidate answers on next.sock with the new version while live keeps
-    the old; other jobs are refused naming `relman abort ID`; a wrong id exits 2; abort
-    stops the candidate with no failed request through nginx, and the same ref can be
-    deployed afterwards (the release stayed built)."""
+    the old; other jobs (a prepare of another release too) are refused naming `relman
+    abort ID`; a wrong id exits 2; abort stops the candidate with no failed request
+    through nginx, and the same ref can be deployed afterwards (the release stayed
+    built)."""
     app, nginx = stack("gunicorn")
     app.relman("deploy", "v1", check=True)
     v1 = app.json("status")["live"]
@@ -67,7 +78,8 @@ def test_prepare_then_abort_under_load_leaves_live_untouched(stack, app_repo):
         refused = app.relman("deploy", "v2")
         assert refused.returncode == 4, refused.stderr
         assert f"relman abort {v2}" in refused.stderr
-        again = app.relman("deploy", "v2", "--prepare")
+        assert prepare(app, "v2") == v2  # prepared already: done (test_hostside.py)
+        again = app.relman("deploy", "v1", "--prepare")  # live, but another is prepared
         assert again.returncode == 4, again.stderr
         assert app.relman("rollback").returncode == 4
         wrong = app.relman("abort", v1)
@@ -191,11 +203,7 @@ def test_a_candidate_that_died_is_not_switched_to(make_app, app_repo):
     v1 = app.json("status")["live"]
     release_version(app_repo, "v2")
     v2 = prepare(app, "v2")
-    pid = candidate_pid(app, v2)
-    psutil.Process(pid).kill()
-    wait_until(lambda: not psutil.pid_exists(pid) or
-               psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=30,
-               what="the candidate to die")
+    kill_candidate(app, v2)
     failed = app.relman("switch", v2)
     assert failed.returncode == 1, (failed.stdout, failed.stderr)
     assert "prepared candidate" in failed.stdout + failed.stderr
