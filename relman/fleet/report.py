@@ -80,11 +80,12 @@ def render_report(report: FleetReport) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
              for r in rows]
     switched = sum(h.outcome is HostOutcome.SWITCHED for h in report.hosts)
-    verb = "deployed" if report.command == "deploy" else "rolled back"
     if report.outcome == "unchanged":
         lines.append(f"{report.release} is live on every host already: nothing to do")
+    elif not report.failed and report.command == "deploy":
+        lines.append(f"deployed {report.ref} as {report.release} on {switched} host(s)")
     elif not report.failed:
-        lines.append(f"{verb} {report.ref} as {report.release} on {switched} host(s)")
+        lines.append(f"rolled back to {report.release} on {switched} host(s)")
     elif report.mixed:
         lines.append("the fleet is MIXED: some hosts could not be switched back; run "
                      f"`relman fleet status`, then `relman fleet {report.command}` again")
