@@ -49,7 +49,7 @@ class Answer:
             return str(self.error.get("message") or self.error.get("code") or "failed")
         last = self.said[-1] if self.said else ""
         if self.unreachable:
-            return f"unreachable (ssh exit {self.code}{': ' + last if last else ''})"
+            return f"ssh exit {self.code}{': ' + last if last else ''}"
         if self.code == 0:
             return "no answer from relman (is relman on the host's PATH?)"
         return f"exit {self.code}{': ' + last if last else ''}"

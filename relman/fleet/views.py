@@ -39,7 +39,7 @@ def status_rows(answers: Sequence[Answer]) -> FleetStatus:
             rows.append({"host": a.host, "reachable": not a.unreachable, "live": None,
                          "healthy": False, "daemon": None, "prepared": None, "job": None,
                          "error": a.reason})
-            problems.append(f"{a.host}: {a.reason}")
+            problems.append(f"{a.host}: {'unreachable: ' if a.unreachable else ''}{a.reason}")
             continue
         health = s.get("health") or {}
         job = s.get("job") or {}
@@ -71,8 +71,9 @@ def render_status(status: FleetStatus) -> str:
         notes = [f"prepared {r['prepared']}" if r["prepared"] else "",
                  f"job {r['job']} running" if r["job"] else "",
                  f"crash loop: {r['crash_loop']}" if r["crash_loop"] else ""]
-        table.append((r["host"], r["live"] or "-",
-                      "healthy" if r["healthy"] else f"UNHEALTHY {r['health']}".strip(),
+        health = ("-" if not r["live"] else "healthy" if r["healthy"]
+                  else f"UNHEALTHY {r['health']}".strip())
+        table.append((r["host"], r["live"] or "-", health,
                       f"relman {r['daemon']}", "; ".join(n for n in notes if n)))
     lines = _columns(table)
     live = status["live"]
