@@ -248,7 +248,7 @@ class FleetRun:
                     record.move(HostOutcome.UNKNOWN, answer.reason)
                 else:
                     record.move(HostOutcome.SWITCH_FAILED,
-                                f"{answer.reason} (it switched itself back)")
+                                f"{answer.reason} (its live release serves on)")
             bad = [self.records[a.host] for a in answers if not a.ok]
             if bad:
                 return "switch failed on " + _hosts(bad)
