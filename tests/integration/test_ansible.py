@@ -20,6 +20,7 @@ from testing.fleet import FLEET_MARK, Fleet, Host, remove_user
 from testing.git import release_version
 from testing.load import Load
 from testing.needs import need, need_root
+from testing.ports import free_port
 from tests.integration.test_fleet_sim import versions_by_host
 
 pytestmark = pytest.mark.integration
@@ -132,30 +133,38 @@ def test_deploy_yml_switches_every_host_under_load(fleet, work_dir, serial, batc
     assert task_hosts(done.stdout, "Switch to the prepared release") == {"h1", "h2", "h3"}
 
 
-@pytest.mark.parametrize("sick_index", [-1, 0], ids=["another-host", "release-host"])
+@pytest.mark.parametrize(("sick_index", "how"), [(-1, "daemon"), (0, "daemon"),
+                                                 (-1, "unreachable")],
+                         ids=["another-host", "release-host", "unreachable-host"])
 def test_a_host_failing_prepare_aborts_the_others_and_nobody_switches(fleet, work_dir,
-                                                                      sick_index):
-    """With one host's daemon down (its prepare exits 3), the hosts that prepared abort
-    their candidate (when the release host is the sick one, the others never prepare), the
-    playbook fails, and every host still serves its old release, with no failed request
-    through the front nginx; the daemon comes back afterwards."""
+                                                                      sick_index, how):
+    """With one host's daemon down (its prepare exits 3) or the host unreachable (ssh exits
+    255), the hosts that prepared abort their candidate (when the release host is the sick
+    one, the others never prepare), the playbook fails, and every host still serves its old
+    release, with no failed request through the front nginx; the daemon comes back."""
     f = deployed_fleet(fleet)
     before = [live_and_prepared(h)[0] for h in f.hosts]
     sockets = {f"unix:{h.root}/run/app.sock": h.uid for h in f.hosts}
     serving = versions_by_host(f.url, sockets)
-    ref = f"ansible-b{sick_index}"
+    ref = f"ansible-b{sick_index}-{how}"
     release_version(f.repo, ref)
     sick = f.hosts[sick_index]
-    sick.kill9()  # its servers keep serving; the next daemon adopts them
+    inventory = fleet_inventory(f)
+    sick_name = f"h{f.hosts.index(sick) + 1}"
+    if how == "unreachable":
+        inventory["relman"]["hosts"][sick_name]["ansible_port"] = free_port()  # no sshd
+    else:
+        sick.kill9()  # its servers keep serving; the next daemon adopts them
     try:
         with Load(f.url, concurrency=4) as load:
-            done = playbook(work_dir, fleet_inventory(f), "deploy.yml",
-                            "-e", f"relman_ref={ref}")
+            done = playbook(work_dir, inventory, "deploy.yml", "-e", f"relman_ref={ref}")
     finally:
-        sick.start()
+        if how == "daemon":
+            sick.start()
     out = done.stdout + done.stderr
     assert done.returncode != 0, out
-    assert "PLAY [Switch" not in out
+    assert "TASK [Switch to the prepared release" not in out  # the play has no host left
+    assert ("UNREACHABLE!" in out) == (how == "unreachable"), out
     assert load.result.failed == 0, load.result.errors[:5]
     assert [live_and_prepared(h) for h in f.hosts] == [(live, None) for live in before]
     prepared_on = [h for h in f.hosts if h is not sick] if sick_index == -1 else []
