@@ -186,8 +186,10 @@ class FleetRun:
         if result.get("live") is True:
             record.move(HostOutcome.UNCHANGED, "live already")
             return
-        left = result.get("expires_in")
-        record.expires_at = received + (left if isinstance(left, (int, float)) else 0.0)
+        left, until = result.get("expires_in"), result.get("prepared_until")
+        if not isinstance(left, (int, float)):  # a host's relman before expires_in
+            left = until - time.time() if isinstance(until, (int, float)) else 0.0
+        record.expires_at = received + left
         record.move(HostOutcome.PREPARED)
 
     def _prepare_failed(self, record: HostRecord, answer: Answer, what: str) -> None:
