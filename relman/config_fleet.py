@@ -39,6 +39,8 @@ class FleetConfig:
     canary_seconds: float = _key(30.0, "number", "seconds the canary hosts are watched")
     parallel: int = _key(8, "integer", "ssh sessions at once, at least 1")
     release_host: str = _key("", "string", 'runs release.commands; "" is the first host')
+    multiplex: bool = _key(True, "boolean",
+                           "one OpenSSH connection per host for a whole run (ControlMaster)")
 
 
 @dataclass(frozen=True, slots=True)

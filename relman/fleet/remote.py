@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from relman.config_fleet import FleetConfig
+from relman.fleet.connections import Connections
 from relman.fleet.ssh import ssh_argv
 
 __all__ = ["NOT_RUN", "SSH_UNREACHABLE", "Answer", "Echo", "quiet", "run_on"]
 
 #: ssh's exit status for its own errors (connection, authentication): relman never exits 255
 SSH_UNREACHABLE: Final = 255
+#: seconds the output of an ssh that has exited is still read
+READ_AFTER_EXIT: Final = 5.0
 #: Answer.code when ssh could not even be started
 NOT_RUN: Final = -1
 #: the longest line kept from a host (asyncio's readline stops at 64 KiB: a long build log
@@ -67,13 +70,16 @@ class Answer:
 
 
 async def run_on(fleet: FleetConfig, host: str, args: Sequence[str], echo: Echo, *,
-                 limit: asyncio.Semaphore | None = None) -> Answer:
-    """`relman --json *args*` on *host*; *limit* bounds the ssh sessions at once.
+                 limit: asyncio.Semaphore | None = None,
+                 connections: Connections | None = None) -> Answer:
+    """`relman --json *args*` on *host*; *limit* bounds the ssh sessions at once, and
+    *connections* (fleet.multiplex) gives each host one master connection.
 
     ssh runs in a session of its own: a Ctrl-C meant for the coordinator must not cut a
     host's switch in half (the coordinator stops in order and says so). stdin is /dev/null
     (BatchMode asks nothing anyway)."""
-    argv = ssh_argv(fleet, host, ["--json", *args])
+    control = connections.path(host) if connections is not None else None
+    argv = ssh_argv(fleet, host, ["--json", *args], control_path=control)
     if limit is None:
         return await _run(host, argv, echo)
     async with limit:
@@ -110,9 +116,13 @@ async def _run(host: str, argv: list[str], echo: Echo) -> Answer:
         said.append(line)
         echo(host, "", line)
 
-    await asyncio.gather(_lines(proc.stdout, on_stdout, said),
-                         _lines(proc.stderr, on_stderr, said))
+    readers = asyncio.gather(_lines(proc.stdout, on_stdout, said),
+                             _lines(proc.stderr, on_stderr, said))
     code = await proc.wait()
+    try:  # a master connection forked by this ssh may hold a pipe open: not for long
+        await asyncio.wait_for(readers, READ_AFTER_EXIT)
+    except TimeoutError:
+        said.append(f"(output still open {READ_AFTER_EXIT:g}s after ssh exited: left)")
     return Answer(host, code, found.get("result"), found.get("error"),
                   round(time.monotonic() - started, 3), tuple(said[-3:]))
 

@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from relman.config_fleet import FleetConfig
 from relman.fleet import plan
+from relman.fleet.connections import Connections
 from relman.fleet.plan import HostOutcome, HostRecord, in_state
 from relman.fleet.remote import Answer, Echo, quiet, run_on
 from relman.fleet.report import FleetReport, make_report
@@ -55,6 +56,7 @@ class FleetRun:
         self.release = ""
         self.release_host: str | None = None  # a deploy's, once chosen
         self.statuses: dict[str, dict[str, Any]] = {}  # each host's status at the start
+        self.connections = Connections(fleet)
 
     def stop(self) -> None:
         """SIGINT/SIGTERM/SIGHUP: finish what runs, then put the fleet back as it was."""
@@ -65,7 +67,8 @@ class FleetRun:
 
     async def ask(self, host: str, *args: str, echo: Echo | None = None) -> Answer:
         """`relman --json ARGS` on *host*, at most fleet.parallel at once."""
-        return await run_on(self.fleet, host, args, echo or self.echo, limit=self.limit)
+        return await run_on(self.fleet, host, args, echo or self.echo, limit=self.limit,
+                            connections=self.connections)
 
     def hosts_in(self, *outcomes: HostOutcome) -> list[HostRecord]:
         return in_state(self.records.values(), *outcomes)
@@ -91,6 +94,8 @@ class FleetRun:
             with contextlib.suppress(Exception):
                 await self._recover("the coordinator failed: putting the fleet back")
             raise
+        finally:
+            await self.connections.close()
         return self._report(command, asked or self.release, why)
 
     # -- phase 1 ----------------------------------------------------------------------
