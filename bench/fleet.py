@@ -1,0 +1,417 @@
+"""Fleet deploys (issue 10, "Benchmark"): `relman fleet deploy` on 1, 2, 4 and 6 simulated
+hosts against one host's own deploy measured in the same run, the mixed-version window of
+the together and rolling (batch 1) strategies, and the requests that failed through the
+front nginx meanwhile.
+
+    sudo .venv/bin/python bench/fleet.py [--hosts 1,2,4,6] [--repeats 3] [--quick]
+
+Root only: the hosts are unix users made for the run and removed at its end
+(testing/fleet.py simulated_fleet(): a daemon per user, one private sshd with a
+forced-command key per user, a front nginx round-robin over the hosts' run/app.sock).
+
+For each fleet size, under load through its front nginx (testing/load.py, keep-alive
+clients), each repeat commits a new version of the sample app (same requirements: every
+venv is reused) before each of:
+1. single: `ssh HOST relman deploy vN` on the first host, through its forced command;
+2. together: `relman --json --config FLEET.toml fleet deploy vN`, the real CLI ([fleet]
+   defaults: strategy together, no canary), every host;
+3. rolling: the same with strategy = "rolling", batch = 1 (sizes above 1).
+Wall times are medians over the repeats, the three interleaved so that the machine's load
+hits all alike. The coordinator's report gives each host's prepare and switch seconds: what
+the wall time has beyond the slowest prepare plus the slowest switch is the coordinator's
+own (its start, the status round, the release host's gate, ssh sessions); a slowest prepare
+that grows with the size while the CPU is busy is contention (6 hosts share 2 cores here).
+
+The mixed-version window, from the first host serving the new release to the last, is
+measured three ways:
+- nginx (from outside): every answer through the front nginx names its version, and
+  X-Upstream its host. A host switched after the start of its last request answered by the
+  old version and before the end of its first answered by the new one: its switch is the
+  middle of that interval, and the window is the spread of those (the "+-" column: half
+  the widest interval).
+- link (on the hosts): each host's run/app.sock symlink mtime; the switch creates it and
+  os.replace()s it over the old one (relman/atomic.py replace_symlink). One machine, so
+  one clock for all hosts.
+- lines (through the coordinator): when each host's `switched` progress line, which the
+  coordinator streams with --json as the hosts' switches run, reached this script.
+
+Goals (exit 1 when one is missed): fleet deploy at the largest size at most 1.3x the single
+deploy; the together window under 1 s (nginx method) at every size; no failed request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.client import HTTPResponse
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from testing.daemon import RELMAN
+from testing.fleet import Fleet, Host, SimulatedFleet, simulated_fleet
+from testing.git import release_version
+from testing.load import Load
+
+GOAL_RATIO = 1.3
+GOAL_WINDOW = 1.0
+CONCURRENCY = 4  # load clients; more would take the 2 cores from the hosts
+# time.time() - time.monotonic(): Load's times and the hosts' link mtimes on one clock
+EPOCH = time.time() - time.monotonic()
+
+
+def log_step(text: str) -> None:
+    print(f"  .. {text}", file=sys.stderr, flush=True)
+
+
+# --- what the front nginx answered ------------------------------------------------------------
+
+@dataclass
+class Answers:
+    """(started, ended, host, version) of each answer through the front nginx, wall clock."""
+    by_socket: dict[str, str]  # X-Upstream -> host name
+    seen: list[tuple[float, float, str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, started: float, ended: float, response: HTTPResponse, body: bytes
+                ) -> None:
+        if response.status != 200:
+            return  # Load counts it as failed
+        words = body.split(maxsplit=2)
+        host = self.by_socket.get(response.headers.get("X-Upstream", ""), "?")
+        version = words[1].decode() if len(words) > 1 else "?"
+        with self.lock:
+            self.seen.append((started + EPOCH, ended + EPOCH, host, version))
+
+    def switches(self, hosts: list[str], version: str, since: float
+                 ) -> dict[str, tuple[float, float]] | None:
+        """Each host's switch to *version* after *since*: (middle, half-width) of the
+        interval between its last old answer's start and its first new answer's end; None
+        when a host was not seen on both sides."""
+        with self.lock:
+            seen = [s for s in self.seen if s[1] >= since]
+        found = {}
+        for host in hosts:
+            new_end = min((e for _, e, h, v in seen if h == host and v == version),
+                          default=None)
+            if new_end is None:
+                return None
+            old_start = max((s for s, _, h, v in seen
+                             if h == host and v != version and s < new_end), default=None)
+            if old_start is None:
+                return None
+            found[host] = ((old_start + new_end) / 2, (new_end - old_start) / 2)
+        return found
+
+
+def spread(times: list[float]) -> float:
+    return max(times) - min(times) if times else float("nan")
+
+
+# --- the runs -----------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """One deploy: its wall time, the machine's CPU use, and (fleet) its report and windows."""
+    wall: float
+    cpu: float  # busy share of all cores, 0..1
+    report: dict[str, Any] = field(default_factory=dict)
+    windows: dict[str, float] = field(default_factory=dict)  # method -> seconds
+    precision: float = float("nan")  # the nginx method's +-
+    timeline: list[tuple[float, str]] = field(default_factory=list)  # (seconds, line)
+
+
+def cpu_busy() -> tuple[float, float]:
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + t.steal, sum(t)
+
+
+def busy_since(before: tuple[float, float]) -> float:
+    busy, total = cpu_busy()
+    return (busy - before[0]) / max(total - before[1], 1e-9)
+
+
+def single_deploy(f: Fleet, host: Host, ref: str) -> Run:
+    before, started = cpu_busy(), time.monotonic()
+    done = f.ssh(host, "deploy", ref, timeout=600)
+    wall = time.monotonic() - started
+    if done.returncode != 0:
+        raise SystemExit(f"ssh {host.name} relman deploy {ref} exited {done.returncode}:\n"
+                         f"{done.stdout}{done.stderr}\n{host.log_tail()}")
+    return Run(wall, busy_since(before))
+
+
+def fleet_deploy(config: Path, f: Fleet, ref: str, answers: Answers) -> Run:
+    """`relman --json --config CONFIG fleet deploy REF`, each line timed as it arrives."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SSH_AUTH_SOCK", "RELMAN_CONFIG")}
+    by_destination = {h.destination: h.name for h in f.hosts}
+    lines: dict[str, float] = {}
+    said: list[str] = []
+    report: dict[str, Any] = {}
+    before, since, started = cpu_busy(), time.time(), time.monotonic()
+    proc = subprocess.Popen([*RELMAN, "--json", "--config", str(config), "fleet", "deploy",
+                             ref], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    timeline = []
+    for line in proc.stdout:
+        arrived = time.time()
+        said.append(line)
+        timeline.append((arrived - since, line.rstrip("\n")))
+        event = _json(line)
+        if event.get("type") == "progress" and event.get("step") == "switched":
+            lines.setdefault(by_destination.get(event.get("host", ""), "?"), arrived)
+        elif event.get("type") == "fleet":
+            report = event
+    code = proc.wait()
+    wall = time.monotonic() - started
+    cpu = busy_since(before)
+    if code != 0 or report.get("outcome") != "deployed":
+        raise SystemExit(f"fleet deploy {ref} exited {code}:\n{''.join(said[-40:])}")
+    names = [h.name for h in f.hosts]
+    links = [(h.root / "run" / "app.sock").lstat().st_mtime for h in f.hosts]
+    run = Run(wall, cpu, report, {"link": spread(links),
+                                  "lines": spread([lines[n] for n in names if n in lines])},
+              timeline=timeline)
+    time.sleep(0.5)  # a few more answers after the last switch
+    seen = answers.switches(names, ref, since)
+    if seen is not None:
+        run.windows["nginx"] = spread([m for m, _ in seen.values()])
+        run.precision = max(w for _, w in seen.values())
+    return run
+
+
+def _json(line: str) -> dict[str, Any]:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def fleet_toml(path: Path, f: Fleet, **fleet: str | int) -> Path:
+    """A fleet-only config: [app] name and [fleet] (these hosts, this ssh, *fleet*)."""
+    table = {"hosts": list(f.config.hosts), "ssh": list(f.config.ssh), **fleet}
+    # JSON strings, integers and arrays of strings are TOML as they are
+    path.write_text('[app]\nname = "sample"\n\n[fleet]\n'
+                    + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
+    return path
+
+
+# --- one fleet size ---------------------------------------------------------------------------
+
+@dataclass
+class Size:
+    n: int
+    single: list[Run] = field(default_factory=list)
+    together: list[Run] = field(default_factory=list)
+    rolling: list[Run] = field(default_factory=list)
+    cli_start: list[float] = field(default_factory=list)  # `relman --version` here
+    ssh_status: list[float] = field(default_factory=list)  # `ssh HOST relman status`
+    sent: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Versions:
+    """v2, v3, ...: each a new commit of the sample app with the same requirements."""
+
+    def __init__(self, repo: Path) -> None:
+        self.repo, self.number = repo, 1
+
+    def next(self) -> str:
+        self.number += 1
+        ref = f"v{self.number}"
+        release_version(self.repo, ref)
+        return ref
+
+
+def fixed_costs(f: Fleet, size: Size) -> None:
+    """What every coordinator pays before any work: its own start, and per ssh session
+    (status, prepare, switch...) the connection and the host's relman CLI start."""
+    started = time.monotonic()
+    subprocess.run([*RELMAN, "--version"], capture_output=True, check=True)
+    size.cli_start.append(time.monotonic() - started)
+    started = time.monotonic()
+    done = f.ssh(f.hosts[0], "status")
+    if done.returncode != 0:
+        raise SystemExit(f"ssh {f.hosts[0].name} relman status: {done.stdout}{done.stderr}")
+    size.ssh_status.append(time.monotonic() - started)
+
+
+def show(run: Run, lines: bool) -> None:
+    if lines:
+        for seconds, line in run.timeline:
+            print(f"     {seconds:7.3f} {line}", file=sys.stderr)
+
+
+def bench_size(sim: SimulatedFleet, n: int, versions: Versions, repeats: int,
+               lines: bool) -> Size:
+    f = sim(n)
+    base = sim.base / f"fleet-{n}"
+    base.mkdir(exist_ok=True)
+    together = fleet_toml(base / "together.toml", f)
+    rolling = fleet_toml(base / "rolling.toml", f, strategy="rolling", batch=1)
+    answers = Answers({f"unix:{h.root}/run/app.sock": h.name for h in f.hosts})
+    size = Size(n)
+    with Load(f.url, concurrency=CONCURRENCY, keepalive=True, max_requests=10**8,
+              max_seconds=3600, observe=answers.observe) as load:
+        for rep in range(repeats):
+            log_step(f"{n} host(s), repeat {rep + 1} of {repeats}: single")
+            fixed_costs(f, size)
+            size.single.append(single_deploy(f, f.hosts[0], versions.next()))
+            log_step(f"{n} host(s), repeat {rep + 1} of {repeats}: fleet together")
+            size.together.append(fleet_deploy(together, f, versions.next(), answers))
+            show(size.together[-1], lines)
+            if n > 1:
+                log_step(f"{n} host(s), repeat {rep + 1} of {repeats}: fleet rolling")
+                size.rolling.append(fleet_deploy(rolling, f, versions.next(), answers))
+                show(size.rolling[-1], lines)
+    result = load.result
+    size.sent, size.failed, size.errors = result.sent, result.failed, result.errors[:5]
+    return size
+
+
+def deploy_everywhere(sim: SimulatedFleet, n: int, versions: Versions) -> None:
+    """The first deploy (v1) on each of the *n* hosts, one after the other (cold: a new
+    venv each)."""
+    f = sim(n)
+    ref = f"v{versions.number}"
+    for host in f.hosts:
+        started = time.monotonic()
+        done = f.ssh(host, "deploy", ref, timeout=600)
+        if done.returncode != 0:
+            raise SystemExit(f"{host.name}: first deploy exited {done.returncode}:\n"
+                             f"{done.stdout}{done.stderr}\n{host.log_tail()}")
+        log_step(f"{host.name}: {ref} deployed (cold) in {time.monotonic() - started:.1f} s")
+
+
+# --- the report -------------------------------------------------------------------------------
+
+def med(values: Iterator[float] | list[float]) -> float:
+    found = [v for v in values if v == v]  # not NaN
+    return statistics.median(found) if found else float("nan")
+
+
+def host_seconds(run: Run, key: str) -> list[float]:
+    return [float(h[key]) for h in run.report.get("hosts", []) if h.get(key) is not None]
+
+
+def print_walls(sizes: list[Size]) -> None:
+    print("\n1. wall time, median of the repeats; the coordinator's share from its --json "
+          "report\n   (prep/switch: the slowest host's; coord = wall - slowest prepare - "
+          "slowest switch)")
+    print(f"   {'hosts':>5} {'single':>7} {'together':>9} {'ratio':>6} {'prep':>6} "
+          f"{'switch':>7} {'coord':>6} {'sum prep':>9} {'CPU 1/fleet':>12} "
+          f"{'rolling':>8} {'ratio':>6}")
+    for s in sizes:
+        single = med([r.wall for r in s.single])
+        wall = med([r.wall for r in s.together])
+        prep = med([max(host_seconds(r, "prepare_s"), default=0) for r in s.together])
+        switch = med([max(host_seconds(r, "switch_s"), default=0) for r in s.together])
+        total = med([sum(host_seconds(r, "prepare_s")) for r in s.together])
+        coord = med([r.wall - max(host_seconds(r, "prepare_s"), default=0)
+                     - max(host_seconds(r, "switch_s"), default=0) for r in s.together])
+        cpu = f"{med([r.cpu for r in s.single]):.0%}/{med([r.cpu for r in s.together]):.0%}"
+        roll = med([r.wall for r in s.rolling])
+        rolled = (f"{roll:7.2f}s {roll / single:5.2f}x" if s.rolling
+                  else f"{'-':>8} {'-':>6}")
+        print(f"   {s.n:5d} {single:6.2f}s {wall:8.2f}s {wall / single:5.2f}x {prep:5.2f}s "
+              f"{switch:6.2f}s {coord:5.2f}s {total:8.2f}s {cpu:>12} {rolled}")
+    cli = med([t for s in sizes for t in s.cli_start])
+    ssh = med([t for s in sizes for t in s.ssh_status])
+    print(f"   fixed costs (median): the relman CLI's start here (`relman --version`) "
+          f"{cli:.2f} s; one ssh session to a host (`ssh HOST relman status`) {ssh:.2f} s.\n"
+          "   A coordinator starts once and opens per host a status, a prepare (two on the "
+          "hosts\n   other than the release host: --build-only, then --prepare) and a switch "
+          "session;\n   a single deploy is one session. CPU: the machine's busy share during "
+          "the single / together runs.")
+
+
+def print_windows(sizes: list[Size]) -> None:
+    print("\n2. mixed-version window (first host on the new release to the last), median of "
+          "the repeats, seconds\n   nginx: answers through the front nginx (+- its "
+          "sampling); link: hosts' app.sock mtimes; lines: the coordinator's `switched` "
+          "lines")
+    print(f"   {'hosts':>5} {'strategy':9} {'nginx':>7} {'+-':>6} {'link':>7} {'lines':>7}")
+    for s in sizes:
+        if s.n < 2:
+            continue
+        for name, runs in (("together", s.together), ("rolling", s.rolling)):
+            figures = [med(r.windows.get(k, float("nan")) for r in runs)
+                       for k in ("nginx", "link", "lines")]
+            precision = med([r.precision for r in runs])
+            print(f"   {s.n:5d} {name:9} {figures[0]:7.3f} {precision:6.3f} "
+                  f"{figures[1]:7.3f} {figures[2]:7.3f}")
+
+
+def print_requests(sizes: list[Size]) -> None:
+    print("\n3. requests through the front nginx during all the runs")
+    for s in sizes:
+        print(f"   {s.n} host(s): {s.sent} sent, {s.failed} failed"
+              + (f" ({', '.join(s.errors)})" if s.errors else ""))
+
+
+def goals(sizes: list[Size]) -> bool:
+    largest = max(sizes, key=lambda s: s.n)
+    ratio = med([r.wall for r in largest.together]) / med([r.wall for r in largest.single])
+    windows = [med(r.windows.get("nginx", float("nan")) for r in s.together)
+               for s in sizes if s.n > 1]
+    failed = sum(s.failed for s in sizes)
+    checks = [(f"fleet deploy at {largest.n} hosts <= {GOAL_RATIO}x a single host's",
+               ratio <= GOAL_RATIO, f"{ratio:.2f}x"),
+              (f"together window < {GOAL_WINDOW:g} s (nginx) at every size",
+               all(w < GOAL_WINDOW for w in windows),
+               ", ".join(f"{w:.3f} s" for w in windows) or "no size above 1 host"),
+              ("0 failed requests", failed == 0, str(failed))]
+    print("\ngoals:")
+    for text, met, figure in checks:
+        print(f"   {'met   ' if met else 'MISSED'} {text}: {figure}")
+    return all(met for _, met, _ in checks)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--hosts", default="1,2,4,6", help="fleet sizes, comma-separated")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--quick", action="store_true", help="one run per figure")
+    parser.add_argument("--lines", action="store_true",
+                        help="each fleet run's output lines, timed, on stderr")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench/fleet.py runs as root: its simulated hosts are unix users")
+    ns = sorted({int(n) for n in args.hosts.split(",")})
+    repeats = 1 if args.quick else args.repeats
+    os.environ.setdefault("UV_CACHE_DIR", os.path.expanduser("~/.cache/relman-tests-uv"))
+    os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"relman fleet bench: {os.cpu_count()} cores, load average {load}, "
+          f"{repeats} repeat(s)", flush=True)
+    with simulated_fleet() as sim:
+        log_step(f"making {max(ns)} hosts")
+        versions = Versions(sim.repo)
+        deploy_everywhere(sim, max(ns), versions)
+        sizes = [bench_size(sim, n, versions, repeats, args.lines) for n in ns]
+    print_walls(sizes)
+    print_windows(sizes)
+    print_requests(sizes)
+    raise SystemExit(0 if goals(sizes) else 1)
+
+
+if __name__ == "__main__":
+    main()
