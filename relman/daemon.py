@@ -22,7 +22,7 @@ from relman.control import KEEPALIVE, ControlServer, Send, scale_counts
 from relman.errors import LockHeld, RelmanError, StateWriteFailed, UsageError, writing
 from relman.filewatch import watch_files
 from relman.lock import Busy, FileLock
-from relman.transaction import App, CrashRecovery, Observer, Report, prepare, reconcile
+from relman.transaction import App, CrashRecovery, Observer, Report, hostside, prepare, reconcile
 from relman.transaction.repair import set_aside_current
 from relman.who import who_of
 
@@ -242,9 +242,10 @@ class Daemon:
             "abort": lambda: self.job(f"abort {args.get('release')}", who, args, send,
                                       lambda _rep: prepare.abort(self.app,
                                                                  str(args.get("release")), who)),
-            "rollback": lambda: self.job("rollback", who, args, send,
-                                         lambda rep: self._rollback(args.get("release"), who,
-                                                                    rep)),
+            "rollback": lambda: self.job("rollback", who, args, send, lambda rep: (
+                hostside.rollback_job(self.app, args.get("release") or None, who, rep,
+                                      self.schedule_job)
+                if args.get("prepare") else self._rollback(args.get("release"), who, rep))),
             "restart": lambda: self.job("restart", who, args, send,
                                         lambda rep: self._restart(who, rep, args.get("name"))),
             "start": lambda: self.job("start", who, args, send,
@@ -286,7 +287,7 @@ class Daemon:
                     try:
                         with writing():  # a refused write the job did not name: exit 1
                             return await prepare.unless_prepared(
-                                self.app, what, work, report, internal=args is _INTERNAL)
+                                self.app, what, work, report, args, internal=args is _INTERNAL)
                     except RelmanError as e:  # the journal says why, not only the history
                         log.warning("job.failed", job=what, who=who, error=e.message)
                         raise
@@ -309,11 +310,10 @@ class Daemon:
             beat.cancel()
 
     async def _deploy(self, ref: str, who: str, report: Report, args: dict[str, Any]
-                      ) -> results.DeployResult | results.PrepareResult:
+                      ) -> results.DeployResult | results.PrepareResult | results.BuildResult:
         self.refresh_config()
-        if args.get("prepare"):
-            return await prepare.prepare_job(self.app, ref, who, report, schedule=self.schedule_job,
-                                             release_phase=not args.get("no_release_phase"))
+        if args.get("prepare") or args.get("build_only"):
+            return await hostside.deploy_job(self.app, ref, who, report, args, self.schedule_job)
         manifest = await self.app.deploy(ref, who, report)
         # Like Capistrano's cleanup, every deploy keeps the disk bounded (Kamal's is not).
         # A server still stopping counts as running: the next prune takes its release.

@@ -164,12 +164,26 @@ class DeployResult(Result):
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrepareResult(Result):
-    """`deploy --prepare`: the release prepared on next.sock, and when it expires."""
+    """`deploy --prepare` and `rollback --prepare`: the release prepared on next.sock, and
+    when it expires; or (*live*) that the release is live already and nothing was started.
+    A release prepared already answers with its candidate's deadline, unchanged."""
 
-    release: str
-    sha: str
-    ref: str
-    prepared_until: float  # epoch seconds
+    release: str  # the release id: the same on every host of a fleet
+    sha: str  # its commit
+    ref: str  # the ref asked for (rollback --prepare: the ref the release was deployed as)
+    prepared_until: float  # epoch seconds the candidate is stopped at; 0 when *live*
+    live: bool = False  # the release is live already: nothing prepared, nothing to switch
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildResult(Result):
+    """`deploy --build-only`: the release fetched and built, nothing started or switched
+    (`deploy REF --prepare --no-release-phase` reuses the build)."""
+
+    release: str  # the release id
+    sha: str  # its commit
+    ref: str  # the ref asked for
 
 
 @final

@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import os
 import time
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,6 +19,9 @@ from relman.cli.fleet import fleet
 from relman.cli.params import COUNT, number_at_least_0, positive_number
 from relman.cli.ssh import SSH_ALLOWED, ssh_command
 from relman.errors import UsageError
+
+if TYPE_CHECKING:
+    from relman.results import PrepareResult
 
 __all__ = ["SSH_ALLOWED", "cli", "main"]
 
@@ -63,27 +67,45 @@ def daemon(ctx: Context) -> None:
                    "(until `relman abort ID` or swap.prepare_timeout) and print its id.")
 @click.option("--no-release-phase", is_flag=True,
               help="With --prepare: skip release.commands (another host runs them).")
+@click.option("--build-only", is_flag=True,
+              help="Fetch and build REF into its release and print its id: no release "
+                   "phase, nothing started or switched.")
 @WAIT
 @pass_ctx
-def deploy(ctx: Context, ref: str, prepare: bool, no_release_phase: bool, wait: bool) -> None:
+def deploy(ctx: Context, ref: str, prepare: bool, no_release_phase: bool, build_only: bool,
+           wait: bool) -> None:
     """Fetch REF, build it, run the release phase and swap it in."""
-    from relman.results import DeployResult, PrepareResult
+    from relman.results import BuildResult, DeployResult, PrepareResult
 
+    if build_only and (prepare or no_release_phase):
+        raise click.UsageError("--build-only cannot be used with --prepare or "
+                               "--no-release-phase")
     if no_release_phase and not prepare:
         raise click.UsageError("--no-release-phase needs --prepare")
-    if not prepare:
+    if build_only:
+        built = ctx.call("deploy", BuildResult, ref=ref, wait=wait, build_only=True)
+        ctx.emit(built.to_json(), lambda: built.release)  # its own line: machine readable
+    elif prepare:
+        prepared = ctx.call("deploy", PrepareResult, ref=ref, wait=wait, prepare=True,
+                            no_release_phase=no_release_phase)
+        _emit_prepared(ctx, prepared)
+    else:
         result = ctx.call("deploy", DeployResult, ref=ref, wait=wait)
         ctx.emit(result.to_json(), lambda: f"deployed {result.ref} as {result.release}")
-        return
-    prepared = ctx.call("deploy", PrepareResult, ref=ref, wait=wait, prepare=True,
-                        no_release_phase=no_release_phase)
-    ctx.emit(prepared.to_json(), lambda: prepared.release)  # its own line: machine readable
+
+
+def _emit_prepared(ctx: Context, prepared: PrepareResult) -> None:
+    """The prepared release's id alone on the last line (machine readable), after a line
+    saying it is live already when it is."""
+    ctx.emit(prepared.to_json(), lambda: (f"release {prepared.release} is live already\n"
+                                          if prepared.live else "") + prepared.release)
 
 
 @cli.command()
 @click.argument("release")
 @click.option("--keep-warm", type=float, metavar="SECONDS", callback=number_at_least_0,
-              help="Keep the old release warm this long (instead of swap.keep_warm).")
+              help="Keep the old release warm at least this long (swap.keep_warm if "
+                   "longer).")
 @WAIT
 @pass_ctx
 def switch(ctx: Context, release: str, keep_warm: float | None, wait: bool) -> None:
@@ -119,12 +141,19 @@ def abort(ctx: Context, release: str, wait: bool) -> None:
 
 @cli.command()
 @click.argument("release", required=False)
+@click.option("--prepare", is_flag=True,
+              help="Stop before the switch, as deploy --prepare: leave the healthy "
+                   "candidate (the warm instance, if any) on run/next.sock and print its id.")
 @WAIT
 @pass_ctx
-def rollback(ctx: Context, release: str | None, wait: bool) -> None:
+def rollback(ctx: Context, release: str | None, prepare: bool, wait: bool) -> None:
     """Swap to the previous known-good release (or RELEASE)."""
-    from relman.results import RollbackResult
+    from relman.results import PrepareResult, RollbackResult
 
+    if prepare:
+        _emit_prepared(ctx, ctx.call("rollback", PrepareResult, release=release, wait=wait,
+                                     prepare=True))
+        return
     result = ctx.call("rollback", RollbackResult, release=release, wait=wait)
     ctx.emit(result.to_json(), lambda: f"rolled back to {result.release}")
 

@@ -23,7 +23,8 @@ ALLOWED: Final[Mapping[ServerState, frozenset[ServerState]]] = {
     S.STARTING: frozenset({S.HEALTHY, S.CRASHED, S.STOPPING}),
     S.HEALTHY: frozenset({S.LIVE, S.WARM, S.STOPPING, S.CRASHED}),  # WARM: adopted
     S.LIVE: frozenset({S.DRAINING, S.WARM, S.STOPPING, S.CRASHED}),
-    S.WARM: frozenset({S.LIVE, S.STOPPING, S.CRASHED}),
+    # HEALTHY: a warm server taken over as a prepared candidate (rollback --prepare).
+    S.WARM: frozenset({S.LIVE, S.HEALTHY, S.STOPPING, S.CRASHED}),
     S.DRAINING: frozenset({S.STOPPING, S.WARM, S.LIVE, S.CRASHED}),
     S.STOPPING: frozenset({S.STOPPED, S.CRASHED}),
     S.STOPPED: frozenset(),

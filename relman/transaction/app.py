@@ -148,7 +148,7 @@ class App:
             before_build(manifest)
         manifest = await self._build(manifest, report)
         if not release_phase:
-            self.jobs.step(Step.RELEASED, report, "release phase skipped (--no-release-phase)")
+            self.jobs.step(Step.RELEASED, report, "release phase skipped")
             return manifest
         try:
             await self.store.release_phase(manifest, lambda line: report("release", line))
@@ -196,15 +196,7 @@ class App:
         """Swap to *target*, or to the known-good release that was live before the live one,
         with the settings it ran with. An *auto* rollback's switch is settled at once: it is
         never rolled back by itself."""
-        if target:
-            manifest = self.store.get(target)
-            if manifest.state is not ReleaseState.BUILT:
-                raise NoRollbackTarget(f"release {target} is {manifest.state}: not a target")
-        else:
-            found = self.store.rollback_target()
-            if found is None:
-                raise NoRollbackTarget("no known-good release was live before the live one")
-            manifest = found
+        manifest = self.rollback_target(target)
         live = self.store.live_id()
         self.jobs.begin(JournalEntry(job="rollback", release=manifest.id, who=who,
                                      previous_release=live or ""))
@@ -215,6 +207,18 @@ class App:
             raise
         self.jobs.finish("rolled_back", report, manifest, who=who, previous=live)
         return manifest
+
+    def rollback_target(self, target: str | None) -> Manifest:
+        """*target*'s manifest (a built release), or the rollback target; else NoRollbackTarget."""
+        if target:
+            manifest = self.store.get(target)
+            if manifest.state is not ReleaseState.BUILT:
+                raise NoRollbackTarget(f"release {target} is {manifest.state}: not a target")
+            return manifest
+        found = self.store.rollback_target()
+        if found is None:
+            raise NoRollbackTarget("no known-good release was live before the live one")
+        return found
 
     async def restart(self, who: str, report: Report = _quiet, name: str | None = None
                       ) -> Manifest:

@@ -2,11 +2,13 @@
 deploy's fetch, build, release phase, health check and nginx preview, then stops short of
 the switch. The healthy candidate stays on run/next.sock, recorded in state/prepared.json
 (release id, candidate instance, deadline), until `relman abort ID` or swap.prepare_timeout
-stops it.
+stops it. `relman rollback [RELEASE] --prepare` leaves a rollback's candidate the same way
+(its warm instance taken over, if it runs); hostside.py has the jobs a fleet coordinator
+runs, done when their release is live or prepared already.
 
 `relman switch ID` runs the swap's steps 4 to 7 for it (swap() with *prepared*), after a
 fresh health check of the candidate; `relman switch ID --keep-warm SECONDS` keeps the old
-release warm that long (a fleet coordinator switches hosts back without a start).
+release warm at least that long (a fleet coordinator switches hosts back without a start).
 
 Decisions (man/relman.1 says them too):
 - One prepared candidate per app. The job lock is released once prepare ends (status, ps,
@@ -30,7 +32,7 @@ Decisions (man/relman.1 says them too):
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -41,11 +43,12 @@ from relman.config import HealthConfig
 from relman.errors import LockHeld, UsageError
 from relman.journal import JournalEntry, Step
 from relman.releases import Manifest
-from relman.results import AbortResult, DeployResult, PrepareResult
-from relman.supervisor import ServerHandle
+from relman.results import AbortResult, DeployResult
+from relman.supervisor import ServerHandle, ServerState
 from relman.supervisor.health import in_range, probe_socket
 from relman.transaction.jobs import Report
-from relman.transaction.swap import healthy_candidate, preview, swap
+from relman.transaction.runstate import Adopted, Role
+from relman.transaction.swap import healthy_candidate, preview, still_healthy, swap
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -58,12 +61,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """The prepared candidate: its release, its server and the time (epoch) it expires."""
+    """The prepared candidate: its release, its server, the time (epoch) it expires, and
+    whether it is a rollback's (`rollback --prepare`: its switch is a rollback)."""
 
     release: str
     sha: str
     candidate: ServerHandle
     deadline: float
+    rollback: bool = False
 
 
 def prepared_path(app: App) -> Path:
@@ -80,11 +85,15 @@ def refuse_while_prepared(app: App, job: str) -> None:
 
 
 async def unless_prepared(app: App, job: str, work: Callable[[Report], Awaitable[T]],
-                          report: Report, *, internal: bool) -> T:
+                          report: Report, args: Mapping[str, object], *, internal: bool) -> T:
     """*work*, the daemon's *job*, unless a candidate is prepared and the job is no switch
     or abort of it: a job asked for is refused; one of the daemon's own (*internal*: a
     crash restart of the live server, an automatic rollback) aborts the candidate first,
-    since the live server comes before a candidate, and its links would move anyway."""
+    since the live server comes before a candidate, and its links would move anyway.
+    A prepare or build-only job (*args*) sees for itself (hostside.py): of the prepared
+    release, it is done already."""
+    if args.get("prepare") or args.get("build_only"):
+        return await work(report)
     if app.prepared is not None and not job.startswith(("abort ", "switch ")):
         if not internal:
             refuse_while_prepared(app, job)
@@ -96,11 +105,16 @@ async def switch(app: App, release: str, who: str, report: Report, *,
                  keep_warm: float | None = None) -> DeployResult:
     """`relman switch RELEASE`: steps 4 to 7 of the swap for the prepared candidate, after
     it answers its health check again. Any failure leaves the live release serving and
-    stops the candidate (swap's abandon): it is no longer prepared either way."""
+    stops the candidate (swap's abandon): it is no longer prepared either way. The old
+    release is kept warm at least *keep_warm* seconds (swap.keep_warm if longer): a fleet
+    coordinator asks for the time it needs to switch back, never for less than the host's
+    own rollback window."""
     prepared = _the_prepared(app, release, "switch")
     if keep_warm is not None and not (isinstance(keep_warm, (int, float))
                                       and 0 <= keep_warm < float("inf")):
         raise UsageError(f"switch {release}: keep_warm {keep_warm!r}: not a number >= 0")
+    if keep_warm is not None:
+        keep_warm = max(keep_warm, app.config.swap.keep_warm)
     manifest = app.store.get(release)
     app.jobs.begin(JournalEntry(job="switch", release=release, ref=manifest.ref, who=who,
                                 step=Step.PREVIEWED, candidate=prepared.candidate.instance))
@@ -112,8 +126,8 @@ async def switch(app: App, release: str, who: str, report: Report, *,
     except BaseException as e:
         app.jobs.failed(e, report)
         raise
-    app.jobs.finish("deployed", report, manifest, ref=manifest.ref, who=who,
-                    prepared=True)
+    app.jobs.finish("rolled_back" if prepared.rollback else "deployed", report, manifest,
+                    ref=manifest.ref, who=who, prepared=True)
     return DeployResult(release=manifest.id, sha=manifest.sha, ref=manifest.ref,
                         switch_ms=app.switch_ms)
 
@@ -128,39 +142,72 @@ def _the_prepared(app: App, release: str, command: str) -> Prepared:
     return prepared
 
 
-async def prepare_job(app: App, ref: str, who: str, report: Report, *, release_phase: bool,
-                      schedule: Callable[[str, Callable[[Report], Awaitable[object]], float],
-                                         None]) -> PrepareResult:
-    """The daemon's `deploy --prepare`: prepare, then the one timer of its deadline."""
-    ready = await prepare(app, ref, who, report, release_phase=release_phase)
-    schedule(f"abort {ready.release}", lambda _report: expire(app, ready),
-             max(0.0, ready.deadline - app.clock()))
-    return PrepareResult(release=ready.release, sha=ready.sha, ref=ref,
-                         prepared_until=round(ready.deadline, 3))
+class LiveAlready(Exception):
+    """The release to prepare is live already: nothing to start (hostside.py answers
+    live=True). Never a RelmanError: it fails nothing."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        super().__init__(manifest.id)
+        self.manifest = manifest
 
 
 async def prepare(app: App, ref: str, who: str, report: Report, *,
                   release_phase: bool = True) -> Prepared:
     """Fetch *ref*, build it, run its release phase (unless not *release_phase*), start a
-    healthy candidate and preview it on next.sock; leave it there, prepared."""
+    healthy candidate and preview it on next.sock; leave it there, prepared. LiveAlready,
+    before anything is built, when *ref*'s release is live."""
     app.jobs.begin(JournalEntry(job="deploy", ref=ref, who=who))
+
+    async def built() -> Manifest:
+        manifest = await app.fetch_and_build(ref, who, report, release_phase=release_phase,
+                                             before_build=lambda m: _stop_if_live(app, m))
+        return app._settings_changed(manifest, app.live_manifest(), "deploy", who, report)
+
+    return await _leave_prepared(app, built, ref, who, report)
+
+
+async def prepare_rollback(app: App, manifest: Manifest, who: str, report: Report
+                           ) -> Prepared:
+    """`rollback --prepare`: *manifest*'s candidate (its warm instance, taken over, or a
+    new one started with the settings it ran with), healthy and previewed on next.sock;
+    left there, prepared. No fetch, no build, no release phase."""
+    app.jobs.begin(JournalEntry(job="rollback", release=manifest.id, who=who,
+                                previous_release=app.store.live_id() or ""))
+
+    async def target() -> Manifest:
+        return manifest
+
+    return await _leave_prepared(app, target, manifest.ref, who, report, rollback=True)
+
+
+async def _leave_prepared(app: App, target: Callable[[], Awaitable[Manifest]], ref: str,
+                          who: str, report: Report, *, rollback: bool = False) -> Prepared:
+    """The job begun: *target*'s release gets a healthy candidate, previewed on next.sock
+    and recorded as prepared; any failure stops the candidate and fails the job."""
     candidate: ServerHandle | None = None
     try:
-        manifest = await app.fetch_and_build(ref, who, report, release_phase=release_phase,
-                                             before_build=lambda m: _refuse_live(app, m))
-        manifest = app._settings_changed(manifest, app.live_manifest(), "deploy", who, report)
+        manifest = await target()
         health = _preparable(app, manifest)
-        app.journal.step(Step.RELEASED, release=manifest.id,
+        entry = app.journal.entry
+        app.journal.step(entry.step if entry else Step.BEGUN, release=manifest.id,
                          previous=app.live.instance if app.live else "")
-        candidate, detail = await healthy_candidate(app, manifest, health, report,
-                                                    reuse_warm=False)
+        candidate = _take_warm(app, manifest) if rollback else None
+        if candidate is not None:
+            detail = f"{candidate.instance} was warm: taken over as the candidate"
+            await still_healthy(candidate, health, report)
+        else:
+            candidate, detail = await healthy_candidate(app, manifest, health, report,
+                                                        reuse_warm=False)
         app.jobs.step(Step.HEALTHY, report, detail, candidate=candidate.instance)
         await preview(app, candidate, health, report)
         prepared = Prepared(manifest.id, manifest.sha, candidate,
-                            app.clock() + app.config.swap.prepare_timeout)
+                            app.clock() + app.config.swap.prepare_timeout, rollback)
         write_json_atomic(prepared_path(app), {
             "release": prepared.release, "candidate": candidate.instance,
-            "deadline": prepared.deadline})
+            "deadline": prepared.deadline, "rollback": rollback})
+    except LiveAlready:
+        app.jobs.end()  # nothing was begun for it: no history line, no failure
+        raise
     except BaseException as e:
         if candidate is not None:
             await _stop_candidate(app, candidate)
@@ -168,17 +215,31 @@ async def prepare(app: App, ref: str, who: str, report: Report, *,
         raise
     app.prepared = prepared
     app.store.record("prepared", release=manifest.id, sha=manifest.sha, ref=ref, who=who,
-                     candidate=candidate.instance, deadline=round(prepared.deadline, 3))
+                     candidate=candidate.instance, deadline=round(prepared.deadline, 3),
+                     **({"rollback": True} if rollback else {}))
     app.jobs.end()
     report("prepared", f"{manifest.id} is prepared on next.sock for "
            f"{app.config.swap.prepare_timeout:g}s")
     return prepared
 
 
-def _refuse_live(app: App, manifest: Manifest) -> None:
-    """Before building: a release that is live already is no candidate (exit 2)."""
-    if app.live is not None and app.live.release == manifest.id:
-        raise UsageError(f"deploy --prepare: release {manifest.id} is live already")
+def _take_warm(app: App, manifest: Manifest) -> ServerHandle | None:
+    """*manifest*'s warm instance, if it runs, as the candidate: its keep_warm window ends
+    (no timer stops it now) and the record calls it a candidate, so neither the window nor
+    a later warm server stops it; the prepared deadline is its only timer."""
+    warm = app.warm.server(manifest.id)
+    if warm is None or not warm.alive:
+        return None
+    app.warm.cancel()
+    app.record.submit(Adopted(warm.instance, warm.release, Role.CANDIDATE), strict=True)
+    warm.advance(ServerState.HEALTHY)  # checked again before it counts as healthy
+    return warm
+
+
+def _stop_if_live(app: App, manifest: Manifest) -> None:
+    """Before building: a release that is live already is no candidate (LiveAlready)."""
+    if app.live_release() == manifest.id:
+        raise LiveAlready(manifest)
 
 
 def _preparable(app: App, manifest: Manifest) -> HealthConfig:
@@ -186,7 +247,7 @@ def _preparable(app: App, manifest: Manifest) -> HealthConfig:
     candidate to prepare."""
     settings = app.store.settings(manifest)
     if settings.server.kind == "none":
-        raise UsageError('deploy --prepare: server.kind = "none": no candidate to prepare')
+        raise UsageError('--prepare: server.kind = "none": no candidate to prepare')
     return app.health(settings)
 
 
@@ -227,9 +288,9 @@ async def _stop_candidate(app: App, candidate: ServerHandle) -> None:
             app.root.next_sock.unlink(missing_ok=True)
 
 
-def _recorded(app: App) -> tuple[str, str, float] | None:
-    """(release, candidate instance, deadline) from state/prepared.json; None when there is
-    none; ("", "", 0) when it is unreadable."""
+def _recorded(app: App) -> tuple[str, str, float, bool] | None:
+    """(release, candidate instance, deadline, rollback) from state/prepared.json; None
+    when there is none; ("", "", 0, False) when it is unreadable."""
     try:
         data = json.loads(prepared_path(app).read_text())
     except FileNotFoundError:
@@ -239,7 +300,8 @@ def _recorded(app: App) -> tuple[str, str, float] | None:
     fields = data if isinstance(data, dict) else {}
     deadline = fields.get("deadline")
     return (str(fields.get("release", "")), str(fields.get("candidate", "")),
-            float(deadline) if isinstance(deadline, (int, float)) else 0.0)
+            float(deadline) if isinstance(deadline, (int, float)) else 0.0,
+            fields.get("rollback") is True)
 
 
 async def readopt(app: App, handle: ServerHandle, interrupted: bool, notes: list[str]
@@ -250,7 +312,7 @@ async def readopt(app: App, handle: ServerHandle, interrupted: bool, notes: list
     recorded = _recorded(app)
     if interrupted or recorded is None or recorded[1] != handle.instance:
         return False
-    release, _candidate, deadline = recorded
+    release, _candidate, deadline, rollback = recorded
     if deadline <= app.clock() or not handle.alive:
         return False
     health = app.release_health(release)
@@ -258,7 +320,7 @@ async def readopt(app: App, handle: ServerHandle, interrupted: bool, notes: list
                                timeout=5)
     if not in_range(probe.status, health.expect) or not handle.alive:
         return False
-    app.prepared = Prepared(release, app.store.get(release).sha, handle, deadline)
+    app.prepared = Prepared(release, app.store.get(release).sha, handle, deadline, rollback)
     notes.append(f"{handle.instance} stays prepared for the {deadline - app.clock():.0f}s "
                  "left until its deadline")
     return True
@@ -279,7 +341,7 @@ def after_restart(app: App, notes: list[str],
     recorded = _recorded(app)
     if recorded is None:
         return
-    release, candidate, deadline = recorded
+    release, candidate, deadline, _rollback = recorded
     expired = 0 < deadline <= app.clock()
     app.store.record("prepare_expired" if expired else "prepare_abandoned", release=release,
                      candidate=candidate, who="relman (daemon restarted)")

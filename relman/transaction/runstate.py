@@ -244,7 +244,10 @@ def _started(state: RunState, event: Started | Adopted, _now: float) -> RunState
             event.name, event.release, event.role, event.process, event.index)))
     if isinstance(event, Started):
         raise IllegalEvent(f"instance {event.name} started twice")
-    return replace(state, instances=_set_role(instances, event.name, event.role))
+    instances = _set_role(instances, event.name, event.role)
+    # A warm instance taken over as a candidate (rollback --prepare) ends the warm window.
+    warm_until = state.warm_until if any(i.role is Role.WARM for i in instances) else 0.0
+    return replace(state, instances=instances, warm_until=warm_until)
 
 
 def _switched_back(state: RunState, event: SwitchedBack, _now: float) -> RunState:

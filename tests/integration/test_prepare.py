@@ -46,9 +46,10 @@ def next_sock_target(app) -> str:
 
 def test_prepare_then_abort_under_load_leaves_live_untouched(stack, app_repo):
     """The prepared candidate answers on next.sock with the new version while live keeps
-    the old; other jobs are refused naming `relman abort ID`; a wrong id exits 2; abort
-    stops the candidate with no failed request through nginx, and the same ref can be
-    deployed afterwards (the release stayed built)."""
+    the old; other jobs (a prepare of another release too) are refused naming `relman
+    abort ID`; a wrong id exits 2; abort stops the candidate with no failed request
+    through nginx, and the same ref can be deployed afterwards (the release stayed
+    built)."""
     app, nginx = stack("gunicorn")
     app.relman("deploy", "v1", check=True)
     v1 = app.json("status")["live"]
@@ -67,7 +68,8 @@ def test_prepare_then_abort_under_load_leaves_live_untouched(stack, app_repo):
         refused = app.relman("deploy", "v2")
         assert refused.returncode == 4, refused.stderr
         assert f"relman abort {v2}" in refused.stderr
-        again = app.relman("deploy", "v2", "--prepare")
+        assert prepare(app, "v2") == v2  # prepared already: done (test_hostside.py)
+        again = app.relman("deploy", "v1", "--prepare")  # live, but another is prepared
         assert again.returncode == 4, again.stderr
         assert app.relman("rollback").returncode == 4
         wrong = app.relman("abort", v1)

@@ -14,6 +14,7 @@ from relman.errors import BadAnswer, DaemonBug, error_from_dict
 from relman.journal import JournalEntry, Step
 from relman.results import (
     AbortResult,
+    BuildResult,
     DaemonInfo,
     DeployResult,
     Figures,
@@ -62,6 +63,8 @@ EVERY_RESULT: list[Result] = [
     Pong(pid=100, version="1.0"),
     Progress(step="fetched", message="v1 is 1a2b3c4"),
     PrepareResult(release=RID, sha="1a2b3c4d", ref="v1", prepared_until=1800000000.5),
+    PrepareResult(release=RID, sha="1a2b3c4d", ref="v1", prepared_until=0.0, live=True),
+    BuildResult(release=RID, sha="1a2b3c4d", ref="v1"),
     AbortResult(release=RID, candidate=f"{RID}.3"),
 ]
 

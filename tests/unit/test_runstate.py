@@ -172,6 +172,20 @@ def test_adoption_fixes_roles_and_adds_the_unrecorded():
     assert state.get("v1.1") == Instance("v1.1", "v1", Role.RETIRING)
 
 
+def test_a_warm_instance_taken_over_as_a_candidate_is_warm_no_more():
+    """rollback --prepare: the warm instance becomes the candidate; its window is over (no
+    warm instance, nothing left of it), and a switch to it makes it live."""
+    state = run(Started("v1.1", "v1"), SwitchedTo("v1.1", window=300),
+                Started("v2.1", "v2"), SwitchedTo("v2.1", window=300), KeptWarm("v1.1", 60),
+                Adopted("v1.1", "v1", Role.CANDIDATE))
+    assert state.get("v1.1") == Instance("v1.1", "v1", Role.CANDIDATE)
+    assert (state.warm, state.warm_until) == (None, 0.0)
+    assert warm_left(state, "v1.1", AT) == 0.0
+    switched = run(SwitchedTo("v1.1", window=300), state=state, now=AT + 5)
+    assert switched.live == Instance("v1.1", "v1", Role.LIVE)
+    assert switched.get("v2.1") == Instance("v2.1", "v2", Role.RETIRING)
+
+
 @pytest.mark.parametrize("event", [SwitchedTo("nope.1", window=1), KeptWarm("nope.1", 1),
                                    SwitchedBack("nope.1", "", Switch())])
 def test_events_about_unknown_instances_are_bugs(event):

@@ -197,9 +197,18 @@ RID = "20261123T031500Z-1a2b3c4"
     ("relman --json deploy --prepare v2", 3, "daemon"),
     (f"relman abort {RID}", 3, "daemon"),
     (f"relman abort --wait {RID}", 3, "daemon"),
+    ("relman deploy v2 --build-only", 3, "daemon"),
+    ("relman --json deploy --build-only v2", 3, "daemon"),
+    ("relman rollback --prepare", 3, "daemon"),
+    (f"relman rollback {RID} --prepare", 3, "daemon"),
+    (f"relman --json rollback --prepare --wait {RID}", 3, "daemon"),
     # Refused before any request, exit 2.
     ("relman deploy v2 --no-release-phase", 2, "--no-release-phase needs --prepare"),
     ("relman deploy v2 --prepare --keep-warm 5", 2, "No such option '--keep-warm'"),
+    ("relman deploy v2 --build-only --prepare", 2, "--build-only cannot be used with"),
+    ("relman deploy v2 --build-only --no-release-phase", 2, "--build-only cannot be used"),
+    ("relman rollback --prepare --no-release-phase", 2, "No such option"),
+    ("relman rollback --prepare=yes", 2, "does not take a value"),
     ("relman abort", 2, "Missing argument 'RELEASE'"),
     ("relman abort ../../etc", 2, "'../../etc': not a release id"),
     (f"relman abort {RID}/..", 2, "not a release id"),
@@ -217,9 +226,10 @@ RID = "20261123T031500Z-1a2b3c4"
 def test_prepare_and_abort_over_ssh(capsys: pytest.CaptureFixture[str],
                                     monkeypatch: pytest.MonkeyPatch, config: Path,
                                     original: str, code: int, message: str) -> None:
-    """`deploy REF --prepare [--no-release-phase]`, `switch ID [--keep-warm SECONDS]` and
-    `abort ID` (issue 10) pass the forced command; a release id of another shape, or a
-    bad option or value, exits 2 in one line."""
+    """`deploy REF --prepare [--no-release-phase]`, `deploy REF --build-only`, `rollback
+    [RELEASE] --prepare`, `switch ID [--keep-warm SECONDS]` and `abort ID` (issue 10) pass
+    the forced command; a release id of another shape, or a bad option or value, exits 2
+    in one line."""
     got, out, err = ssh(capsys, monkeypatch, config, original)
     assert got == code, (out, err)
     assert message in err or message in out, (out, err)
