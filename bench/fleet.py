@@ -42,6 +42,7 @@ deploy; the together window under 1 s (nginx method) at every size; no failed re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -142,6 +143,11 @@ def busy_since(before: tuple[float, float]) -> float:
     return (busy - before[0]) / max(total - before[1], 1e-9)
 
 
+def coordinator_env() -> dict[str, str]:
+    """This environment without an ssh agent (the key is named) or a RELMAN_CONFIG."""
+    return {k: v for k, v in os.environ.items() if k not in ("SSH_AUTH_SOCK", "RELMAN_CONFIG")}
+
+
 def single_deploy(f: Fleet, host: Host, ref: str) -> Run:
     before, started = cpu_busy(), time.monotonic()
     done = f.ssh(host, "deploy", ref, timeout=600)
@@ -154,7 +160,7 @@ def single_deploy(f: Fleet, host: Host, ref: str) -> Run:
 
 def fleet_deploy(config: Path, f: Fleet, ref: str, answers: Answers) -> Run:
     """`relman --json --config CONFIG fleet deploy REF`, each line timed as it arrives."""
-    env = {k: v for k, v in os.environ.items() if k not in ("SSH_AUTH_SOCK", "RELMAN_CONFIG")}
+    env = coordinator_env()
     by_destination = {h.destination: h.name for h in f.hosts}
     lines: dict[str, float] = {}
     said: list[str] = []
@@ -200,13 +206,41 @@ def _json(line: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def fleet_toml(path: Path, f: Fleet, **fleet: str | int) -> Path:
-    """A fleet-only config: [app] name and [fleet] (these hosts, this ssh, *fleet*)."""
-    table = {"hosts": list(f.config.hosts), "ssh": list(f.config.ssh), **fleet}
+def fleet_toml(path: Path, f: Fleet, ssh: tuple[str, ...] = (), **fleet: str | int) -> Path:
+    """A fleet-only config: [app] name and [fleet] (these hosts, this ssh and *ssh*
+    options, *fleet*)."""
+    table = {"hosts": list(f.config.hosts), "ssh": [*f.config.ssh, *ssh], **fleet}
     # JSON strings, integers and arrays of strings are TOML as they are
     path.write_text('[app]\nname = "sample"\n\n[fleet]\n'
                     + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
     return path
+
+
+def mux_options(base: Path) -> tuple[str, ...]:
+    """ssh options that reuse one master connection per host (ssh_config(5)); %C is a hash
+    of the local host, user, host and port, so one path per host user."""
+    return ("-o", "ControlMaster=auto", "-o", f"ControlPath={base}/cm-%C",
+            "-o", "ControlPersist=yes")
+
+
+@contextlib.contextmanager
+def ssh_masters(f: Fleet, options: tuple[str, ...]) -> Iterator[None]:
+    """A master connection to each host, started here (ssh -fN) so that no measured run
+    pays for its handshake, as with a ControlPersist a user's earlier command left;
+    `ssh -O exit` at the end."""
+    def ssh(host: Host, *args: str) -> list[str]:
+        return [*f.config.ssh, *options, *args, "-p", str(host.port), "--",
+                f"{host.name}@127.0.0.1"]
+
+    quiet: dict[str, Any] = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL,
+                             "stderr": subprocess.DEVNULL, "timeout": 60, "check": False}
+    try:
+        for host in f.hosts:
+            subprocess.run(ssh(host, "-o", "ControlMaster=yes", "-fN"), **quiet)
+        yield
+    finally:
+        for host in f.hosts:
+            subprocess.run(ssh(host, "-O", "exit"), **quiet)
 
 
 # --- one fleet size ---------------------------------------------------------------------------
@@ -217,8 +251,10 @@ class Size:
     single: list[Run] = field(default_factory=list)
     together: list[Run] = field(default_factory=list)
     rolling: list[Run] = field(default_factory=list)
+    mux: list[Run] = field(default_factory=list)  # together, over ssh masters
     cli_start: list[float] = field(default_factory=list)  # `relman --version` here
     ssh_status: list[float] = field(default_factory=list)  # `ssh HOST relman status`
+    mux_status: list[float] = field(default_factory=list)  # `relman fleet status`, masters
     sent: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
@@ -237,9 +273,10 @@ class Versions:
         return ref
 
 
-def fixed_costs(f: Fleet, size: Size) -> None:
+def fixed_costs(f: Fleet, size: Size, mux: Path | None) -> None:
     """What every coordinator pays before any work: its own start, and per ssh session
-    (status, prepare, switch...) the connection and the host's relman CLI start."""
+    (status, prepare, switch...) the connection and the host's relman CLI start (with
+    *mux*, a config whose ssh reuses a master connection: that too)."""
     started = time.monotonic()
     subprocess.run([*RELMAN, "--version"], capture_output=True, check=True)
     size.cli_start.append(time.monotonic() - started)
@@ -248,6 +285,11 @@ def fixed_costs(f: Fleet, size: Size) -> None:
     if done.returncode != 0:
         raise SystemExit(f"ssh {f.hosts[0].name} relman status: {done.stdout}{done.stderr}")
     size.ssh_status.append(time.monotonic() - started)
+    if mux is not None:
+        started = time.monotonic()
+        subprocess.run([*RELMAN, "--config", str(mux), "fleet", "status"], env=coordinator_env(),
+                       capture_output=True, check=False)
+        size.mux_status.append(time.monotonic() - started)
 
 
 def show(run: Run, lines: bool) -> None:
@@ -256,20 +298,27 @@ def show(run: Run, lines: bool) -> None:
             print(f"     {seconds:7.3f} {line}", file=sys.stderr)
 
 
-def bench_size(sim: SimulatedFleet, n: int, versions: Versions, repeats: int,
-               lines: bool) -> Size:
+def bench_size(sim: SimulatedFleet, n: int, versions: Versions, args: argparse.Namespace
+               ) -> Size:
     f = sim(n)
     base = sim.base / f"fleet-{n}"
     base.mkdir(exist_ok=True)
     together = fleet_toml(base / "together.toml", f)
     rolling = fleet_toml(base / "rolling.toml", f, strategy="rolling", batch=1)
+    options = mux_options(base)
+    mux = fleet_toml(base / "mux.toml", f, options) if args.mux else None
     answers = Answers({f"unix:{h.root}/run/app.sock": h.name for h in f.hosts})
     size = Size(n)
-    with Load(f.url, concurrency=CONCURRENCY, keepalive=True, max_requests=10**8,
-              max_seconds=3600, observe=answers.observe) as load:
+    repeats, lines = args.repeats, args.lines
+    with contextlib.ExitStack() as stack:
+        if mux is not None:
+            stack.enter_context(ssh_masters(f, options))
+        load = stack.enter_context(Load(f.url, concurrency=CONCURRENCY, keepalive=True,
+                                        max_requests=10**8, max_seconds=3600,
+                                        observe=answers.observe))
         for rep in range(repeats):
             log_step(f"{n} host(s), repeat {rep + 1} of {repeats}: single")
-            fixed_costs(f, size)
+            fixed_costs(f, size, mux)
             size.single.append(single_deploy(f, f.hosts[0], versions.next()))
             log_step(f"{n} host(s), repeat {rep + 1} of {repeats}: fleet together")
             size.together.append(fleet_deploy(together, f, versions.next(), answers))
@@ -278,6 +327,11 @@ def bench_size(sim: SimulatedFleet, n: int, versions: Versions, repeats: int,
                 log_step(f"{n} host(s), repeat {rep + 1} of {repeats}: fleet rolling")
                 size.rolling.append(fleet_deploy(rolling, f, versions.next(), answers))
                 show(size.rolling[-1], lines)
+            if mux is not None:
+                log_step(f"{n} host(s), repeat {rep + 1} of {repeats}: fleet together, "
+                         "ssh masters")
+                size.mux.append(fleet_deploy(mux, f, versions.next(), answers))
+                show(size.mux[-1], lines)
     result = load.result
     size.sent, size.failed, size.errors = result.sent, result.failed, result.errors[:5]
     return size
@@ -321,8 +375,7 @@ def print_walls(sizes: list[Size]) -> None:
         prep = med([max(host_seconds(r, "prepare_s"), default=0) for r in s.together])
         switch = med([max(host_seconds(r, "switch_s"), default=0) for r in s.together])
         total = med([sum(host_seconds(r, "prepare_s")) for r in s.together])
-        coord = med([r.wall - max(host_seconds(r, "prepare_s"), default=0)
-                     - max(host_seconds(r, "switch_s"), default=0) for r in s.together])
+        coord = med([coordinator_share(r) for r in s.together])
         cpu = f"{med([r.cpu for r in s.single]):.0%}/{med([r.cpu for r in s.together]):.0%}"
         roll = med([r.wall for r in s.rolling])
         rolled = (f"{roll:7.2f}s {roll / single:5.2f}x" if s.rolling
@@ -356,6 +409,29 @@ def print_windows(sizes: list[Size]) -> None:
                   f"{figures[1]:7.3f} {figures[2]:7.3f}")
 
 
+def coordinator_share(run: Run) -> float:
+    return (run.wall - max(host_seconds(run, "prepare_s"), default=0)
+            - max(host_seconds(run, "switch_s"), default=0))
+
+
+def print_mux(sizes: list[Size]) -> None:
+    if not any(s.mux for s in sizes):
+        return
+    print("\n4. together, ssh reusing a master connection per host (ControlMaster=auto, "
+          "masters started first),\n   against the same deploy without; `fleet status` "
+          "is one session per host at once")
+    print(f"   {'hosts':>5} {'single':>7} {'together':>9} {'masters':>8} {'ratio':>6} "
+          f"{'coord':>6} {'coord m.':>8} {'window m.':>9} {'fleet status m.':>16}")
+    for s in sizes:
+        single = med([r.wall for r in s.single])
+        wall, mux = med([r.wall for r in s.together]), med([r.wall for r in s.mux])
+        window = med(r.windows.get("nginx", float("nan")) for r in s.mux)
+        print(f"   {s.n:5d} {single:6.2f}s {wall:8.2f}s {mux:7.2f}s {mux / single:5.2f}x "
+              f"{med([coordinator_share(r) for r in s.together]):5.2f}s "
+              f"{med([coordinator_share(r) for r in s.mux]):7.2f}s {window:8.3f}s "
+              f"{med(s.mux_status):15.2f}s")
+
+
 def print_requests(sizes: list[Size]) -> None:
     print("\n3. requests through the front nginx during all the runs")
     for s in sizes:
@@ -386,6 +462,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hosts", default="1,2,4,6", help="fleet sizes, comma-separated")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--quick", action="store_true", help="one run per figure")
+    parser.add_argument("--mux", action="store_true",
+                        help="also the together deploy with ssh reusing a master "
+                        "connection per host (ControlMaster)")
     parser.add_argument("--lines", action="store_true",
                         help="each fleet run's output lines, timed, on stderr")
     return parser.parse_args()
@@ -396,7 +475,7 @@ def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("bench/fleet.py runs as root: its simulated hosts are unix users")
     ns = sorted({int(n) for n in args.hosts.split(",")})
-    repeats = 1 if args.quick else args.repeats
+    args.repeats = repeats = 1 if args.quick else args.repeats
     os.environ.setdefault("UV_CACHE_DIR", os.path.expanduser("~/.cache/relman-tests-uv"))
     os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -406,9 +485,10 @@ def main() -> None:
         log_step(f"making {max(ns)} hosts")
         versions = Versions(sim.repo)
         deploy_everywhere(sim, max(ns), versions)
-        sizes = [bench_size(sim, n, versions, repeats, args.lines) for n in ns]
+        sizes = [bench_size(sim, n, versions, args) for n in ns]
     print_walls(sizes)
     print_windows(sizes)
+    print_mux(sizes)
     print_requests(sizes)
     raise SystemExit(0 if goals(sizes) else 1)
 
