@@ -45,6 +45,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -68,6 +69,8 @@ from testing.load import Load
 GOAL_RATIO = 1.3
 GOAL_WINDOW = 1.0
 CONCURRENCY = 4  # load clients; more would take the 2 cores from the hosts
+# the host's `switched` line: "app.sock -> ID.sock (41 ms after the job began)"
+JOB_MS = re.compile(r"\((\d+(?:\.\d+)?) ms after the job began\)")
 # time.time() - time.monotonic(): Load's times and the hosts' link mtimes on one clock
 EPOCH = time.time() - time.monotonic()
 
@@ -131,6 +134,9 @@ class Run:
     windows: dict[str, float] = field(default_factory=dict)  # method -> seconds
     precision: float = float("nan")  # the nginx method's +-
     timeline: list[tuple[float, str]] = field(default_factory=list)  # (seconds, line)
+    # from the last host's `prepared` line to the first and the last `switched` line
+    after_prepared: tuple[float, float] = (float("nan"), float("nan"))
+    job_ms: float = float("nan")  # median: each host's own job start to its switch
 
 
 def cpu_busy() -> tuple[float, float]:
@@ -163,6 +169,8 @@ def fleet_deploy(config: Path, f: Fleet, ref: str, answers: Answers) -> Run:
     env = coordinator_env()
     by_destination = {h.destination: h.name for h in f.hosts}
     lines: dict[str, float] = {}
+    prepared: list[float] = []
+    job_ms: list[float] = []
     said: list[str] = []
     report: dict[str, Any] = {}
     before, since, started = cpu_busy(), time.time(), time.monotonic()
@@ -178,6 +186,11 @@ def fleet_deploy(config: Path, f: Fleet, ref: str, answers: Answers) -> Run:
         event = _json(line)
         if event.get("type") == "progress" and event.get("step") == "switched":
             lines.setdefault(by_destination.get(event.get("host", ""), "?"), arrived)
+            found = JOB_MS.search(str(event.get("message", "")))
+            if found:
+                job_ms.append(float(found[1]))
+        elif event.get("type") == "progress" and event.get("step") == "prepared":
+            prepared.append(arrived)
         elif event.get("type") == "fleet":
             report = event
     code = proc.wait()
@@ -189,7 +202,10 @@ def fleet_deploy(config: Path, f: Fleet, ref: str, answers: Answers) -> Run:
     links = [(h.root / "run" / "app.sock").lstat().st_mtime for h in f.hosts]
     run = Run(wall, cpu, report, {"link": spread(links),
                                   "lines": spread([lines[n] for n in names if n in lines])},
-              timeline=timeline)
+              timeline=timeline, job_ms=med(job_ms))
+    if prepared and lines:
+        run.after_prepared = (min(lines.values()) - max(prepared),
+                              max(lines.values()) - max(prepared))
     time.sleep(0.5)  # a few more answers after the last switch
     seen = answers.switches(names, ref, since)
     if seen is not None:
@@ -364,10 +380,11 @@ def host_seconds(run: Run, key: str) -> list[float]:
 
 def print_walls(sizes: list[Size]) -> None:
     print("\n1. wall time, median of the repeats; the coordinator's share from its --json "
-          "report\n   (prep/switch: the slowest host's; coord = wall - slowest prepare - "
-          "slowest switch)")
-    print(f"   {'hosts':>5} {'single':>7} {'together':>9} {'ratio':>6} {'prep':>6} "
-          f"{'switch':>7} {'coord':>6} {'sum prep':>9} {'CPU 1/fleet':>12} "
+          "report\n   (1st line: the coordinator's first line, `release host: runs "
+          "release.commands`, after its start and\n   its status round; prep/switch: the "
+          "slowest host's; coord = wall - slowest prepare - slowest switch)")
+    print(f"   {'hosts':>5} {'single':>7} {'together':>9} {'ratio':>6} {'1st line':>9} "
+          f"{'prep':>6} {'switch':>7} {'coord':>6} {'sum prep':>9} {'CPU 1/fleet':>12} "
           f"{'rolling':>8} {'ratio':>6}")
     for s in sizes:
         single = med([r.wall for r in s.single])
@@ -380,8 +397,9 @@ def print_walls(sizes: list[Size]) -> None:
         roll = med([r.wall for r in s.rolling])
         rolled = (f"{roll:7.2f}s {roll / single:5.2f}x" if s.rolling
                   else f"{'-':>8} {'-':>6}")
-        print(f"   {s.n:5d} {single:6.2f}s {wall:8.2f}s {wall / single:5.2f}x {prep:5.2f}s "
-              f"{switch:6.2f}s {coord:5.2f}s {total:8.2f}s {cpu:>12} {rolled}")
+        first = med([r.timeline[0][0] for r in s.together if r.timeline])
+        print(f"   {s.n:5d} {single:6.2f}s {wall:8.2f}s {wall / single:5.2f}x {first:8.2f}s "
+              f"{prep:5.2f}s {switch:6.2f}s {coord:5.2f}s {total:8.2f}s {cpu:>12} {rolled}")
     cli = med([t for s in sizes for t in s.cli_start])
     ssh = med([t for s in sizes for t in s.ssh_status])
     print(f"   fixed costs (median): the relman CLI's start here (`relman --version`) "
@@ -397,7 +415,11 @@ def print_windows(sizes: list[Size]) -> None:
           "the repeats, seconds\n   nginx: answers through the front nginx (+- its "
           "sampling); link: hosts' app.sock mtimes; lines: the coordinator's `switched` "
           "lines")
-    print(f"   {'hosts':>5} {'strategy':9} {'nginx':>7} {'+-':>6} {'link':>7} {'lines':>7}")
+    print("   after prep.: from the last host's `prepared` line to the first and the last "
+          "`switched` line;\n   job: the host's own time from its switch job's start to "
+          "the switch (the line says it)")
+    print(f"   {'hosts':>5} {'strategy':9} {'nginx':>7} {'+-':>6} {'link':>7} {'lines':>7} "
+          f"{'after prep.':>13} {'job':>7}")
     for s in sizes:
         if s.n < 2:
             continue
@@ -405,8 +427,12 @@ def print_windows(sizes: list[Size]) -> None:
             figures = [med(r.windows.get(k, float("nan")) for r in runs)
                        for k in ("nginx", "link", "lines")]
             precision = med([r.precision for r in runs])
+            first = med([r.after_prepared[0] for r in runs])
+            last = med([r.after_prepared[1] for r in runs])
+            job = med([r.job_ms for r in runs])
             print(f"   {s.n:5d} {name:9} {figures[0]:7.3f} {precision:6.3f} "
-                  f"{figures[1]:7.3f} {figures[2]:7.3f}")
+                  f"{figures[1]:7.3f} {figures[2]:7.3f} {first:6.2f}-{last:<6.2f} "
+                  f"{job:4.0f} ms")
 
 
 def coordinator_share(run: Run) -> float:
@@ -488,8 +514,8 @@ def main() -> None:
         sizes = [bench_size(sim, n, versions, args) for n in ns]
     print_walls(sizes)
     print_windows(sizes)
-    print_mux(sizes)
     print_requests(sizes)
+    print_mux(sizes)
     raise SystemExit(0 if goals(sizes) else 1)
 
 
