@@ -13,7 +13,14 @@ from testing.git import release_version
 from testing.load import Load
 from testing.unixhttp import http_get
 from testing.waiting import wait_until
-from tests.integration.test_prepare import answer, candidate_pid, events, prepare, root_of
+from tests.integration.test_prepare import (
+    answer,
+    candidate_pid,
+    events,
+    kill_candidate,
+    prepare,
+    root_of,
+)
 
 
 def pids(app) -> dict[str, int]:
@@ -68,11 +75,7 @@ def test_prepare_again_after_the_candidate_exited_starts_a_new_one(make_app, app
     app.relman("deploy", "v1", check=True)
     release_version(app_repo, "v2")
     v2 = prepare(app, "v2")
-    dead = candidate_pid(app, v2)
-    psutil.Process(dead).kill()
-    wait_until(lambda: not psutil.pid_exists(dead) or
-               psutil.Process(dead).status() == psutil.STATUS_ZOMBIE, timeout=30,
-               what="the candidate to die")
+    dead = kill_candidate(app, v2)
     assert prepare(app, "v2") == v2
     assert candidate_pid(app, v2) != dead
     assert ("prepare_aborted", v2) in events(app)
@@ -183,3 +186,26 @@ def test_rollback_prepare_starts_a_candidate_and_survives_a_daemon_kill(make_app
     status = app.json("status")
     assert (status["live"], status["prepared"]) == (v1, None)
     assert ("rolled_back", v1) in events(app)
+
+
+def test_a_warm_instance_taken_over_expires_with_the_prepare_timeout(make_app, app_repo):
+    """A warm instance taken over by `rollback --prepare` and never switched to is stopped
+    at swap.prepare_timeout (prepare_expired), however long swap.keep_warm is; the live
+    release serves on and a later rollback starts a new server."""
+    app = make_app(swap={"keep_warm": 600, "prepare_timeout": 8})
+    app.relman("deploy", "v1", check=True)
+    v1 = app.json("status")["live"]
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    v2 = app.json("status")["live"]
+    warm = next(s["pid"] for s in app.json("status")["servers"] if s["state"] == "warm")
+    assert answer(app, "rollback", v1, "--prepare")["release"] == v1
+    assert candidate_pid(app, v1) == warm
+    wait_until(lambda: ("prepare_expired", v1) in events(app), timeout=30,
+               what="the prepared warm instance to expire")
+    wait_until(lambda: not psutil.pid_exists(warm), timeout=30, what="it to stop")
+    status = app.json("status")
+    assert (status["live"], status["prepared"]) == (v2, None)
+    assert [s["release"] for s in status["servers"]] == [v2]
+    app.relman("rollback", check=True)
+    assert app.json("status")["live"] == v1

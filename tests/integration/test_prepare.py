@@ -40,6 +40,16 @@ def answer(app, *args: str) -> dict:
     return json.loads(app.relman("--json", *args, check=True).stdout.splitlines()[-1])
 
 
+def kill_candidate(app, release: str) -> int:
+    """SIGKILL *release*'s candidate and wait until it is gone; its pid."""
+    pid = candidate_pid(app, release)
+    psutil.Process(pid).kill()
+    wait_until(lambda: not psutil.pid_exists(pid) or
+               psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=30,
+               what="the candidate to die")
+    return pid
+
+
 def next_sock_target(app) -> str:
     return os.readlink(root_of(app) / "run/next.sock")
 
@@ -193,11 +203,7 @@ def test_a_candidate_that_died_is_not_switched_to(make_app, app_repo):
     v1 = app.json("status")["live"]
     release_version(app_repo, "v2")
     v2 = prepare(app, "v2")
-    pid = candidate_pid(app, v2)
-    psutil.Process(pid).kill()
-    wait_until(lambda: not psutil.pid_exists(pid) or
-               psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=30,
-               what="the candidate to die")
+    kill_candidate(app, v2)
     failed = app.relman("switch", v2)
     assert failed.returncode == 1, (failed.stdout, failed.stderr)
     assert "prepared candidate" in failed.stdout + failed.stderr
