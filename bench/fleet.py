@@ -451,7 +451,8 @@ def print_mux(sizes: list[Size]) -> None:
     for s in sizes:
         single = med([r.wall for r in s.single])
         wall, mux = med([r.wall for r in s.together]), med([r.wall for r in s.mux])
-        window = med(r.windows.get("nginx", float("nan")) for r in s.mux)
+        window = (med(r.windows.get("nginx", float("nan")) for r in s.mux) if s.n > 1
+                  else float("nan"))  # one host: no window
         print(f"   {s.n:5d} {single:6.2f}s {wall:8.2f}s {mux:7.2f}s {mux / single:5.2f}x "
               f"{med([coordinator_share(r) for r in s.together]):5.2f}s "
               f"{med([coordinator_share(r) for r in s.mux]):7.2f}s {window:8.3f}s "
