@@ -4,6 +4,11 @@ the together and rolling (batch 1) strategies, and the requests that failed thro
 front nginx meanwhile.
 
     sudo .venv/bin/python bench/fleet.py [--hosts 1,2,4,6] [--repeats 3] [--quick]
+                                         [--mux] [--lines]
+
+--quick: one run per figure (about 1.5 min at 6 hosts alone, 5 for all sizes). --mux:
+also the together deploy over ssh master connections (ControlMaster), started first.
+--lines: each fleet run's output lines on stderr, timed as they arrived.
 
 Root only: the hosts are unix users made for the run and removed at its end
 (testing/fleet.py simulated_fleet(): a daemon per user, one private sshd with a
