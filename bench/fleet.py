@@ -6,7 +6,7 @@ front nginx meanwhile.
     sudo .venv/bin/python bench/fleet.py [--hosts 1,2,4,6] [--repeats 3] [--quick]
                                          [--mux] [--lines]
 
---quick: one run per figure (about 1.5 min at 6 hosts alone, 5 for all sizes). --mux:
+--quick: one run per figure (about 1.5 min at 6 hosts alone, 4 for all sizes). --mux:
 also the together deploy over ssh master connections (ControlMaster), started first.
 --lines: each fleet run's output lines on stderr, timed as they arrived.
 
