@@ -6,8 +6,11 @@ front nginx meanwhile.
     sudo .venv/bin/python bench/fleet.py [--hosts 1,2,4,6] [--repeats 3] [--quick]
                                          [--mux] [--lines]
 
---quick: one run per figure (about 1.5 min at 6 hosts alone, 4 for all sizes). --mux:
-also the together deploy over ssh master connections (ControlMaster), started first.
+--quick: one run per figure (about 1.5 min at 6 hosts alone, 4 for all sizes). The fleet
+runs use [fleet] multiplex (its default: the coordinator opens one master connection per
+host for the run). --mux: also the together deploy over master connections started
+beforehand, as a user's ControlPersist leaves them (multiplex = false, so that these are
+used).
 --lines: each fleet run's output lines on stderr, timed as they arrived.
 
 Root only: the hosts are unix users made for the run and removed at its end
@@ -145,7 +148,9 @@ def bench_size(sim: SimulatedFleet, n: int, versions: Versions, args: argparse.N
     together = fleet_toml(base / "together.toml", f)
     rolling = fleet_toml(base / "rolling.toml", f, strategy="rolling", batch=1)
     options = mux_options(base)
-    mux = fleet_toml(base / "mux.toml", f, options) if args.mux else None
+    # multiplex = false: the masters started beforehand (a user's ControlPersist), not the
+    # coordinator's own (the default, which the `together` runs use, opened from cold)
+    mux = fleet_toml(base / "mux.toml", f, options, multiplex=False) if args.mux else None
     answers = Answers({f"unix:{h.root}/run/app.sock": h.name for h in f.hosts})
     size = Size(n)
     repeats, lines = args.repeats, args.lines

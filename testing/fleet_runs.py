@@ -174,11 +174,12 @@ def _json(line: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def fleet_toml(path: Path, f: Fleet, ssh: tuple[str, ...] = (), **fleet: str | int) -> Path:
+def fleet_toml(path: Path, f: Fleet, ssh: tuple[str, ...] = (), **fleet: str | int | bool
+               ) -> Path:
     """A fleet-only config: [app] name and [fleet] (these hosts, this ssh and *ssh*
     options, *fleet*)."""
     table = {"hosts": list(f.config.hosts), "ssh": [*f.config.ssh, *ssh], **fleet}
-    # JSON strings, integers and arrays of strings are TOML as they are
+    # JSON strings, integers, booleans and arrays of strings are TOML as they are
     path.write_text('[app]\nname = "sample"\n\n[fleet]\n'
                     + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
     return path
