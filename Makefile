@@ -52,7 +52,8 @@ demo: $(VENV)/.stamp
 	$(PY) -m testing.demo
 
 # Figures, not tests: each script prints ratios measured in the same run, and exits 1 when
-# it misses its goal; the leading "-" lets the next one run all the same.
+# it misses its goal; the leading "-" lets the next one run all the same. bench/fleet.py
+# runs as root only (its simulated hosts are unix users).
 bench: $(VENV)/.stamp
 	-$(PY) bench/swap.py
 	-$(PY) bench/swap.py --kind uwsgi
@@ -60,6 +61,7 @@ bench: $(VENV)/.stamp
 	-$(PY) bench/supervise.py
 	-$(PY) bench/processes.py
 	-$(PY) bench/scale.py
+	-$(PY) bench/fleet.py
 
 # `sudo make install`: a venv of $(PYTHON) in /opt/relman with this checkout in it (not
 # editable: the checkout may go afterwards), /usr/local/bin/relman, the systemd unit, the

@@ -26,7 +26,11 @@ FLEET: Final = "fleet"
 class FleetConfig:
     hosts: tuple[str, ...] = field(metadata={
         "type": "array of strings", "doc": "required; ssh destinations, user@host[:port] or alias"})
-    ssh: tuple[str, ...] = _key(("ssh", "-o", "BatchMode=yes"), "command",
+    # BatchMode: fail, never ask; ConnectTimeout and ServerAlive*: a host that stops
+    # answering is lost in about a minute, not waited for until TCP gives up.
+    ssh: tuple[str, ...] = _key(("ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+                                 "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"),
+                                "command",
                                 "the ssh argv that each host's command follows")
     app: str = _key("", "string", 'sent as `relman --app APP ...`; "" sends none')
     strategy: str = _key("together", "string", "together | rolling")
@@ -35,6 +39,8 @@ class FleetConfig:
     canary_seconds: float = _key(30.0, "number", "seconds the canary hosts are watched")
     parallel: int = _key(8, "integer", "ssh sessions at once, at least 1")
     release_host: str = _key("", "string", 'runs release.commands; "" is the first host')
+    multiplex: bool = _key(True, "boolean",
+                           "one OpenSSH connection per host for a whole run (ControlMaster)")
 
 
 @dataclass(frozen=True, slots=True)

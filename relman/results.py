@@ -173,6 +173,8 @@ class PrepareResult(Result):
     ref: str  # the ref asked for (rollback --prepare: the ref the release was deployed as)
     prepared_until: float  # epoch seconds the candidate is stopped at; 0 when *live*
     live: bool = False  # the release is live already: nothing prepared, nothing to switch
+    expires_in: float = 0.0  # seconds until prepared_until, by the host's own clock (a
+    # fleet coordinator counts from its receipt: no two machines' clocks compared)
 
 
 @final

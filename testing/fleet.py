@@ -290,9 +290,26 @@ class SimulatedFleet:
         self.sshd.stop()
 
 
+def remove_stale_users() -> list[str]:
+    """userdel the simulated hosts a killed run left behind: users bearing FLEET_MARK whose
+    fleet's base dir (the parent of their home's parent) is gone and that run nothing."""
+    import psutil
+
+    running = {p.info["uids"].real for p in psutil.process_iter(["uids"]) if p.info["uids"]}
+    removed = []
+    for user in pwd.getpwall():
+        base = Path(user.pw_dir).parent.parent
+        if user.pw_gecos == FLEET_MARK and not base.exists() and user.pw_uid not in running:
+            remove_user(user.pw_name)
+            removed.append(user.pw_name)
+    return removed
+
+
 @contextlib.contextmanager
 def simulated_fleet() -> Iterator[SimulatedFleet]:
-    """A SimulatedFleet; at the end its processes stop, its users and base dir go."""
+    """A SimulatedFleet; at the end its processes stop, its users and base dir go (and any
+    a killed run left behind, first)."""
+    remove_stale_users()
     base = make_base_dir("relman-fleet-")
     sim: SimulatedFleet | None = None
     try:

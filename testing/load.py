@@ -11,8 +11,12 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+#: observe(started, ended, response, body): called for each request answered (any status)
+Observe = Callable[[float, float, http.client.HTTPResponse, bytes], None]
 
 
 @dataclass
@@ -50,13 +54,15 @@ class Load:
     """`with Load(url, paths, concurrency) as load: ...`; then load.result.
 
     *url* is http://host:port, https://host:port (verified with *tls*, else the default
-    context) or unix:/path/to/socket.
+    context) or unix:/path/to/socket. *observe*, if given, sees every answer (times are
+    time.monotonic(); it runs in the worker thread, so it must be quick).
     """
 
     def __init__(self, url: str, paths: tuple[str, ...] = ("/",), *, concurrency: int = 8,
                  max_requests: int = 100_000, max_seconds: float = 300,
                  host: str = "", keepalive: bool = False,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, observe: Observe | None = None) -> None:
+        self.observe = observe
         self.unix = url.removeprefix("unix:") if url.startswith("unix:") else None
         parts = urlsplit(url)
         self.tls = (tls or ssl.create_default_context()) if parts.scheme == "https" else None
@@ -92,8 +98,10 @@ class Load:
             headers = {"Host": self.host_header} if self.host_header else {}
             conn.request("GET", path, headers=headers)
             response = conn.getresponse()
-            response.read()
+            body = response.read()
             status = response.status
+            if self.observe is not None:
+                self.observe(started, time.monotonic(), response, body)
             if self.keepalive and not response.will_close:
                 kept = conn
             else:

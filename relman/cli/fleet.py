@@ -85,6 +85,11 @@ def fleet_releases(ctx: Context) -> None:
     config = _config(ctx)
     data = ask(config)
     ctx.emit(data, lambda: render_releases(data, config.hosts))
+    if data["errors"]:
+        from relman.errors import FleetFailed
+
+        raise FleetFailed("fleet releases: " + "; ".join(
+            f"{host}: {reason}" for host, reason in data["errors"].items()))
 
 
 def _config(ctx: Context) -> FleetConfig:
@@ -104,19 +109,25 @@ def _run_fleet(ctx: Context, allow_unreachable: bool,
     config = _config(ctx)
     width = max(len(h) for h in (*config.hosts, "fleet"))
 
+    output = [True]  # False once stdout is gone: the fleet is put in order all the same
+
     def echo(host: str, step: str, message: str) -> None:
         if ctx.json:
             line = json.dumps({"type": "progress", "host": host, "step": step,
                                "message": message})
         else:
             line = f"{host or 'fleet':<{width}}  " + (f"[{step}] " if step else "") + message
-        click.echo(line)
-        sys.stdout.flush()
+        if output[0]:
+            try:
+                click.echo(line)
+                sys.stdout.flush()
+            except OSError:  # a closed pipe (`| head`), a terminal gone
+                output[0] = False
 
     async def main() -> FleetReport:
         run = FleetRun(config, echo, allow_unreachable=allow_unreachable)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, run.stop)
         return await job(run)
 

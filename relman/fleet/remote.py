@@ -13,14 +13,26 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from relman.config_fleet import FleetConfig
+from relman.fleet.connections import Connections
 from relman.fleet.ssh import ssh_argv
 
-__all__ = ["SSH_UNREACHABLE", "Answer", "Echo", "run_on"]
+__all__ = ["NOT_RUN", "SSH_UNREACHABLE", "Answer", "Echo", "quiet", "run_on"]
 
 #: ssh's exit status for its own errors (connection, authentication): relman never exits 255
 SSH_UNREACHABLE: Final = 255
+#: seconds the output of an ssh that has exited is still read
+READ_AFTER_EXIT: Final = 5.0
+#: Answer.code when ssh could not even be started
+NOT_RUN: Final = -1
+#: the longest line kept from a host (asyncio's readline stops at 64 KiB: a long build log
+#: line); longer ones are dropped
+LINE_LIMIT: Final = 16 * 2**20
 #: how a coordinator shows one line: (host, step, message)
 Echo = Callable[[str, str, str], None]
+
+
+def quiet(_host: str, _step: str, _message: str) -> None:
+    """An Echo that shows nothing (status polls)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,21 +60,26 @@ class Answer:
         if self.error is not None:
             return str(self.error.get("message") or self.error.get("code") or "failed")
         last = self.said[-1] if self.said else ""
+        if self.code == NOT_RUN:
+            return last
         if self.unreachable:
-            return f"unreachable (ssh exit {self.code}{': ' + last if last else ''})"
+            return f"ssh exit {self.code}{': ' + last if last else ''}"
         if self.code == 0:
-            return "no answer from relman (is relman on the host's PATH?)"
+            return "no answer from relman"
         return f"exit {self.code}{': ' + last if last else ''}"
 
 
 async def run_on(fleet: FleetConfig, host: str, args: Sequence[str], echo: Echo, *,
-                 limit: asyncio.Semaphore | None = None) -> Answer:
-    """`relman --json *args*` on *host*; *limit* bounds the ssh sessions at once.
+                 limit: asyncio.Semaphore | None = None,
+                 connections: Connections | None = None) -> Answer:
+    """`relman --json *args*` on *host*; *limit* bounds the ssh sessions at once, and
+    *connections* (fleet.multiplex) gives each host one master connection.
 
     ssh runs in a session of its own: a Ctrl-C meant for the coordinator must not cut a
     host's switch in half (the coordinator stops in order and says so). stdin is /dev/null
     (BatchMode asks nothing anyway)."""
-    argv = ssh_argv(fleet, host, ["--json", *args])
+    control = connections.path(host) if connections is not None else None
+    argv = ssh_argv(fleet, host, ["--json", *args], control_path=control)
     if limit is None:
         return await _run(host, argv, echo)
     async with limit:
@@ -71,48 +88,73 @@ async def run_on(fleet: FleetConfig, host: str, args: Sequence[str], echo: Echo,
 
 async def _run(host: str, argv: list[str], echo: Echo) -> Answer:
     started = time.monotonic()
-    env = {k: v for k, v in os.environ.items() if k not in ("RELMAN_CONFIG",)}
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, start_new_session=True, env=env)
+    env = {k: v for k, v in os.environ.items() if k != "RELMAN_CONFIG"}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True, env=env)
+    except OSError as e:  # no ssh at fleet.ssh[0], not executable, out of processes
+        return Answer(host, NOT_RUN, None, None, 0.0, (f"cannot run {argv[0]}: {e.strerror}",))
     assert proc.stdout is not None
     assert proc.stderr is not None
     found: dict[str, Any] = {}
     said: list[str] = []
 
-    async def read_stdout(stream: asyncio.StreamReader) -> None:
-        async for raw in stream:
-            line = _line(raw)
-            event = _json(line)
-            if event is None:
-                if line.strip():
-                    said.append(line)
-                    echo(host, "", line)
-            elif isinstance(event, dict) and event.get("type") == "progress":
-                echo(host, str(event.get("step", "")), str(event.get("message", "")))
-            elif isinstance(event, dict) and isinstance(event.get("error"), dict):
-                found["error"] = event["error"]
-            else:
-                found["result"] = event
+    def on_stdout(line: str) -> None:
+        event = _json(line)
+        if event is None:
+            said.append(line)
+            echo(host, "", line)
+        elif isinstance(event, dict) and event.get("type") == "progress":
+            echo(host, str(event.get("step", "")), str(event.get("message", "")))
+        elif isinstance(event, dict) and isinstance(event.get("error"), dict):
+            found["error"] = event["error"]
+        else:
+            found["result"] = event
 
-    async def read_stderr(stream: asyncio.StreamReader) -> None:
-        async for raw in stream:
-            line = _line(raw)
-            if line.strip():
-                said.append(line)
-                echo(host, "", line)
+    def on_stderr(line: str) -> None:
+        said.append(line)
+        echo(host, "", line)
 
-    await asyncio.gather(read_stdout(proc.stdout), read_stderr(proc.stderr))
+    readers = asyncio.gather(_lines(proc.stdout, on_stdout, said),
+                             _lines(proc.stderr, on_stderr, said))
     code = await proc.wait()
+    try:  # a master connection forked by this ssh may hold a pipe open: not for long
+        await asyncio.wait_for(readers, READ_AFTER_EXIT)
+    except TimeoutError:
+        said.append(f"(output still open {READ_AFTER_EXIT:g}s after ssh exited: left)")
     return Answer(host, code, found.get("result"), found.get("error"),
                   round(time.monotonic() - started, 3), tuple(said[-3:]))
 
 
-def _line(raw: bytes) -> str:
-    """One line of output without its end. ssh ends its own error lines with CR LF (its
-    log writes "\\r\\n" to stderr: seen with OpenSSH 9.2's "Connection refused"); a CR
-    left in a reason sends the table's cursor back to the start of its line."""
-    return raw.decode(errors="replace").rstrip("\r\n")
+async def _lines(stream: asyncio.StreamReader, each: Callable[[str], None],
+                 said: list[str]) -> None:
+    """*each* non-blank line of *stream* until its end. A line longer than LINE_LIMIT is
+    dropped (and said) and the lines after it still read: one huge build log line must
+    not cost the answer that follows it."""
+    line, skipping = bytearray(), False
+    while chunk := await stream.read(2**16):
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            if not skipping:
+                line += chunk[start:end]
+                _one(bytes(line), each)
+            line.clear()
+            skipping, start = False, end + 1
+        if not skipping:
+            line += chunk[start:]
+        if len(line) > LINE_LIMIT:
+            said.append(f"(a line of over {LINE_LIMIT // 2**20} MiB skipped)")
+            line.clear()
+            skipping = True
+    if line and not skipping:
+        _one(bytes(line), each)
+
+
+def _one(raw: bytes, each: Callable[[str], None]) -> None:
+    line = raw.decode(errors="replace").rstrip("\r")
+    if line.strip():
+        each(line)
 
 
 def _json(line: str) -> Any:

@@ -12,115 +12,123 @@ section 9), two phases over every host's own swap protocol.
    candidate is aborted, and no host has switched.
 2. Switch, in waves (plan.switch_waves): the canary hosts, watched canary_seconds through
    `relman status`, then the rest together or `batch` at a time, each `relman switch ID
-   --keep-warm S` so that its old release stays warm. A host whose switch fails has
-   switched itself back; the coordinator rolls the hosts that switched back to the
-   release they ran (warm) and aborts the candidates not yet switched.
+   --keep-warm S` so that its old release stays warm. A host whose switch fails has kept
+   its live release; the coordinator rolls the hosts that switched back to the release
+   they ran (warm) and aborts the candidates not yet switched.
 
 A host where the release is live already is left alone (unchanged), and a candidate a
 killed coordinator left prepared is taken as prepared (`deploy --prepare` of it answers
-it): running the same command again converges a fleet left mixed. SIGINT or SIGTERM stop
-it in order: commands under way finish, then candidates are aborted and switched hosts
-switched back."""
+it): running the same command again converges a fleet left mixed. SIGINT, SIGTERM or
+SIGHUP stop it in order: commands under way finish, then candidates are aborted and
+switched hosts switched back. The decisions are plan.py's; this module only asks.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from relman.config_fleet import FleetConfig
 from relman.fleet import plan
-from relman.fleet.plan import HostOutcome
-from relman.fleet.remote import Answer, Echo, run_on
-from relman.fleet.report import FleetReport, HostRecord
+from relman.fleet.connections import Connections
+from relman.fleet.plan import HostOutcome, HostRecord, in_state
+from relman.fleet.remote import Answer, Echo, quiet, run_on
+from relman.fleet.report import FleetReport, make_report
 
 __all__ = ["FleetRun"]
 
-
-#: a candidate must outlive the canary watch by this much, or the switch does not start
-EXPIRY_MARGIN: Final = 30.0
-#: seconds between two looks at the canary hosts
+#: seconds between two looks at the canary hosts, and the longest one look may take
 CANARY_POLL: Final = 2.0
+STATUS_TIMEOUT: Final = 30.0
 
 
 class FleetRun:
     def __init__(self, fleet: FleetConfig, echo: Echo, *, allow_unreachable: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.fleet, self.echo, self.clock = fleet, echo, clock
         self.allow_unreachable = allow_unreachable
         self.records = {h: HostRecord(h) for h in fleet.hosts}
         self.limit = asyncio.Semaphore(fleet.parallel)
         self.stopping = asyncio.Event()
         self.release = ""
+        self.release_host: str | None = None  # a deploy's, once chosen
+        self.statuses: dict[str, dict[str, Any]] = {}  # each host's status at the start
+        self.connections = Connections(fleet)
 
     def stop(self) -> None:
-        """SIGINT/SIGTERM: finish what runs, then put the fleet back as it was."""
+        """SIGINT/SIGTERM/SIGHUP: finish what runs, then put the fleet back as it was."""
         if not self.stopping.is_set():
             self.echo("", "stop", "stopping: commands under way finish, then candidates are "
                       "aborted and switched hosts switched back")
         self.stopping.set()
 
-    async def run(self, host: str, *args: str, echo: Echo | None = None) -> Answer:
-        return await run_on(self.fleet, host, args, echo or self.echo, limit=self.limit)
+    async def ask(self, host: str, *args: str, echo: Echo | None = None) -> Answer:
+        """`relman --json ARGS` on *host*, at most fleet.parallel at once."""
+        return await run_on(self.fleet, host, args, echo or self.echo, limit=self.limit,
+                            connections=self.connections)
 
-    def _with(self, *outcomes: HostOutcome) -> list[HostRecord]:
-        return [r for r in self.records.values() if r.outcome in outcomes]
+    def hosts_in(self, *outcomes: HostOutcome) -> list[HostRecord]:
+        return in_state(self.records.values(), *outcomes)
 
     # -- the two commands -------------------------------------------------------------
 
     async def deploy(self, ref: str) -> FleetReport:
-        statuses = await self._preflight()
-        if statuses is not None:
-            await self._prepare_deploy(ref)
-        return await self._finish("deploy", ref)
+        return await self._guarded("deploy", ref, lambda: self._prepare_deploy(ref))
 
     async def rollback(self, release: str | None) -> FleetReport:
-        statuses = await self._preflight()
-        if statuses is not None:
-            target = release or plan.agreed_rollback_target(
-                {h: s.get("rollback_target") for h, s in statuses.items()},
-                {h: s.get("live") for h, s in statuses.items()})
-            self.release = target
-            self.echo("", "prepare", f"rolling back to {target}")
-            await asyncio.gather(*(self._prepare(r, ["rollback", target, "--prepare"])
-                                   for r in self._with(HostOutcome.PENDING)))
-        return await self._finish("rollback", release or self.release)
+        return await self._guarded("rollback", release or "",
+                                   lambda: self._prepare_rollback(release))
+
+    async def _guarded(self, command: str, asked: str,
+                       prepare: Callable[[], Awaitable[None]]) -> FleetReport:
+        """Preflight, *prepare*, switch; whatever goes wrong in between (a bug included),
+        candidates are aborted and switched hosts switched back before it is raised."""
+        try:
+            if await self._preflight():
+                await prepare()
+            why = await self._finish()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._recover("the coordinator failed: putting the fleet back")
+            raise
+        finally:
+            await self.connections.close()
+        return self._report(command, asked or self.release, why)
 
     # -- phase 1 ----------------------------------------------------------------------
 
-    async def _preflight(self) -> dict[str, dict[str, Any]] | None:
-        """Every host's status; None when the run must stop before preparing anything."""
-        answers = await asyncio.gather(*(self.run(h, "status", echo=_quiet)
+    async def _preflight(self) -> bool:
+        """Every host's status; False when the run must stop before preparing anything."""
+        answers = await asyncio.gather(*(self.ask(h, "status", echo=quiet)
                                          for h in self.records))
-        statuses: dict[str, dict[str, Any]] = {}
         for answer in answers:
             record = self.records[answer.host]
+            status = answer.result if answer.ok and isinstance(answer.result, dict) else None
             if answer.unreachable:
                 record.move(HostOutcome.UNREACHABLE, answer.reason)
-                self.echo(answer.host, "status", answer.reason)
-            elif not answer.ok or not isinstance(answer.result, dict):
+            elif status is None:
                 record.move(HostOutcome.PREPARE_FAILED, f"status: {answer.reason}")
-                self.echo(answer.host, "status", answer.reason)
             else:
-                statuses[answer.host] = answer.result
-                record.previous = answer.result.get("live")
-        return statuses if self._may_go_on() else None
-
-    def _may_go_on(self) -> bool:
-        if self.stopping.is_set() or self._with(HostOutcome.PREPARE_FAILED):
+                self.statuses[answer.host] = status
+                # `live` is None while the live server is down (a crash restart's backoff)
+                record.previous = _text(status.get("live")) or _text(status.get("current"))
+                continue
+            self.echo(answer.host, "status", answer.reason)
+        if self.stopping.is_set() or self.hosts_in(HostOutcome.PREPARE_FAILED):
             return False
-        return self.allow_unreachable or not self._with(HostOutcome.UNREACHABLE)
+        return self.allow_unreachable or not self.hosts_in(HostOutcome.UNREACHABLE)
 
     async def _prepare_deploy(self, ref: str) -> None:
-        pending = self._with(HostOutcome.PENDING)
-        chosen = plan.release_host(self.fleet, [r.host for r in pending])
+        pending = self.hosts_in(HostOutcome.NOT_STARTED)
+        self.release_host = chosen = plan.release_host(self.fleet, [r.host for r in pending])
         if chosen is None:
-            wanted = self.fleet.release_host or self.fleet.hosts[0]
+            self.release_host = self.fleet.release_host or self.fleet.hosts[0]
             for record in pending:
-                record.move(HostOutcome.PREPARE_FAILED,
-                            f"not started: the release host {wanted} is unreachable")
+                record.move(HostOutcome.ABORTED,
+                            f"not started: the release host {self.release_host} is unreachable")
             return
         gate = asyncio.Event()
         first = self.records[chosen]
@@ -143,38 +151,51 @@ class FleetRun:
 
     async def _prepare_other(self, record: HostRecord, ref: str, gate: asyncio.Event,
                              first: HostRecord) -> None:
-        built = await self.run(record.host, "deploy", ref, "--build-only")
+        built = await self.ask(record.host, "deploy", ref, "--build-only")
         if not built.ok:
             self._prepare_failed(record, built, "build")
             return
         await gate.wait()
         if self.stopping.is_set():
             record.move(HostOutcome.ABORTED, "built, not prepared: stopped")
-            return
-        if first.outcome not in (HostOutcome.PENDING, HostOutcome.PREPARED,
-                                 HostOutcome.UNCHANGED):
+        elif first.outcome not in (HostOutcome.NOT_STARTED, HostOutcome.PREPARED,
+                                   HostOutcome.UNCHANGED):
             record.move(HostOutcome.ABORTED, "built, not prepared: the release host failed")
-            return
-        await self._prepare(record, ["deploy", ref, "--prepare", "--no-release-phase"],
-                            spent=built.seconds)
+        else:
+            await self._prepare(record, ["deploy", ref, "--prepare", "--no-release-phase"],
+                                spent=built.seconds)
+
+    async def _prepare_rollback(self, release: str | None) -> None:
+        statuses = self.statuses
+        target = release or plan.agreed_rollback_target(
+            {h: _text(s.get("rollback_target")) for h, s in statuses.items()},
+            {h: _text(s.get("live")) for h, s in statuses.items()})
+        self.release = target
+        self.echo("", "prepare", f"rolling back to {target}")
+        await asyncio.gather(*(self._prepare(r, ["rollback", target, "--prepare"])
+                               for r in self.hosts_in(HostOutcome.NOT_STARTED)))
 
     async def _prepare(self, record: HostRecord, args: list[str], *, echo: Echo | None = None,
                        spent: float = 0.0) -> None:
         if self.stopping.is_set():
             record.move(HostOutcome.ABORTED, "not prepared: stopped")
             return
-        answer = await self.run(record.host, *args, echo=echo)
+        answer = await self.ask(record.host, *args, echo=echo)
+        received = self.clock()
         record.prepare_s = round(spent + answer.seconds, 1)
-        if not answer.ok or not isinstance(answer.result, dict):
+        result = answer.result if answer.ok and isinstance(answer.result, dict) else None
+        if result is None or not isinstance(result.get("release"), str):
             self._prepare_failed(record, answer, args[0])
             return
-        result = answer.result
-        record.release = str(result.get("release", ""))
-        if result.get("live"):
+        record.release = result["release"]
+        if result.get("live") is True:
             record.move(HostOutcome.UNCHANGED, "live already")
-        else:
-            record.prepared_until = float(result.get("prepared_until") or 0.0)
-            record.move(HostOutcome.PREPARED)
+            return
+        left, until = result.get("expires_in"), result.get("prepared_until")
+        if not isinstance(left, (int, float)):  # a host's relman before expires_in
+            left = until - time.time() if isinstance(until, (int, float)) else 0.0
+        record.expires_at = received + left
+        record.move(HostOutcome.PREPARED)
 
     def _prepare_failed(self, record: HostRecord, answer: Answer, what: str) -> None:
         if answer.unreachable:
@@ -185,98 +206,87 @@ class FleetRun:
 
     # -- phase 2 ----------------------------------------------------------------------
 
-    async def _finish(self, command: str, asked: str) -> FleetReport:
-        """Switch when every host is ready; else abort every candidate."""
-        why = self._why_not_switch()
+    async def _finish(self) -> str:
+        """Switch when every host is ready, else put the fleet back; why it failed."""
+        ready = [r.host for r in self.hosts_in(HostOutcome.PREPARED)]
+        waves = plan.switch_waves(ready, self.fleet)
+        releases = {r.release for r in self.hosts_in(HostOutcome.PREPARED,
+                                                     HostOutcome.UNCHANGED)}
+        why = plan.why_not_switch(
+            list(self.records.values()), release_host=self.release_host,
+            allow_unreachable=self.allow_unreachable, stopping=self.stopping.is_set(),
+            must_last=plan.candidates_must_last(self.fleet, len(waves)), now=self.clock())
+        if len(releases) == 1:
+            self.release = releases.pop()
+        if not why and waves:
+            why = await self._switch(waves)
         if why:
             await self._recover(why)
-            return self._report(command, asked, why)
-        ready = [r.host for r in self._with(HostOutcome.PREPARED)]
-        if not ready:
-            return self._report(command, asked, "")
-        why = await self._switch(ready)
-        if why:
-            await self._recover(why)
-        return self._report(command, asked, why)
+        return why
 
-    def _why_not_switch(self) -> str:
-        """Why the switch must not start ("" if it may)."""
-        failed = self._with(HostOutcome.PREPARE_FAILED)
-        unreachable = self._with(HostOutcome.UNREACHABLE)
-        if failed:
-            return "prepare failed on " + _hosts(failed) + ": nobody switched"
-        if unreachable and not self.allow_unreachable:
-            return (f"unreachable: {_hosts(unreachable)}: nobody switched "
-                    "(--allow-unreachable deploys to the others)")
-        if self.stopping.is_set():
-            return "stopped: nobody switched"
-        ready = self._with(HostOutcome.PREPARED, HostOutcome.UNCHANGED)
-        releases = {r.release for r in ready}
-        if len(releases) > 1:
-            said = ", ".join(f"{r.host} {r.release}" for r in ready)
-            return (f"the hosts prepared different releases ({said}): did the ref move while "
-                    "they fetched? Deploy a tag or a sha")
-        self.release = releases.pop() if releases else self.release
-        if not ready:
-            return "no host to switch"
-        prepared = self._with(HostOutcome.PREPARED)
-        watch = self.fleet.canary_seconds if self.fleet.canary else 0.0
-        soon = [r for r in prepared if r.prepared_until < self.clock() + watch + EXPIRY_MARGIN]
-        if soon:
-            return (f"the candidates on {_hosts(soon)} expire before the switch could end; "
-                    "raise swap.prepare_timeout on the hosts or lower fleet.canary_seconds")
-        return ""
-
-    async def _switch(self, hosts: list[str]) -> str:
-        """Switch *hosts* wave by wave; why it stopped ("" when every host switched)."""
-        waves = plan.switch_waves(hosts, self.fleet)
+    async def _switch(self, waves: list[tuple[str, ...]]) -> str:
+        """Switch wave by wave; why it stopped ("" when every host switched)."""
         keep = plan.keep_warm_seconds(self.fleet, len(waves))
         for number, wave in enumerate(waves):
             if self.stopping.is_set():
                 return "stopped during the switch"
             if len(waves) > 1:
                 self.echo("", "switch", f"wave {number + 1} of {len(waves)}: {', '.join(wave)}")
-            answers = await asyncio.gather(*(self.run(h, "switch", self.release,
-                                                      "--keep-warm", f"{keep:g}")
-                                             for h in wave))
-            for answer in answers:
-                record = self.records[answer.host]
-                record.switch_s = round(answer.seconds, 2)
-                if answer.ok:
-                    record.move(HostOutcome.SWITCHED)
-                elif answer.unreachable:
-                    record.move(HostOutcome.UNKNOWN, answer.reason)
-                else:
-                    record.move(HostOutcome.SWITCH_FAILED,
-                                f"{answer.reason} (it switched itself back)")
-            bad = [self.records[a.host] for a in answers if not a.ok]
+            await asyncio.gather(*(self._switch_one(self.records[h], keep) for h in wave))
+            bad = [self.records[h] for h in wave
+                   if self.records[h].outcome is not HostOutcome.SWITCHED]
             if bad:
-                return "switch failed on " + _hosts(bad)
+                return f"switch failed on {plan.names(bad)}"
             if number == 0 and self.fleet.canary and len(waves) > 1:
                 trouble = await self._watch(wave)
                 if trouble:
                     return trouble
         return ""
 
-    async def _watch(self, canaries: Iterable[str]) -> str:
+    async def _switch_one(self, record: HostRecord, keep: float) -> None:
+        answer = await self.ask(record.host, "switch", self.release, "--keep-warm", f"{keep:g}",
+                                "--wait")
+        record.switch_s = round(answer.seconds, 2)
+        if isinstance(answer.result, dict):  # its answer: switched, whatever ssh exited
+            record.move(HostOutcome.SWITCHED)
+        elif answer.error is not None:
+            record.move(HostOutcome.SWITCH_FAILED, f"{answer.reason} (its live release "
+                        "serves on)")
+        else:  # the answer was lost: the host says where it is
+            status = await self._status(record.host)
+            live = status.get("live") if status else None
+            if live == self.release:
+                record.move(HostOutcome.SWITCHED, f"its answer was lost ({answer.reason})")
+            elif live is not None and live == record.previous:
+                record.move(HostOutcome.SWITCH_FAILED, answer.reason)
+            else:
+                record.move(HostOutcome.UNKNOWN, answer.reason)
+
+    async def _status(self, host: str) -> dict[str, Any] | None:
+        """*host*'s `relman status`, or None (no answer within STATUS_TIMEOUT)."""
+        try:
+            answer = await asyncio.wait_for(self.ask(host, "status", echo=quiet),
+                                            STATUS_TIMEOUT)
+        except TimeoutError:
+            return None
+        return answer.result if answer.ok and isinstance(answer.result, dict) else None
+
+    async def _watch(self, hosts: tuple[str, ...]) -> str:
         """Look at the canary hosts for canary_seconds; why one is sick ("" if none is)."""
-        hosts = list(canaries)
         self.echo("", "canary", f"watching {', '.join(hosts)} for "
                   f"{self.fleet.canary_seconds:g}s")
         baseline: dict[str, int] = {}
-        end = time.monotonic() + self.fleet.canary_seconds
+        end = self.clock() + self.fleet.canary_seconds
         while True:
-            answers = await asyncio.gather(*(self.run(h, "status", echo=_quiet) for h in hosts))
-            for answer in answers:
-                status = answer.result if answer.ok and isinstance(answer.result, dict) else None
+            statuses = await asyncio.gather(*(self._status(h) for h in hosts))
+            for host, status in zip(hosts, statuses, strict=True):
                 if status is not None:
-                    baseline.setdefault(answer.host, plan.web_restarts(status))
-                trouble = plan.canary_trouble(self.release, status,
-                                              baseline.get(answer.host, 0))
+                    baseline.setdefault(host, plan.web_restarts(status))
+                trouble = plan.canary_trouble(self.release, status, baseline.get(host, 0))
                 if trouble:
-                    self.echo(answer.host, "canary", trouble)
-                    return f"canary {answer.host} is sick: {trouble}"
-            left = end - time.monotonic()
+                    self.echo(host, "canary", trouble)
+                    return f"canary {host} is sick: {trouble}"
+            left = end - self.clock()
             if left <= 0:
                 self.echo("", "canary", "the canary hosts stayed healthy")
                 return ""
@@ -286,42 +296,37 @@ class FleetRun:
                 await asyncio.wait_for(self.stopping.wait(), min(CANARY_POLL, left))
 
     async def _recover(self, why: str) -> None:
-        """Put the fleet back: switched hosts to their previous release, candidates aborted."""
+        """Put the fleet back: switched hosts to their previous release, candidates aborted
+        (those of hosts whose switch was refused too)."""
         self.echo("", "recover", why)
-        await asyncio.gather(*(self._switch_back(r) for r in self._with(HostOutcome.SWITCHED)),
-                             *(self._abort(r) for r in self._with(HostOutcome.PREPARED)))
+        await asyncio.gather(
+            *(self._switch_back(r) for r in self.hosts_in(HostOutcome.SWITCHED)),
+            *(self._abort(r) for r in self.hosts_in(HostOutcome.PREPARED)),
+            *(self.ask(r.host, "abort", r.release, "--wait", echo=quiet)
+              for r in self.hosts_in(HostOutcome.SWITCH_FAILED) if r.release))
 
     async def _switch_back(self, record: HostRecord) -> None:
         if not record.previous:
             record.move(HostOutcome.BACK_FAILED, "nothing was live there before")
             return
-        answer = await self.run(record.host, "rollback", record.previous)
-        if answer.ok:
+        answer = await self.ask(record.host, "rollback", record.previous, "--wait")
+        status = None if answer.ok else await self._status(record.host)
+        # A sick canary's daemon may have rolled back by itself (its crash-loop rule).
+        if answer.ok or (status is not None and status.get("live") == record.previous):
             record.move(HostOutcome.SWITCHED_BACK, f"back on {record.previous}")
         else:
             record.move(HostOutcome.BACK_FAILED, f"rollback {record.previous}: {answer.reason}")
 
     async def _abort(self, record: HostRecord) -> None:
-        answer = await self.run(record.host, "abort", record.release)
-        detail = "" if answer.ok else f"abort: {answer.reason} (it expires by itself)"
-        record.move(HostOutcome.ABORTED, detail)
+        answer = await self.ask(record.host, "abort", record.release, "--wait")
+        record.move(HostOutcome.ABORTED, "" if answer.ok else f"abort: {answer.reason}")
 
     def _report(self, command: str, asked: str, why: str) -> FleetReport:
-        switched = self._with(HostOutcome.SWITCHED)
-        if why:
-            outcome = "failed"
-        elif not switched:
-            outcome = "unchanged"
-        else:
-            outcome = "deployed" if command == "deploy" else "rolled-back"
-        report = FleetReport(command, asked, self.release, outcome, why,
-                             tuple(self.records.values()))
-        return report
+        records = list(self.records.values())
+        return make_report(command, asked, self.release, plan.outcome_of(command, records, why),
+                           why, plan.left_mixed(records, bool(why)), records)
 
 
-def _hosts(records: Iterable[HostRecord]) -> str:
-    return ", ".join(r.host for r in records)
-
-
-def _quiet(_host: str, _step: str, _message: str) -> None:
-    pass
+def _text(value: object) -> str | None:
+    """A release id from a host's JSON, or None (anything else)."""
+    return value if isinstance(value, str) and value else None

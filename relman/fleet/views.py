@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from relman.config_fleet import FleetConfig
-from relman.fleet.remote import Answer, run_on
+from relman.fleet.remote import Answer, quiet, run_on
 
 __all__ = ["FleetStatus", "fleet_releases", "fleet_status", "merge_releases",
            "render_releases", "render_status", "status_rows"]
@@ -19,7 +19,7 @@ FleetStatus = dict[str, Any]
 
 async def _ask(fleet: FleetConfig, *args: str) -> list[Answer]:
     limit = asyncio.Semaphore(fleet.parallel)
-    return list(await asyncio.gather(*(run_on(fleet, h, args, _quiet, limit=limit)
+    return list(await asyncio.gather(*(run_on(fleet, h, args, quiet, limit=limit)
                                        for h in fleet.hosts)))
 
 
@@ -39,15 +39,15 @@ def status_rows(answers: Sequence[Answer]) -> FleetStatus:
             rows.append({"host": a.host, "reachable": not a.unreachable, "live": None,
                          "healthy": False, "daemon": None, "prepared": None, "job": None,
                          "error": a.reason})
-            problems.append(f"{a.host}: {a.reason}")
+            problems.append(f"{a.host}: {'unreachable: ' if a.unreachable else ''}{a.reason}")
             continue
-        health = s.get("health") or {}
-        job = s.get("job") or {}
-        row = {"host": a.host, "reachable": True, "live": s.get("live"),
-               "healthy": bool(health.get("healthy")), "health": health.get("detail", ""),
-               "daemon": (s.get("daemon") or {}).get("version"),
-               "prepared": s.get("prepared"), "job": job.get("job"),
-               "crash_loop": s.get("crash_loop"), "error": ""}
+        health, job = _dict(s.get("health")), _dict(s.get("job"))
+        row = {"host": a.host, "reachable": True, "live": _str(s.get("live")),
+               "healthy": health.get("healthy") is True,
+               "health": _str(health.get("detail")) or "",
+               "daemon": _str(_dict(s.get("daemon")).get("version")) or "?",
+               "prepared": _str(s.get("prepared")), "job": _str(job.get("job")),
+               "crash_loop": _str(s.get("crash_loop")), "error": ""}
         rows.append(row)
         live.setdefault(str(row["live"] or "none"), []).append(a.host)
         if not row["live"]:
@@ -71,8 +71,9 @@ def render_status(status: FleetStatus) -> str:
         notes = [f"prepared {r['prepared']}" if r["prepared"] else "",
                  f"job {r['job']} running" if r["job"] else "",
                  f"crash loop: {r['crash_loop']}" if r["crash_loop"] else ""]
-        table.append((r["host"], r["live"] or "-",
-                      "healthy" if r["healthy"] else f"UNHEALTHY {r['health']}".strip(),
+        health = ("-" if not r["live"] else "healthy" if r["healthy"]
+                  else f"UNHEALTHY {r['health']}".strip())
+        table.append((r["host"], r["live"] or "-", health,
                       f"relman {r['daemon']}", "; ".join(n for n in notes if n)))
     lines = _columns(table)
     live = status["live"]
@@ -100,8 +101,10 @@ def merge_releases(hosts: Sequence[str], answers: Mapping[str, Answer]) -> dict[
         if not a.ok or not isinstance(a.result, list):
             errors[host] = a.reason
             continue
-        for row in a.result:
+        for row in map(_dict, a.result):
             release = str(row.get("id", ""))
+            if not release:
+                continue
             refs.setdefault(release, str(row.get("ref", "")))
             mark = ("live" if row.get("live") else "target" if row.get("rollback_target")
                     else str(row.get("state", "?")))
@@ -128,5 +131,10 @@ def _columns(table: Sequence[Sequence[str]]) -> list[str]:
             for row in table]
 
 
-def _quiet(_host: str, _step: str, _message: str) -> None:
-    pass
+def _str(value: object) -> str | None:
+    return str(value) if isinstance(value, (str, int, float)) and value != "" else None
+
+
+def _dict(value: object) -> dict[str, Any]:
+    """*value* if it is a JSON object, else {} (a host's odd answer is no crash here)."""
+    return value if isinstance(value, dict) else {}

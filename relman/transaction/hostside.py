@@ -54,7 +54,7 @@ async def deploy_job(app: App, ref: str, who: str, report: Report,
         except prepare.LiveAlready as live:
             return _live(live.manifest, ref, report)
         _expire_at_deadline(app, prepared, schedule)
-    return _answer(prepared, ref)
+    return _answer(app, prepared, ref)
 
 
 async def rollback_job(app: App, release: str | None, who: str, report: Report,
@@ -67,7 +67,7 @@ async def rollback_job(app: App, release: str | None, who: str, report: Report,
             return _live(manifest, manifest.ref, report)
         prepared = await prepare.prepare_rollback(app, manifest, who, report)
         _expire_at_deadline(app, prepared, schedule)
-    return _answer(prepared, manifest.ref)
+    return _answer(app, prepared, manifest.ref)
 
 
 async def build_only(app: App, ref: str, who: str, report: Report) -> BuildResult:
@@ -124,9 +124,10 @@ def _live(manifest: Manifest, ref: str, report: Report) -> PrepareResult:
                          live=True)
 
 
-def _answer(prepared: prepare.Prepared, ref: str) -> PrepareResult:
+def _answer(app: App, prepared: prepare.Prepared, ref: str) -> PrepareResult:
     return PrepareResult(release=prepared.release, sha=prepared.sha, ref=ref,
-                         prepared_until=round(prepared.deadline, 3))
+                         prepared_until=round(prepared.deadline, 3),
+                         expires_in=round(max(0.0, prepared.deadline - app.clock()), 1))
 
 
 def _expire_at_deadline(app: App, prepared: prepare.Prepared, schedule: Schedule) -> None:

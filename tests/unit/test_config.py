@@ -437,7 +437,7 @@ def test_schema_lists_every_field_with_doc_and_type() -> None:
     expected += [f"fleet.{f.name}" for f in fields(FleetConfig)]
     rows = schema()
     assert [row[0] for row in rows] == expected
-    assert len(expected) == 50
+    assert len(expected) == 51
     for key, type_name, _default, doc in rows:
         assert type_name, key
         assert doc, key

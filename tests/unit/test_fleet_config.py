@@ -155,7 +155,8 @@ def test_parse_host_refuses(text: str) -> None:
         parse_host(text)
 
 
-SSH = ("ssh", "-o", "BatchMode=yes")
+SSH = ("ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=15",
+       "-o", "ServerAliveCountMax=4")
 
 
 @pytest.mark.parametrize(("host", "app", "args", "argv"), [
