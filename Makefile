@@ -38,8 +38,11 @@ unit: $(VENV)/.stamp
 integration: $(VENV)/.stamp
 	$(PY) -m pytest tests/integration
 
+# Two workers, a test file each at a time (its module fixtures stay in one process).
+TEST_WORKERS ?= 2
+
 test: lint
-	$(PY) -m pytest -p no:cacheprovider
+	$(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 	$(MAKE) --no-print-directory smoke-newest
 
 # A deploy, swaps and a rollback (and the tar unpacking, whose tarfile filter 3.11.2 lacks)
