@@ -297,13 +297,14 @@ class FleetRun:
 
     async def _recover(self, why: str) -> None:
         """Put the fleet back: switched hosts to their previous release, candidates aborted
-        (those of hosts whose switch was refused too)."""
+        (those of hosts whose switch was refused or lost too: no harm if there is none)."""
         self.echo("", "recover", why)
         await asyncio.gather(
             *(self._switch_back(r) for r in self.hosts_in(HostOutcome.SWITCHED)),
             *(self._abort(r) for r in self.hosts_in(HostOutcome.PREPARED)),
             *(self.ask(r.host, "abort", r.release, "--wait", echo=quiet)
-              for r in self.hosts_in(HostOutcome.SWITCH_FAILED) if r.release))
+              for r in self.hosts_in(HostOutcome.SWITCH_FAILED, HostOutcome.UNKNOWN)
+              if r.release))
 
     async def _switch_back(self, record: HostRecord) -> None:
         if not record.previous:

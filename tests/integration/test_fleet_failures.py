@@ -140,6 +140,29 @@ def test_a_coordinator_stopped_with_sigterm_puts_the_fleet_back(settled_fleet: F
     assert_fleet_on(f, old, old_version)
 
 
+def test_ctrl_c_during_the_prepare_phase_aborts_every_candidate(settled_fleet: Fleet,
+                                                                tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) as soon as a host has built: the prepares under way finish, then
+    every candidate is aborted and no host switches (ANCHORS.md: a Ctrl-C in the other
+    tools leaves a half-done deploy)."""
+    f = settled_fleet
+    old, old_version = before(f)
+    release_version(f.repo, "ft-sigint")
+    config = fleet_toml(tmp_path / "fleet.toml", f, canary=1, canary_seconds=30)
+    with under_load(f):
+        run = Coordinator(config, "deploy", "ft-sigint")
+        run.wait_for(lambda line: line["step"] == "built", "a host's build")
+        run.proc.send_signal(signal.SIGINT)  # the coordinator this test started
+        code, report = run.finish()
+    assert code == 1, run.said()
+    assert report is not None
+    assert any(p["step"] == "stop" for p in run.progress), run.said()
+    # nobody stays switched: aborted; or, on a slow box where the canary had switched
+    # before the signal, switched back
+    assert set(results(report).values()) <= {"aborted", "switched-back"}, report
+    assert_fleet_on(f, old, old_version)
+
+
 def test_an_unreachable_host_stops_the_fleet_unless_allowed(settled_fleet: Fleet,
                                                             tmp_path: Path) -> None:
     """A [fleet] host that nothing answers (a user the sshd does not know: ssh exits 255):
