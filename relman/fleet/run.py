@@ -192,7 +192,9 @@ class FleetRun:
             record.move(HostOutcome.UNCHANGED, "live already")
             return
         left, until = result.get("expires_in"), result.get("prepared_until")
-        if not isinstance(left, (int, float)):  # a host's relman before expires_in
+        if not isinstance(left, (int, float)) or left <= 0:
+            # a daemon older than expires_in (absent, or 0 from a newer CLI over it): its
+            # epoch deadline, against this machine's clock
             left = until - time.time() if isinstance(until, (int, float)) else 0.0
         record.expires_at = received + left
         record.move(HostOutcome.PREPARED)
