@@ -1,12 +1,12 @@
 """`relman fleet deploy|rollback|status|releases`: one release on many hosts, over the user's
 own ssh (DESIGN section 9). The config is found as for any command (--config, --app,
-RELMAN_CONFIG, ./relman.toml); it needs `[app] name` and `[fleet]`."""
+RELMAN_CONFIG, ./relman.toml); it needs `[app] name` and `[fleet]`. Every command line
+imports this module, a fleet host's several times a run: what only the coordinator needs
+(asyncio, the coordinator) is imported inside its commands."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -123,6 +123,9 @@ def _run_fleet(ctx: Context, allow_unreachable: bool,
                 sys.stdout.flush()
             except OSError:  # a closed pipe (`| head`), a terminal gone
                 output[0] = False
+
+    import asyncio
+    import signal
 
     async def main() -> FleetReport:
         run = FleetRun(config, echo, allow_unreachable=allow_unreachable)
