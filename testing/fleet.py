@@ -95,6 +95,20 @@ def remove_user(name: str) -> None:
             subprocess.run(["userdel", name], capture_output=True, timeout=60, check=False)
 
 
+def copy_cache(source: Path, target: Path) -> None:
+    """A copy of the tests' uv cache, which another test worker's uv may be writing: its
+    lock and temporary entries are left out, and a file that vanishes while the tree is
+    copied is skipped (uv renames its temporary files into place)."""
+    try:
+        shutil.copytree(source, target, symlinks=True,
+                        ignore=shutil.ignore_patterns(".lock", ".tmp*"))
+    except shutil.Error as e:
+        lost = [(src, why) for src, _dst, why in e.args[0]
+                if not isinstance(why, str) or "No such file or directory" not in why]
+        if lost:
+            raise
+
+
 def _chown_tree(path: Path, uid: int, gid: int) -> None:
     for directory, dirs, files in os.walk(path):
         os.chown(directory, uid, gid)
@@ -254,8 +268,7 @@ class SimulatedFleet:
                                          f"\tdirectory = {self.repo}/.git\n")
         cache = Path(os.environ.get("UV_CACHE_DIR", Path.home() / ".cache" / "relman-tests-uv"))
         if cache.is_dir():
-            shutil.copytree(cache, home / ".cache" / "uv", symlinks=True,
-                            ignore=shutil.ignore_patterns(".lock"))
+            copy_cache(cache, home / ".cache" / "uv")
         _chown_tree(home, host.uid, host.gid)
         write_config(host.config, name="sample", repo=self.repo, root=host.root,
                      server={"kind": "gunicorn", "app": "app:server", "workers": 2,
