@@ -6,24 +6,42 @@ OpenSSH's ControlMaster does it: the first session to a host opens the master, t
 go through its socket. The sockets live in a private directory of the run's (0700), one
 per [fleet] hosts entry, so two entries that are one address, port and user with other
 keys (ssh config aliases) never share one. close() ends the masters; one left by a killed
-coordinator ends itself after ssh.CONTROL_PERSIST idle seconds."""
+coordinator ends itself after ssh.CONTROL_PERSIST idle seconds, and the next run removes
+its empty directory."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Final
 
 from relman.config_fleet import FleetConfig, parse_host
-from relman.fleet.ssh import ssh_options
+from relman.fleet.ssh import CONTROL_PERSIST, ssh_options
 
 __all__ = ["Connections"]
 
 # A unix socket path has 107 bytes, and ssh adds a 17-byte suffix while it makes one.
 _LONGEST_DIR: Final = 64
+PREFIX: Final = "relman-ssh-"
+
+
+def remove_stale_dirs(base: Path, now: float | None = None) -> None:
+    """The socket directories killed coordinators left in *base*: this user's, empty (their
+    masters have ended) and older than twice CONTROL_PERSIST. rmdir never takes a
+    directory that holds anything."""
+    limit = (time.time() if now is None else now) - 2 * CONTROL_PERSIST
+    for path in base.glob(PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            info = path.lstat()
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() \
+                    and info.st_mtime < limit:
+                path.rmdir()
 
 
 class Connections:
@@ -32,8 +50,9 @@ class Connections:
         self.dir: Path | None = None
         if fleet.multiplex:
             base = tempfile.gettempdir()
-            self.dir = Path(tempfile.mkdtemp(prefix="relman-fleet-",
-                                             dir=base if len(base) < _LONGEST_DIR else "/tmp"))
+            base = base if len(base) < _LONGEST_DIR else "/tmp"
+            remove_stale_dirs(Path(base))
+            self.dir = Path(tempfile.mkdtemp(prefix=PREFIX, dir=base))
         self.paths = ({h: self.dir / f"h{i}" for i, h in enumerate(fleet.hosts)}
                       if self.dir is not None else {})
 

@@ -98,3 +98,32 @@ def test_an_ssh_that_cannot_run(tmp_path: Path) -> None:
     assert not answer.unreachable
     assert answer.reason.startswith("cannot run ")
     assert "No such file" in answer.reason
+
+
+def test_connections_dir_is_private_and_goes_and_stale_ones_are_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[fleet] multiplex: one ControlPath per host entry in a 0700 directory of the run's;
+    close() removes it; an empty one a killed run left is removed by the next, one with
+    anything in it never."""
+    import os
+    import stat
+    import tempfile
+
+    from relman.fleet.connections import PREFIX, Connections
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale, busy = tmp_path / f"{PREFIX}old", tmp_path / f"{PREFIX}busy"
+    stale.mkdir()
+    busy.mkdir()
+    (busy / "h0").write_text("")
+    for path in (stale, busy):
+        os.utime(path, (0, 0))
+    connections = Connections(FleetConfig(hosts=("a@h1", "a@h2")))
+    assert not stale.exists()
+    assert busy.exists()
+    assert connections.dir is not None
+    assert stat.S_IMODE(connections.dir.stat().st_mode) == 0o700
+    assert connections.path("a@h1") != connections.path("a@h2")
+    asyncio.run(connections.close())
+    assert not connections.dir.exists()
+    assert Connections(FleetConfig(hosts=("a@h1",), multiplex=False)).path("a@h1") is None
