@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -100,8 +101,20 @@ def test_an_ssh_that_cannot_run(tmp_path: Path) -> None:
     assert "No such file" in answer.reason
 
 
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temp dir short enough for unix socket paths (pytest's, under xdist, is not: the
+    sockets would go to /tmp instead)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def test_connections_dir_is_private_and_goes_and_stale_ones_are_removed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """[fleet] multiplex: one ControlPath per host entry in a 0700 directory of the run's;
     close() removes it; an empty one a killed run left is removed by the next, one with
     anything in it never."""
@@ -111,6 +124,7 @@ def test_connections_dir_is_private_and_goes_and_stale_ones_are_removed(
 
     from relman.fleet.connections import PREFIX, Connections
 
+    tmp_path = short_tmp
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     stale, busy = tmp_path / f"{PREFIX}old", tmp_path / f"{PREFIX}busy"
     stale.mkdir()
