@@ -16,7 +16,8 @@ from relman.errors import UsageError
 
 __all__ = ["TRANSITIONS", "HostOutcome", "HostRecord", "IllegalTransition",
            "agreed_rollback_target", "canary_trouble", "candidates_must_last",
-           "keep_warm_seconds", "outcome_of", "release_host", "switch_waves", "why_not_switch"]
+           "keep_warm_seconds", "outcome_of", "release_host", "switch_waves", "wanted_release_host",
+           "why_not_switch"]
 
 
 class HostOutcome(StrEnum):
@@ -87,11 +88,16 @@ def names(records: Iterable[HostRecord]) -> str:
     return ", ".join(r.host for r in records)
 
 
+def wanted_release_host(fleet: FleetConfig) -> str:
+    """fleet.release_host, else the first host (as written in [fleet] hosts)."""
+    return fleet.release_host or fleet.hosts[0]
+
+
 def release_host(fleet: FleetConfig, reachable: Sequence[str]) -> str | None:
     """The host that runs release.commands: fleet.release_host, else the first host; None
     when it is not among *reachable* (the release phase must not move to another host
     silently: it may be the one with the database's network path)."""
-    target = parse_host(fleet.release_host or fleet.hosts[0])
+    target = parse_host(wanted_release_host(fleet))
     return next((h for h in reachable if parse_host(h) == target), None)
 
 

@@ -16,7 +16,7 @@ from relman.config_fleet import FleetConfig
 from relman.fleet.connections import Connections
 from relman.fleet.ssh import ssh_argv
 
-__all__ = ["NOT_RUN", "SSH_UNREACHABLE", "Answer", "Echo", "quiet", "run_on"]
+__all__ = ["NOT_RUN", "SSH_UNREACHABLE", "Answer", "Echo", "quiet", "run_on", "text"]
 
 #: ssh's exit status for its own errors (connection, authentication): relman never exits 255
 SSH_UNREACHABLE: Final = 255
@@ -33,6 +33,12 @@ Echo = Callable[[str, str, str], None]
 
 def quiet(_host: str, _step: str, _message: str) -> None:
     """An Echo that shows nothing (status polls)."""
+
+
+def text(value: object) -> str | None:
+    """A string field of a host's JSON answer (a release id, a version), or None when it is
+    absent, empty or not a string: an odd answer is no crash of the coordinator."""
+    return value if isinstance(value, str) and value else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ from relman.config_fleet import FleetConfig
 from relman.fleet import plan
 from relman.fleet.connections import Connections
 from relman.fleet.plan import HostOutcome, HostRecord, in_state
-from relman.fleet.remote import Answer, Echo, quiet, run_on
+from relman.fleet.remote import Answer, Echo, quiet, run_on, text
 from relman.fleet.report import FleetReport, make_report
 
 __all__ = ["FleetRun"]
@@ -114,7 +114,7 @@ class FleetRun:
             else:
                 self.statuses[answer.host] = status
                 # `live` is None while the live server is down (a crash restart's backoff)
-                record.previous = _text(status.get("live")) or _text(status.get("current"))
+                record.previous = text(status.get("live")) or text(status.get("current"))
                 continue
             self.echo(answer.host, "status", answer.reason)
         if self.stopping.is_set() or self.hosts_in(HostOutcome.PREPARE_FAILED):
@@ -125,7 +125,7 @@ class FleetRun:
         pending = self.hosts_in(HostOutcome.NOT_STARTED)
         self.release_host = chosen = plan.release_host(self.fleet, [r.host for r in pending])
         if chosen is None:
-            self.release_host = self.fleet.release_host or self.fleet.hosts[0]
+            self.release_host = plan.wanted_release_host(self.fleet)
             for record in pending:
                 record.move(HostOutcome.ABORTED,
                             f"not started: the release host {self.release_host} is unreachable")
@@ -168,8 +168,8 @@ class FleetRun:
     async def _prepare_rollback(self, release: str | None) -> None:
         statuses = self.statuses
         target = release or plan.agreed_rollback_target(
-            {h: _text(s.get("rollback_target")) for h, s in statuses.items()},
-            {h: _text(s.get("live")) for h, s in statuses.items()})
+            {h: text(s.get("rollback_target")) for h, s in statuses.items()},
+            {h: text(s.get("live")) for h, s in statuses.items()})
         self.release = target
         self.echo("", "prepare", f"rolling back to {target}")
         await asyncio.gather(*(self._prepare(r, ["rollback", target, "--prepare"])
@@ -329,7 +329,3 @@ class FleetRun:
         return make_report(command, asked, self.release, plan.outcome_of(command, records, why),
                            why, plan.left_mixed(records, bool(why)), records)
 
-
-def _text(value: object) -> str | None:
-    """A release id from a host's JSON, or None (anything else)."""
-    return value if isinstance(value, str) and value else None

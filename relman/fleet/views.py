@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from relman.config_fleet import FleetConfig
-from relman.fleet.remote import Answer, quiet, run_on
+from relman.fleet.remote import Answer, quiet, run_on, text
 
 __all__ = ["FleetStatus", "fleet_releases", "fleet_status", "merge_releases",
            "render_releases", "render_status", "status_rows"]
@@ -42,12 +42,12 @@ def status_rows(answers: Sequence[Answer]) -> FleetStatus:
             problems.append(f"{a.host}: {'unreachable: ' if a.unreachable else ''}{a.reason}")
             continue
         health, job = _dict(s.get("health")), _dict(s.get("job"))
-        row = {"host": a.host, "reachable": True, "live": _str(s.get("live")),
+        row = {"host": a.host, "reachable": True, "live": text(s.get("live")),
                "healthy": health.get("healthy") is True,
-               "health": _str(health.get("detail")) or "",
-               "daemon": _str(_dict(s.get("daemon")).get("version")) or "?",
-               "prepared": _str(s.get("prepared")), "job": _str(job.get("job")),
-               "crash_loop": _str(s.get("crash_loop")), "error": ""}
+               "health": text(health.get("detail")) or "",
+               "daemon": text(_dict(s.get("daemon")).get("version")) or "?",
+               "prepared": text(s.get("prepared")), "job": text(job.get("job")),
+               "crash_loop": text(s.get("crash_loop")), "error": ""}
         rows.append(row)
         live.setdefault(str(row["live"] or "none"), []).append(a.host)
         if not row["live"]:
@@ -129,10 +129,6 @@ def _columns(table: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
             for row in table]
-
-
-def _str(value: object) -> str | None:
-    return str(value) if isinstance(value, (str, int, float)) and value != "" else None
 
 
 def _dict(value: object) -> dict[str, Any]:
