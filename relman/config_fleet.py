@@ -37,7 +37,7 @@ class FleetConfig:
     batch: int = _key(1, "integer", "rolling: hosts switched at a time, at least 1")
     canary: int = _key(0, "integer", "hosts switched first and watched, below len(hosts)")
     canary_seconds: float = _key(30.0, "number", "seconds the canary hosts are watched")
-    parallel: int = _key(8, "integer", "ssh sessions at once, at least 1")
+    parallel: int = _key(8, "integer", "commands running at once across the hosts, at least 1")
     release_host: str = _key("", "string", 'runs release.commands; "" is the first host')
     multiplex: bool = _key(True, "boolean",
                            "one OpenSSH connection per host for a whole run (ControlMaster)")

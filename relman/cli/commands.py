@@ -17,6 +17,7 @@ from relman.cli.daemon import start_daemon
 from relman.cli.failures import error_handler
 from relman.cli.fleet import fleet
 from relman.cli.params import COUNT, number_at_least_0, positive_number
+from relman.cli.session import session
 from relman.cli.ssh import SSH_ALLOWED, ssh_command
 from relman.errors import UsageError
 
@@ -336,7 +337,7 @@ def completion(shell: str) -> None:
 
 
 for command in (processes.ps, processes.scale, processes.logs, processes.run, ssh_command,
-                fleet):
+                session, fleet):
     cli.add_command(command)
 
 

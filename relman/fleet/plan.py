@@ -66,6 +66,7 @@ class HostRecord:
     prepare_s: float | None = None
     switch_s: float | None = None
     detail: str = ""
+    ssh_sessions: int = 0  # opened to it in the run: 1 when its `relman session` served all
 
     def move(self, outcome: HostOutcome, detail: str = "") -> None:
         if outcome not in TRANSITIONS[self.outcome]:
@@ -77,7 +78,8 @@ class HostRecord:
     def to_json(self) -> dict[str, Any]:
         return {"host": self.host, "result": str(self.outcome), "release": self.release,
                 "previous": self.previous, "prepare_s": self.prepare_s,
-                "switch_s": self.switch_s, "detail": self.detail}
+                "switch_s": self.switch_s, "detail": self.detail,
+                "ssh_sessions": self.ssh_sessions}
 
 
 def in_state(records: Iterable[HostRecord], *outcomes: HostOutcome) -> list[HostRecord]:

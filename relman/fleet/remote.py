@@ -16,7 +16,8 @@ from relman.config_fleet import FleetConfig
 from relman.fleet.connections import Connections
 from relman.fleet.ssh import ssh_argv
 
-__all__ = ["NOT_RUN", "SSH_UNREACHABLE", "Answer", "Echo", "quiet", "run_on", "text"]
+__all__ = ["NOT_RUN", "SSH_UNREACHABLE", "Answer", "Echo", "parse_json", "quiet", "read_lines",
+           "run_on", "ssh_env", "text"]
 
 #: ssh's exit status for its own errors (connection, authentication): relman never exits 255
 SSH_UNREACHABLE: Final = 255
@@ -94,11 +95,10 @@ async def run_on(fleet: FleetConfig, host: str, args: Sequence[str], echo: Echo,
 
 async def _run(host: str, argv: list[str], echo: Echo) -> Answer:
     started = time.monotonic()
-    env = {k: v for k, v in os.environ.items() if k != "RELMAN_CONFIG"}
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True, env=env)
+            stderr=asyncio.subprocess.PIPE, start_new_session=True, env=ssh_env())
     except OSError as e:  # no ssh at fleet.ssh[0], not executable, out of processes
         return Answer(host, NOT_RUN, None, None, 0.0, (f"cannot run {argv[0]}: {e.strerror}",))
     assert proc.stdout is not None
@@ -107,7 +107,7 @@ async def _run(host: str, argv: list[str], echo: Echo) -> Answer:
     said: list[str] = []
 
     def on_stdout(line: str) -> None:
-        event = _json(line)
+        event = parse_json(line)
         if event is None:
             said.append(line)
             echo(host, "", line)
@@ -122,8 +122,8 @@ async def _run(host: str, argv: list[str], echo: Echo) -> Answer:
         said.append(line)
         echo(host, "", line)
 
-    readers = asyncio.gather(_lines(proc.stdout, on_stdout, said),
-                             _lines(proc.stderr, on_stderr, said))
+    readers = asyncio.gather(read_lines(proc.stdout, on_stdout, said),
+                             read_lines(proc.stderr, on_stderr, said))
     code = await proc.wait()
     try:  # a master connection forked by this ssh may hold a pipe open: not for long
         await asyncio.wait_for(readers, READ_AFTER_EXIT)
@@ -133,7 +133,12 @@ async def _run(host: str, argv: list[str], echo: Echo) -> Answer:
                   round(time.monotonic() - started, 3), tuple(said[-3:]))
 
 
-async def _lines(stream: asyncio.StreamReader, each: Callable[[str], None],
+def ssh_env() -> dict[str, str]:
+    """The environment of ssh: this one without RELMAN_CONFIG (the coordinator's config)."""
+    return {k: v for k, v in os.environ.items() if k != "RELMAN_CONFIG"}
+
+
+async def read_lines(stream: asyncio.StreamReader, each: Callable[[str], None],
                  said: list[str]) -> None:
     """*each* non-blank line of *stream* until its end. A line longer than LINE_LIMIT is
     dropped (and said) and the lines after it still read: one huge build log line must
@@ -163,7 +168,7 @@ def _one(raw: bytes, each: Callable[[str], None]) -> None:
         each(line)
 
 
-def _json(line: str) -> Any:
+def parse_json(line: str) -> Any:
     """*line* as relman's JSON (an object, or a list: `releases --json`); None if not."""
     if not line.startswith(("{", "[")):
         return None

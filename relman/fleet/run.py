@@ -35,8 +35,9 @@ from relman.config_fleet import FleetConfig
 from relman.fleet import plan
 from relman.fleet.connections import Connections
 from relman.fleet.plan import HostOutcome, HostRecord, in_state
-from relman.fleet.remote import Answer, Echo, quiet, run_on, text
+from relman.fleet.remote import Answer, Echo, quiet, text
 from relman.fleet.report import FleetReport, make_report
+from relman.fleet.session import Sessions
 
 __all__ = ["FleetRun"]
 
@@ -57,6 +58,7 @@ class FleetRun:
         self.release_host: str | None = None  # a deploy's, once chosen
         self.statuses: dict[str, dict[str, Any]] = {}  # each host's status at the start
         self.connections = Connections(fleet)
+        self.sessions = Sessions(fleet, self.connections, self.limit)
 
     def stop(self) -> None:
         """SIGINT/SIGTERM/SIGHUP: finish what runs, then put the fleet back as it was."""
@@ -66,9 +68,9 @@ class FleetRun:
         self.stopping.set()
 
     async def ask(self, host: str, *args: str, echo: Echo | None = None) -> Answer:
-        """`relman --json ARGS` on *host*, at most fleet.parallel at once."""
-        return await run_on(self.fleet, host, args, echo or self.echo, limit=self.limit,
-                            connections=self.connections)
+        """`relman --json ARGS` on *host* (a line on its session), at most fleet.parallel
+        at once."""
+        return await self.sessions.ask(host, args, echo or self.echo)
 
     def hosts_in(self, *outcomes: HostOutcome) -> list[HostRecord]:
         return in_state(self.records.values(), *outcomes)
@@ -95,6 +97,7 @@ class FleetRun:
                 await self._recover("the coordinator failed: putting the fleet back")
             raise
         finally:
+            await self.sessions.close()
             await self.connections.close()
         return self._report(command, asked or self.release, why)
 
@@ -326,6 +329,8 @@ class FleetRun:
 
     def _report(self, command: str, asked: str, why: str) -> FleetReport:
         records = list(self.records.values())
+        for record in records:
+            record.ssh_sessions = self.sessions.opened(record.host)
         return make_report(command, asked, self.release, plan.outcome_of(command, records, why),
                            why, plan.left_mixed(records, bool(why)), records)
 

@@ -59,6 +59,9 @@ def test_together_every_host_switches_and_only_the_release_host_runs_the_release
     assert (report["outcome"], report["ref"]) == ("deployed", "ft-together")
     assert results(report) == dict.fromkeys(f.config.hosts, "switched")
     assert_fleet_on(f, report["release"], "ft-together")
+    # each host's status, build, prepare and switch were lines of one `relman session`
+    assert {h["host"]: h["ssh_sessions"] for h in report["hosts"]} == dict.fromkeys(
+        f.config.hosts, 1)
 
     noted = {}
     for host in f.hosts:

@@ -213,7 +213,7 @@ def test_ssh_command_over_real_ssh(make_app, app_repo, sshd):
 
 
 REFUSED = "relman: error: ssh-command: {!r} is not allowed; allowed: abort, deploy, history, " \
-          "logs, ps, releases, rollback, status, switch"
+          "logs, ps, releases, rollback, session, status, switch"
 OTHER_CONFIG = "relman: error: ssh-command: --config {}: not this key's config file (the " \
                "forced command names it)"
 OTHER_APP = "relman: error: ssh-command: --app other: this key serves app sample"
@@ -275,6 +275,50 @@ def test_ssh_command_refuses_over_real_ssh(make_app, base_dir, sshd):
     assert not (base_dir / "other").exists(), "--config was honoured"
     assert (app.json("releases"), app.json("history")) == before
     assert app.json("status")["live"] == before[0][0]["id"]
+
+
+def test_session_over_real_ssh_runs_allowed_lines_and_refuses_the_rest(make_app, app_repo,
+                                                                        base_dir, sshd):
+    """`relman session` (what a fleet coordinator runs on each host) through the forced
+    command: each line is checked as ssh-command checks its command and answered in JSON
+    ended by a done line with its exit code; a refused line runs nothing and the session goes
+    on; the key's --as label is kept; the session ends with its stdin."""
+    app = make_app()
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    key = sshd.authorize(forced_command(app.config, who_as="ci-fleet"), "ci-fleet")
+    other = base_dir / "other.toml"
+    pwned = base_dir / "pwned"
+    lines = ["status", "relman --json deploy v2 --build-only", "prune", "session",
+             f"--config {other} status", f"status $(touch {pwned})", "releases"]
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    done = subprocess.run(sshd.argv(key, "relman --json session"), input="\n".join(lines) + "\n",
+                          capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert done.returncode == 0, (done.stdout, done.stderr, sshd.log_tail())
+    said = [json.loads(line) for line in done.stdout.splitlines()]
+    assert said[0]["type"] == "session"
+    answers: list[list[dict]] = [[]]
+    for event in said[1:]:
+        answers[-1].append(event)
+        if isinstance(event, dict) and event.get("type") == "done":
+            answers.append([])
+    assert answers.pop() == []
+    assert [a[-1]["exit"] for a in answers] == [0, 0, 2, 2, 2, 2, 0], answers
+    assert answers[0][-2]["live"] == app.json("status")["live"]
+    assert any(e.get("step") == "built" for e in answers[1]), answers[1]
+    built = answers[1][-2]["release"]
+    assert answers[2][0]["error"]["message"] == REFUSED.removeprefix(
+        "relman: error: ").replace("ssh-command:", "session:").format("prune").replace(
+        "session, ", "")
+    assert "'session' is not allowed" in answers[3][0]["error"]["message"]
+    assert answers[4][0]["error"]["message"] == OTHER_CONFIG.removeprefix(
+        "relman: error: ").replace("ssh-command:", "session:").format(other)
+    assert "unexpected extra argument" in answers[5][0]["error"]["message"]
+    assert built in [r["id"] for r in answers[6][-2]]
+    assert not pwned.exists()
+    history = app.json("history")
+    assert history[-1]["event"] == "built"
+    assert history[-1]["who"].startswith("ci-fleet ("), history[-1]
 
 
 def test_dropped_ssh_session_does_not_abort_the_deploy(make_app, app_repo, sshd):

@@ -194,7 +194,7 @@ def test_report_table_and_json() -> None:
     assert not data["mixed"]
     assert data["hosts"][0] == {"host": "h1", "result": "switched", "release": "R",
                                 "previous": None, "prepare_s": 3.25, "switch_s": 0.4,
-                                "detail": ""}
+                                "detail": "", "ssh_sessions": 0}
 
 
 def test_a_mixed_report_says_so_on_its_last_line() -> None:

@@ -109,7 +109,7 @@ def test_ssh_command_refuses_run_and_scale(capsys: pytest.CaptureFixture[str],
     code, out, err = run(capsys, "--config", str(config.path), "ssh-command")
     assert (code, out) == (2, "")
     assert err == (f"relman: error: ssh-command: {command!r} is not allowed; allowed: abort, "
-                   "deploy, history, logs, ps, releases, rollback, status, switch\n")
+                   "deploy, history, logs, ps, releases, rollback, session, status, switch\n")
 
 
 def test_ssh_command_allows_ps(capsys: pytest.CaptureFixture[str],

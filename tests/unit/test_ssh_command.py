@@ -97,7 +97,7 @@ def test_json_errors_are_json(capsys: pytest.CaptureFixture[str],
     ("relman history --json --config=/etc/passwd",
      "--config /etc/passwd: not this key's config file (the forced command names it)"),
     ("relman --json run id", "'relman --json run id' is not allowed; allowed: abort, "
-     "deploy, history, logs, ps, releases, rollback, status, switch"),
+     "deploy, history, logs, ps, releases, rollback, session, status, switch"),
 ])
 def test_refusals_asked_for_with_json_are_json(capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch, config: Path,

@@ -1,0 +1,223 @@
+"""One ssh session per fleet host for a whole run: `relman --json session` there, and each
+command of the run (status, build, prepare, switch, canary looks, recovery) one line on its
+stdin, answered by the command's JSON and a `done` line (relman/cli/session.py).
+
+A run used to open an ssh session per step, and each paid for sshd's session and a start of
+the host's relman CLI (about 0.3 s, on the critical path three or four times per host); a
+session pays them once. The switch, a line on a session that is open already, reaches
+every host within milliseconds of the others: the mixed-version window is the spread of
+the hosts' own switch jobs.
+
+Fallbacks, so that a session is never worse than a command per session:
+- A host whose relman has no `session` (an older version, or a forced command of the user's
+  own that runs something else): its commands go one ssh session each, as before.
+- A session that ends (its connection lost, its host's sshd restarted): the commands under
+  way are answered as far as they got (no answer: the caller asks the host's status, as for
+  a lost ssh session), and the host's next commands go one ssh session each.
+- A command whose caller gave up waiting (a status look timed out): its answer is read
+  and dropped when it comes, and the next command is answered after it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from relman.config_fleet import FleetConfig
+from relman.fleet.connections import Connections
+from relman.fleet.remote import (
+    NOT_RUN,
+    READ_AFTER_EXIT,
+    SSH_UNREACHABLE,
+    Answer,
+    Echo,
+    parse_json,
+    read_lines,
+    run_on,
+    ssh_env,
+)
+from relman.fleet.ssh import ssh_argv
+
+__all__ = ["Sessions"]
+
+#: seconds a session gets to end after its stdin is closed, before its ssh is terminated
+CLOSE_WAIT: Final = 10.0
+
+
+@dataclass
+class _Waiting:
+    """One command sent on a session, until its `done` line."""
+
+    echo: Echo
+    answered: asyncio.Future[Answer]
+    started: float = field(default_factory=time.monotonic)
+    found: dict[str, Any] = field(default_factory=dict)
+    said: list[str] = field(default_factory=list)
+
+    def answer(self, host: str, code: int) -> None:
+        if not self.answered.done():  # else its caller has given up waiting
+            self.answered.set_result(Answer(
+                host, code, self.found.get("result"), self.found.get("error"),
+                round(time.monotonic() - self.started, 3), tuple(self.said[-3:])))
+
+
+class HostSession:
+    """`relman --json session` on one host, over its own ssh process."""
+
+    def __init__(self, host: str, argv: list[str]) -> None:
+        self.host, self.argv = host, argv
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready: asyncio.Future[bool] | None = None  # its hello line came (or not)
+        self.waiting: deque[_Waiting] = deque()
+        self.said: list[str] = []  # what it said before its hello (ssh's errors)
+        self.ended: int | None = None  # ssh's exit status, once it has exited
+        self.watcher: asyncio.Task[None] | None = None
+        self.opening = asyncio.Lock()
+        self.opened = 0  # ssh sessions to the host: this one, and each command alone
+
+    async def ask(self, args: Sequence[str], echo: Echo) -> Answer | None:
+        """Run `relman ARGS` on the session; None when there is none to run it on (the
+        caller runs it over an ssh session of its own)."""
+        async with self.opening:
+            if self.ready is None:
+                refused = await self._open(echo)
+                if refused is not None:
+                    return refused
+        if self.ended is not None or self.proc is None or self.proc.stdin is None:
+            return None
+        waiting = _Waiting(echo, asyncio.get_running_loop().create_future())
+        self.waiting.append(waiting)
+        try:
+            self.proc.stdin.write((shlex.join(args) + "\n").encode())
+            await self.proc.stdin.drain()
+        except (ConnectionError, RuntimeError):
+            pass  # it has ended: the watcher answers it with what came
+        return await waiting.answered
+
+    async def _open(self, echo: Echo) -> Answer | None:
+        """Start it and wait for its hello. An Answer when the host cannot be reached (ssh
+        exit 255): the command is answered so, as one run by itself would be. None when it
+        is open, or when the host cannot run a session (self.ended is set: a command each)."""
+        loop = asyncio.get_running_loop()
+        self.ready = loop.create_future()
+        started = time.monotonic()
+        self.opened += 1
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True, env=ssh_env())
+        except OSError as e:  # no ssh at fleet.ssh[0], not executable, out of processes
+            self.ended = NOT_RUN
+            return Answer(self.host, NOT_RUN, None, None, 0.0,
+                          (f"cannot run {self.argv[0]}: {e.strerror}",))
+        self.watcher = asyncio.create_task(self._watch(echo))
+        await asyncio.shield(self.ready)
+        if self.ended == SSH_UNREACHABLE:
+            return Answer(self.host, SSH_UNREACHABLE, None, None,
+                          round(time.monotonic() - started, 3), tuple(self.said[-3:]))
+        return None
+
+    async def _watch(self, echo: Echo) -> None:
+        """Read its output until ssh exits; then answer whatever still waits."""
+        proc = self.proc
+        assert proc is not None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        readers = asyncio.gather(
+            read_lines(proc.stdout, lambda line: self._on_stdout(line, echo), self.said),
+            read_lines(proc.stderr, lambda line: self._on_stderr(line, echo), self.said))
+        code = await proc.wait()
+        with contextlib.suppress(TimeoutError):  # a master it forked may hold a pipe open
+            await asyncio.wait_for(readers, READ_AFTER_EXIT)
+        self.ended = code
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_result(False)
+        while self.waiting:
+            self.waiting.popleft().answer(self.host, code)
+
+    def _on_stdout(self, line: str, echo: Echo) -> None:
+        event = parse_json(line)
+        if self._before_hello(event):
+            return
+        head = self.waiting[0] if self.waiting else None
+        if head is None or event is None:
+            (head.said if head is not None else self.said).append(line)
+            (head.echo if head is not None else echo)(self.host, "", line)
+        elif isinstance(event, dict) and event.get("type") == "done":
+            code = event.get("exit")
+            self.waiting.popleft().answer(self.host, code if isinstance(code, int) else 1)
+        elif isinstance(event, dict) and event.get("type") == "progress":
+            head.echo(self.host, str(event.get("step", "")), str(event.get("message", "")))
+        elif isinstance(event, dict) and isinstance(event.get("error"), dict):
+            head.found["error"] = event["error"]
+        else:
+            head.found["result"] = event
+
+    def _before_hello(self, event: object) -> bool:
+        """True when *event* was the session's hello, or its refusal to start."""
+        if self.ready is None or self.ready.done() or not isinstance(event, dict):
+            return False
+        if event.get("type") == "session":
+            self.ready.set_result(True)
+            return True
+        if isinstance(event.get("error"), dict):  # no session there: `relman session`
+            self.said.append(str(event["error"].get("message", "")))  # refused or unknown
+            return True
+        return False
+
+    def _on_stderr(self, line: str, echo: Echo) -> None:
+        head = self.waiting[0] if self.waiting else None
+        (head.said if head is not None else self.said).append(line)
+        (head.echo if head is not None else echo)(self.host, "", line)
+
+    async def close(self) -> None:
+        """End it: its stdin closed (it ends after the command under way), its ssh
+        terminated if it has not ended within CLOSE_WAIT."""
+        proc = self.proc
+        if proc is None or self.watcher is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.watcher), CLOSE_WAIT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)  # its own group (start_new_session)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.watcher, CLOSE_WAIT)
+
+
+class Sessions:
+    """A run's sessions, one per host, opened by the host's first command."""
+
+    def __init__(self, fleet: FleetConfig, connections: Connections,
+                 limit: asyncio.Semaphore) -> None:
+        self.fleet, self.connections, self.limit = fleet, connections, limit
+        self.sessions = {h: HostSession(h, ssh_argv(fleet, h, ["--json", "session"],
+                                                    control_path=connections.path(h)))
+                         for h in fleet.hosts}
+
+    async def ask(self, host: str, args: Sequence[str], echo: Echo) -> Answer:
+        """`relman --json ARGS` on *host*: a line on its session, or an ssh session of its
+        own when it has none; at most fleet.parallel commands run at once."""
+        async with self.limit:
+            session = self.sessions[host]
+            answer = await session.ask(args, echo)
+            if answer is not None:
+                return answer
+            session.opened += 1
+            return await run_on(self.fleet, host, args, echo, connections=self.connections)
+
+    def opened(self, host: str) -> int:
+        """The ssh sessions opened to *host* so far."""
+        return self.sessions[host].opened
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self.sessions.values()))
