@@ -4,7 +4,7 @@ the together and rolling (batch 1) strategies, and the requests that failed thro
 front nginx meanwhile.
 
     sudo .venv/bin/python bench/fleet.py [--hosts 1,2,4,6] [--repeats 3] [--quick]
-                                         [--mux] [--lines]
+                                         [--host-cpu CORES] [--mux] [--lines]
 
 --quick: one run per figure (about 1.5 min at 6 hosts alone, 4 for all sizes). The fleet
 runs use [fleet] multiplex (its default: the coordinator opens one master connection per
@@ -12,6 +12,13 @@ host for the run). --mux: also the together deploy over master connections start
 beforehand, as a user's ControlPersist leaves them (multiplex = false, so that these are
 used).
 --lines: each fleet run's output lines on stderr, timed as they arrived.
+
+--host-cpu: each simulated host's CPU, in cores (default: 0.9 x this machine's cores / the
+largest size, 0.3 on 2 cores for 6 hosts): its daemon, all it starts and its ssh sessions'
+relman run in a cgroup of its own with that CFS quota (testing/cpu_share.py), so that n
+hosts are n machines of one size, the single-host baseline's host included; 0 lets all
+hosts share the machine, and then the ratio measures this machine's cores more than the
+coordinator (6 hosts' builds on 2 cores take 3 times one's).
 
 Root only: the hosts are unix users made for the run and removed at its end
 (testing/fleet.py simulated_fleet(): a daemon per user, one private sshd with a
@@ -227,10 +234,9 @@ def print_walls(sizes: list[Size]) -> None:
     ssh = med([t for s in sizes for t in s.ssh_status])
     print(f"   fixed costs (median): the relman CLI's start here (`relman --version`) "
           f"{cli:.2f} s; one ssh session to a host (`ssh HOST relman status`) {ssh:.2f} s.\n"
-          "   A coordinator starts once and opens per host a status, a prepare (two on the "
-          "hosts\n   other than the release host: --build-only, then --prepare) and a switch "
-          "session;\n   a single deploy is one session. CPU: the machine's busy share during "
-          "the single / together runs.")
+          "   A coordinator starts once and opens one `relman session` per host, which runs "
+          "its status,\n   build, prepare and switch; a single deploy is one session. CPU: "
+          "the machine's busy share during\n   the single / together runs.")
 
 
 def print_windows(sizes: list[Size]) -> None:
@@ -312,6 +318,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hosts", default="1,2,4,6", help="fleet sizes, comma-separated")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--quick", action="store_true", help="one run per figure")
+    parser.add_argument("--host-cpu", type=float, default=None, metavar="CORES",
+                        help="each host's CPU share in cores (cgroup v1 CFS quota; default "
+                        "0.9 x cores / the largest size; 0: the hosts share the machine)")
     parser.add_argument("--mux", action="store_true",
                         help="also the together deploy with ssh reusing a master "
                         "connection per host (ControlMaster)")
@@ -328,10 +337,15 @@ def main() -> None:
     args.repeats = repeats = 1 if args.quick else args.repeats
     os.environ.setdefault("UV_CACHE_DIR", os.path.expanduser("~/.cache/relman-tests-uv"))
     os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
+    cores = os.cpu_count() or 1
+    if args.host_cpu is None:
+        args.host_cpu = round(0.9 * cores / max(ns), 2)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"relman fleet bench: {os.cpu_count()} cores, load average {load}, "
-          f"{repeats} repeat(s)", flush=True)
-    with simulated_fleet() as sim:
+    share = (f"each host {args.host_cpu:g} cores (its own cgroup's CPU quota)" if args.host_cpu
+             else "the hosts share the machine's cores")
+    print(f"relman fleet bench: {cores} cores, load average {load}, {repeats} repeat(s); "
+          f"{share}", flush=True)
+    with simulated_fleet(args.host_cpu) as sim:
         log_step(f"making {max(ns)} hosts")
         versions = Versions(sim.repo)
         deploy_everywhere(sim, max(ns), versions)

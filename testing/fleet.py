@@ -30,6 +30,7 @@ from typing import Any
 
 from relman.config_fleet import FleetConfig
 from relman.fleet.ssh import ssh_argv
+from testing.cpu_share import CpuShares
 from testing.daemon import SERVICE_PATH, make_base_dir, terminate, write_config
 from testing.git import make_app_repo
 from testing.leftovers import kill_leftover_servers
@@ -125,6 +126,7 @@ class Host:
     home: Path
     relman_bin: Path
     port: int = 0  # the sshd's
+    enter: str = ""  # shell words its daemon runs before its exec (testing/cpu_share.py)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -176,7 +178,8 @@ class Host:
         assert self.proc is None or self.proc.poll() is not None
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [str(self.relman_bin), "--config", str(self.config), "daemon"],
+                ["/bin/sh", "-c", f'{self.enter}exec "$@"', "sh", str(self.relman_bin),
+                 "--config", str(self.config), "daemon"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, **self._as_user())
 
@@ -243,8 +246,10 @@ class SimulatedFleet:
     """Hosts made on demand and kept for the session (fleet(n) returns the first n);
     close() stops what it started and removes the users it made."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, host_cpu: float = 0.0) -> None:
         self.base = base
+        # each host's CPU share in cores (0: they share the machine)
+        self.cpu = CpuShares(base.name.rsplit("-", 1)[-1], host_cpu) if host_cpu else None
         self.hosts: list[Host] = []
         self.fleets: dict[int, Fleet] = {}
         self.relman_bin = install_relman(self.base)
@@ -262,6 +267,8 @@ class SimulatedFleet:
         home.parent.mkdir(mode=0o755, exist_ok=True)
         user = ensure_user(name, home)
         host = Host(name, user.pw_uid, user.pw_gid, home, self.relman_bin, self.sshd.port)
+        if self.cpu is not None:
+            host.enter = self.cpu.enter(self.cpu.make(name, user.pw_uid, user.pw_gid))
         self.hosts.append(host)
         # git refuses a repository another user owns ("dubious ownership") unless it is safe.
         (home / ".gitconfig").write_text(f"[safe]\n\tdirectory = {self.repo}\n"
@@ -274,8 +281,9 @@ class SimulatedFleet:
                      server={"kind": "gunicorn", "app": "app:server", "workers": 2,
                              "socket_group": WEB_GROUP},
                      health={"path": "/health", "timeout": 30})
-        self.sshd.authorize_user(name, f"{self.relman_bin} --config ~/relman.toml ssh-command",
-                                 self.key)
+        self.sshd.authorize_user(
+            name, f"{host.enter}exec {self.relman_bin} --config ~/relman.toml ssh-command",
+            self.key)
         host.relman("init", check=True)
         host.start()
         return host
@@ -301,6 +309,8 @@ class SimulatedFleet:
             host.stop()
             kill_leftover_servers(host.root)
         self.sshd.stop()
+        if self.cpu is not None:
+            self.cpu.remove()
 
 
 def remove_stale_users() -> list[str]:
@@ -319,14 +329,14 @@ def remove_stale_users() -> list[str]:
 
 
 @contextlib.contextmanager
-def simulated_fleet() -> Iterator[SimulatedFleet]:
-    """A SimulatedFleet; at the end its processes stop, its users and base dir go (and any
-    a killed run left behind, first)."""
+def simulated_fleet(host_cpu: float = 0.0) -> Iterator[SimulatedFleet]:
+    """A SimulatedFleet (each host *host_cpu* cores, 0: shared); at the end its processes
+    stop, its users and base dir go (and any a killed run left behind, first)."""
     remove_stale_users()
     base = make_base_dir("relman-fleet-")
     sim: SimulatedFleet | None = None
     try:
-        sim = SimulatedFleet(base)
+        sim = SimulatedFleet(base, host_cpu)
         yield sim
     finally:
         if sim is not None:
