@@ -13,12 +13,15 @@ beforehand, as a user's ControlPersist leaves them (multiplex = false, so that t
 used).
 --lines: each fleet run's output lines on stderr, timed as they arrived.
 
---host-cpu: each simulated host's CPU, in cores (default: 0.9 x this machine's cores / the
-largest size, 0.3 on 2 cores for 6 hosts): its daemon, all it starts and its ssh sessions'
-relman run in a cgroup of its own with that CFS quota (testing/cpu_share.py), so that n
-hosts are n machines of one size, the single-host baseline's host included; 0 lets all
-hosts share the machine, and then the ratio measures this machine's cores more than the
-coordinator (6 hosts' builds on 2 cores take 3 times one's).
+--host-cpu: each simulated host's CPU, in cores (default: what the largest size leaves of
+this machine's cores once CLIENT_CPU and COORDINATOR_CPU are set aside, 0.2 on 2 cores
+for 6 hosts): its daemon, all it starts and its ssh sessions' relman run in a cgroup of
+its own with that CFS quota (testing/cpu_share.py), so that n hosts are n machines of one
+size, the single-host baseline's host included. The load threads and the front nginx get
+CLIENT_CPU cores in a group of theirs, and the coordinator and the single deploy's ssh run
+outside any: neither the load nor the hosts take the coordinator's CPU, as on machines of
+their own. 0 lets all share the machine, and then the ratio measures this machine's cores
+more than the coordinator (6 hosts' builds on 2 cores take 3 times one's).
 
 Root only: the hosts are unix users made for the run and removed at its end
 (testing/fleet.py simulated_fleet(): a daemon per user, one private sshd with a
@@ -67,6 +70,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from testing.cpu_share import ROOT_FIRST
 from testing.daemon import RELMAN
 from testing.fleet import Fleet, SimulatedFleet, simulated_fleet
 from testing.fleet_runs import (
@@ -86,6 +90,10 @@ from testing.load import Load
 GOAL_RATIO = 1.3
 GOAL_WINDOW = 1.0
 CONCURRENCY = 4  # load clients; more would take the 2 cores from the hosts
+# --host-cpu: the load threads and the front nginx share CLIENT_CPU cores, and at least
+# COORDINATOR_CPU cores stay free for the coordinator (or the single deploy's ssh) and sshd
+CLIENT_CPU = 0.3
+COORDINATOR_CPU = 0.5
 
 
 def log_step(text: str) -> None:
@@ -122,22 +130,24 @@ class Versions:
         return ref
 
 
-def fixed_costs(f: Fleet, size: Size, mux: Path | None) -> None:
+def fixed_costs(f: Fleet, size: Size, mux: Path | None, prefix: tuple[str, ...]) -> None:
     """What every coordinator pays before any work: its own start, and per ssh session
     (status, prepare, switch...) the connection and the host's relman CLI start (with
     *mux*, a config whose ssh reuses a master connection: that too)."""
     started = time.monotonic()
-    subprocess.run([*RELMAN, "--version"], capture_output=True, check=True)
+    subprocess.run([*prefix, *RELMAN, "--version"], capture_output=True, check=True)
     size.cli_start.append(time.monotonic() - started)
     started = time.monotonic()
-    done = f.ssh(f.hosts[0], "status")
+    done = subprocess.run([*prefix, *f.ssh_argv(f.hosts[0], "status")], capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, env=coordinator_env(),
+                          timeout=180, check=False)
     if done.returncode != 0:
         raise SystemExit(f"ssh {f.hosts[0].name} relman status: {done.stdout}{done.stderr}")
     size.ssh_status.append(time.monotonic() - started)
     if mux is not None:
         started = time.monotonic()
-        subprocess.run([*RELMAN, "--config", str(mux), "fleet", "status"], env=coordinator_env(),
-                       capture_output=True, check=False)
+        subprocess.run([*prefix, *RELMAN, "--config", str(mux), "fleet", "status"],
+                       env=coordinator_env(), capture_output=True, check=False)
         size.mux_status.append(time.monotonic() - started)
 
 
@@ -160,6 +170,7 @@ def bench_size(sim: SimulatedFleet, n: int, versions: Versions, args: argparse.N
     mux = fleet_toml(base / "mux.toml", f, options, multiplex=False) if args.mux else None
     answers = Answers({f"unix:{h.root}/run/app.sock": h.name for h in f.hosts})
     size = Size(n)
+    prefix = ROOT_FIRST if sim.cpu is not None else ()
     repeats, lines = args.repeats, args.lines
     with contextlib.ExitStack() as stack:
         if mux is not None:
@@ -169,19 +180,21 @@ def bench_size(sim: SimulatedFleet, n: int, versions: Versions, args: argparse.N
                                         observe=answers.observe))
         for rep in range(repeats):
             log_step(f"{n} host(s), repeat {rep + 1} of {repeats}: single")
-            fixed_costs(f, size, mux)
-            size.single.append(single_deploy(f, f.hosts[0], versions.next()))
+            fixed_costs(f, size, mux, prefix)
+            size.single.append(single_deploy(f, f.hosts[0], versions.next(), prefix))
             log_step(f"{n} host(s), repeat {rep + 1} of {repeats}: fleet together")
-            size.together.append(fleet_deploy(together, f, versions.next(), answers))
+            size.together.append(fleet_deploy(together, f, versions.next(), answers,
+                                             prefix))
             show(size.together[-1], lines)
             if n > 1:
                 log_step(f"{n} host(s), repeat {rep + 1} of {repeats}: fleet rolling")
-                size.rolling.append(fleet_deploy(rolling, f, versions.next(), answers))
+                size.rolling.append(fleet_deploy(rolling, f, versions.next(), answers,
+                                                prefix))
                 show(size.rolling[-1], lines)
             if mux is not None:
                 log_step(f"{n} host(s), repeat {rep + 1} of {repeats}: fleet together, "
                          "ssh masters")
-                size.mux.append(fleet_deploy(mux, f, versions.next(), answers))
+                size.mux.append(fleet_deploy(mux, f, versions.next(), answers, prefix))
                 show(size.mux[-1], lines)
     result = load.result
     size.sent, size.failed, size.errors = result.sent, result.failed, result.errors[:5]
@@ -237,6 +250,18 @@ def print_walls(sizes: list[Size]) -> None:
           "   A coordinator starts once and opens one `relman session` per host, which runs "
           "its status,\n   build, prepare and switch; a single deploy is one session. CPU: "
           "the machine's busy share during\n   the single / together runs.")
+    print("\n   to live: from the start to the (last) host's `switched` line, the release "
+          "serving everywhere.\n   A single deploy then drains and stops the old release "
+          "before it exits; a fleet's\n   switch keeps it warm (`--keep-warm`, for the "
+          "fleet's recovery) and exits: this compares\n   like with like.")
+    print(f"   {'hosts':>5} {'single':>7} {'together':>9} {'ratio':>6}")
+    for s in sizes:
+        single, fleet = to_live(s.single), to_live(s.together)
+        print(f"   {s.n:5d} {single:6.2f}s {fleet:8.2f}s {fleet / single:5.2f}x")
+
+
+def to_live(runs: list[Run]) -> float:
+    return med([r.to_live for r in runs])
 
 
 def print_windows(sizes: list[Size]) -> None:
@@ -301,8 +326,11 @@ def goals(sizes: list[Size]) -> bool:
     windows = [med(r.windows.get("nginx", float("nan")) for r in s.together)
                for s in sizes if s.n > 1]
     failed = sum(s.failed for s in sizes)
+    live = to_live(largest.together) / to_live(largest.single)
     checks = [(f"fleet deploy at {largest.n} hosts <= {GOAL_RATIO}x a single host's",
                ratio <= GOAL_RATIO, f"{ratio:.2f}x"),
+              ("the same, to the release live on every host (without the single "
+               "deploy's drain)", live <= GOAL_RATIO, f"{live:.2f}x"),
               (f"together window < {GOAL_WINDOW:g} s (nginx) at every size",
                all(w < GOAL_WINDOW for w in windows),
                ", ".join(f"{w:.3f} s" for w in windows) or "no size above 1 host"),
@@ -339,9 +367,10 @@ def main() -> None:
     os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
     cores = os.cpu_count() or 1
     if args.host_cpu is None:
-        args.host_cpu = round(0.9 * cores / max(ns), 2)
+        args.host_cpu = round((cores - CLIENT_CPU - COORDINATOR_CPU) / max(ns), 2)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    share = (f"each host {args.host_cpu:g} cores (its own cgroup's CPU quota)" if args.host_cpu
+    share = (f"each host {args.host_cpu:g} cores, load and front nginx {CLIENT_CPU:g} (cgroup "
+             "CPU quotas), the coordinator the rest" if args.host_cpu
              else "the hosts share the machine's cores")
     print(f"relman fleet bench: {cores} cores, load average {load}, {repeats} repeat(s); "
           f"{share}", flush=True)
@@ -349,6 +378,8 @@ def main() -> None:
         log_step(f"making {max(ns)} hosts")
         versions = Versions(sim.repo)
         deploy_everywhere(sim, max(ns), versions)
+        if sim.cpu is not None:
+            sim.cpu.clients(CLIENT_CPU)
         sizes = [bench_size(sim, n, versions, args) for n in ns]
     print_walls(sizes)
     print_windows(sizes)

@@ -89,6 +89,10 @@ class Run:
     # from the last host's `prepared` line to the first and the last `switched` line
     after_prepared: tuple[float, float] = (float("nan"), float("nan"))
     job_ms: float = float("nan")  # median: each host's own job start to its switch
+    # from the start to the (last) host's `switched` line: the release live everywhere,
+    # without what a deploy does after (a single deploy drains and stops the old release
+    # before it exits; a fleet's switch keeps it warm for the fleet's recovery)
+    to_live: float = float("nan")
 
 
 def cpu_busy() -> tuple[float, float]:
@@ -106,18 +110,31 @@ def coordinator_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("SSH_AUTH_SOCK", "RELMAN_CONFIG")}
 
 
-def single_deploy(f: Fleet, host: Host, ref: str) -> Run:
+def single_deploy(f: Fleet, host: Host, ref: str, prefix: tuple[str, ...] = ()) -> Run:
+    """`ssh HOST relman deploy REF` (after *prefix*), its `[switched]` line timed as it
+    arrives."""
     before, started = cpu_busy(), time.monotonic()
-    done = f.ssh(host, "deploy", ref, timeout=600)
+    proc = subprocess.Popen([*prefix, *f.ssh_argv(host, "deploy", ref)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=coordinator_env())
+    assert proc.stdout is not None
+    said, to_live = [], float("nan")
+    for line in proc.stdout:
+        said.append(line)
+        if line.startswith("[switched]") and to_live != to_live:
+            to_live = time.monotonic() - started
+    code = proc.wait()
     wall = time.monotonic() - started
-    if done.returncode != 0:
-        raise SystemExit(f"ssh {host.name} relman deploy {ref} exited {done.returncode}:\n"
-                         f"{done.stdout}{done.stderr}\n{host.log_tail()}")
-    return Run(wall, busy_since(before))
+    if code != 0:
+        raise SystemExit(f"ssh {host.name} relman deploy {ref} exited {code}:\n"
+                         f"{''.join(said)}\n{host.log_tail()}")
+    return Run(wall, busy_since(before), to_live=to_live)
 
 
-def fleet_deploy(config: Path, f: Fleet, ref: str, answers: Answers) -> Run:
-    """`relman --json --config CONFIG fleet deploy REF`, each line timed as it arrives."""
+def fleet_deploy(config: Path, f: Fleet, ref: str, answers: Answers,
+                 prefix: tuple[str, ...] = ()) -> Run:
+    """`relman --json --config CONFIG fleet deploy REF` (after *prefix*), each line timed as
+    it arrives."""
     env = coordinator_env()
     by_destination = {h.destination: h.name for h in f.hosts}
     lines: dict[str, float] = {}
@@ -126,8 +143,8 @@ def fleet_deploy(config: Path, f: Fleet, ref: str, answers: Answers) -> Run:
     said: list[str] = []
     report: dict[str, Any] = {}
     before, since, started = cpu_busy(), time.time(), time.monotonic()
-    proc = subprocess.Popen([*RELMAN, "--json", "--config", str(config), "fleet", "deploy",
-                             ref], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*prefix, *RELMAN, "--json", "--config", str(config), "fleet",
+                             "deploy", ref], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None
     timeline = []
@@ -155,15 +172,24 @@ def fleet_deploy(config: Path, f: Fleet, ref: str, answers: Answers) -> Run:
     run = Run(wall, cpu, report, {"link": spread(links),
                                   "lines": spread([lines[n] for n in names if n in lines])},
               timeline=timeline, job_ms=med(job_ms))
-    if prepared and lines:
-        run.after_prepared = (min(lines.values()) - max(prepared),
-                              max(lines.values()) - max(prepared))
+    _switch_times(run, lines, prepared, since)
     time.sleep(0.5)  # a few more answers after the last switch
     seen = answers.switches(names, ref, since)
     if seen is not None:
         run.windows["nginx"] = spread([m for m, _ in seen.values()])
         run.precision = max(w for _, w in seen.values())
     return run
+
+
+def _switch_times(run: Run, switched: dict[str, float], prepared: list[float],
+                  since: float) -> None:
+    """*run*'s times to the last `switched` line: from its start (*since*), and from the
+    last host's `prepared` line."""
+    if switched:
+        run.to_live = max(switched.values()) - since
+    if prepared and switched:
+        run.after_prepared = (min(switched.values()) - max(prepared),
+                              max(switched.values()) - max(prepared))
 
 
 def _json(line: str) -> dict[str, Any]:
