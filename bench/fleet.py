@@ -54,7 +54,10 @@ measured three ways:
   coordinator streams with --json as the hosts' switches run, reached this script.
 
 Goals (exit 1 when one is missed): fleet deploy at the largest size at most 1.3x the single
-deploy; the together window under 1 s (nginx method) at every size; no failed request.
+deploy, both in wall time and to the release live everywhere (a single deploy drains and
+stops its old release before it exits, a fleet's switch keeps it warm: the second compares
+like with like); the together window under 1 s (nginx method) at every size; no failed
+request.
 """
 
 from __future__ import annotations

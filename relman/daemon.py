@@ -232,7 +232,8 @@ class Daemon:
             "ps": self.observer.ps,
             "scale": lambda: self.job("scale", who, args, send,
                                       lambda rep: self._scale(args, who, rep)),
-            "deploy": lambda: self.job(f"deploy {args.get('ref')}", who, args, send,
+            "deploy": lambda: self.job(f"{'build' if args.get('build_only') else 'deploy'} "
+                                       f"{args.get('ref')}", who, args, send,
                                        lambda rep: self._deploy(str(args.get("ref", "")), who,
                                                                 rep, args)),
             "switch": lambda: self.job(f"switch {args.get('release')}", who, args, send,
