@@ -2,9 +2,10 @@
 deploy's fetch, build, release phase, health check and nginx preview, then stops short of
 the switch. The healthy candidate stays on run/next.sock, recorded in state/prepared.json
 (release id, candidate instance, deadline), until `relman abort ID` or swap.prepare_timeout
-stops it. `relman rollback [RELEASE] --prepare` leaves a rollback's candidate the same way
-(its warm instance taken over, if it runs); hostside.py has the jobs a fleet coordinator
-runs, done when their release is live or prepared already.
+stops it. `relman rollback [RELEASE] --prepare` leaves a rollback's candidate the same way.
+Either takes the release's warm instance over as the candidate when it runs, as a
+deploy's swap reuses it. hostside.py has the jobs a fleet coordinator runs, done when
+their release is live or prepared already.
 
 `relman switch ID` runs the swap's steps 4 to 7 for it (swap() with *prepared*), after a
 fresh health check of the candidate; `relman switch ID --keep-warm SECONDS` keeps the old
@@ -191,7 +192,7 @@ async def _leave_prepared(app: App, target: Callable[[], Awaitable[Manifest]], r
         entry = app.journal.entry
         app.journal.step(entry.step if entry else Step.BEGUN, release=manifest.id,
                          previous=app.live.instance if app.live else "")
-        candidate = _take_warm(app, manifest) if rollback else None
+        candidate = _take_warm(app, manifest)  # as a deploy's swap reuses it
         if candidate is not None:
             detail = f"{candidate.instance} was warm: taken over as the candidate"
             await still_healthy(candidate, health, report)

@@ -153,6 +153,27 @@ def test_rollback_prepare_takes_over_the_warm_instance_under_load(stack, app_rep
     assert ("rolled_back", v1) in events(app)
 
 
+def test_deploy_prepare_takes_over_a_warm_instance_of_its_release(make_app, app_repo):
+    """`deploy REF --prepare` when REF's release is kept warm (a fleet deploy again after a
+    fleet rollback): the warm instance is the candidate (same pid, nothing started), as a
+    plain deploy's swap reuses it; its switch makes it live."""
+    app = make_app(swap={"keep_warm": 60})
+    app.relman("deploy", "v1", check=True)
+    release_version(app_repo, "v2")
+    app.relman("deploy", "v2", check=True)
+    v2 = app.json("status")["live"]
+    app.relman("rollback", check=True)
+    warm = next(s["pid"] for s in app.json("status")["servers"] if s["state"] == "warm")
+    proc = app.relman("deploy", "v2", "--prepare", check=True)
+    assert proc.stdout.splitlines()[-1] == v2
+    assert "was warm: taken over" in proc.stdout
+    assert "[start]" not in proc.stdout
+    assert candidate_pid(app, v2) == warm
+    assert answer(app, "switch", v2)["release"] == v2
+    assert [s["pid"] for s in app.json("status")["servers"] if s["live"]
+            and s["process"] == "web"] == [warm]
+
+
 def test_rollback_prepare_starts_a_candidate_and_survives_a_daemon_kill(make_app, app_repo):
     """With nothing warm, `rollback --prepare` starts a candidate of the target (no fetch,
     no build); of the live release it exits 0 with live=True; a daemon SIGKILLed while it
