@@ -8,7 +8,9 @@ Decisions (man/relman.1 says them too):
   live already answers live=True (exit 0, nothing started), and one of the release that
   is prepared already answers with that candidate and its deadline (exit 0, no second
   candidate, no new deadline). A prepared candidate whose server has exited is aborted
-  and prepared again: switching to it would fail.
+  and prepared again: switching to it would fail. So is one prepared with
+  --no-release-phase when a prepare with the release phase comes (a rerun whose
+  release_host is another host now): the migrations must not be skipped.
 - Another release prepared: LockHeld (exit 4), as for every other job. Which release a
   ref names needs a fetch; that fetch is not journaled, so a daemon killed in it finds the
   prepared candidate as it was (an interrupted job would make it stop it).
@@ -46,11 +48,13 @@ async def deploy_job(app: App, ref: str, who: str, report: Report,
     """The daemon's `deploy REF --prepare` or `deploy REF --build-only` (*args*)."""
     if args.get("build_only"):
         return await build_only(app, ref, who, report)
-    prepared = await _prepared_already(app, ref, "deploy --prepare", report)
+    release_phase = not args.get("no_release_phase")
+    prepared = await _prepared_already(app, ref, "deploy --prepare", report,
+                                       release_phase=release_phase)
     if prepared is None:
         try:
             prepared = await prepare.prepare(app, ref, who, report,
-                                             release_phase=not args.get("no_release_phase"))
+                                             release_phase=release_phase)
         except prepare.LiveAlready as live:
             return _live(live.manifest, ref, report)
         _expire_at_deadline(app, prepared, schedule)
@@ -88,8 +92,8 @@ async def build_only(app: App, ref: str, who: str, report: Report) -> BuildResul
     return BuildResult(release=manifest.id, sha=manifest.sha, ref=ref)
 
 
-async def _prepared_already(app: App, ref: str, command: str, report: Report
-                            ) -> prepare.Prepared | None:
+async def _prepared_already(app: App, ref: str, command: str, report: Report, *,
+                            release_phase: bool = False) -> prepare.Prepared | None:
     """While a candidate is prepared: it, when *ref* names its release (fetched first);
     LockHeld when *ref* names another. None when nothing is prepared (any more)."""
     if app.prepared is None:
@@ -97,21 +101,26 @@ async def _prepared_already(app: App, ref: str, command: str, report: Report
     await app.store.fetch(lambda line: report("fetch", line))
     commit = await app.store.resolve(ref)
     return await _same_prepared(app, make_release_id(commit.time, commit.sha), command,
-                                report)
+                                report, release_phase=release_phase)
 
 
-async def _same_prepared(app: App, release: str, command: str, report: Report
-                         ) -> prepare.Prepared | None:
-    """The prepared candidate when it is *release*'s and runs; LockHeld when another
-    release is prepared; None when none is (a candidate that has exited is aborted)."""
+async def _same_prepared(app: App, release: str, command: str, report: Report, *,
+                         release_phase: bool = False) -> prepare.Prepared | None:
+    """The prepared candidate when it is *release*'s and runs (and, asked for
+    *release_phase*, had its release phase); LockHeld when another release is prepared;
+    None when none is (a candidate that has exited, or one prepared with
+    --no-release-phase when the release phase is asked for now, is aborted)."""
     prepared = app.prepared
     if prepared is None:
         return None
     if prepared.release != release:
         prepare.refuse_while_prepared(app, f"{command} {release}")
-    if not prepared.candidate.alive:
-        report("prepared", f"{prepared.candidate.instance} has exited: preparing again")
-        await prepare.abort(app, release, f"relman ({command}: its candidate had exited)")
+    why = ("has exited" if not prepared.candidate.alive else
+           "was prepared without the release phase" if release_phase
+           and not prepared.release_phase else "")
+    if why:
+        report("prepared", f"{prepared.candidate.instance} {why}: preparing again")
+        await prepare.abort(app, release, f"relman ({command}: its candidate {why})")
         return None
     report("prepared", f"{release} is prepared already on next.sock "
            f"({prepared.candidate.instance}); its deadline is unchanged")

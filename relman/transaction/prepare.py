@@ -62,14 +62,16 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """The prepared candidate: its release, its server, the time (epoch) it expires, and
-    whether it is a rollback's (`rollback --prepare`: its switch is a rollback)."""
+    """The prepared candidate: its release, its server, the time (epoch) it expires,
+    whether it is a rollback's (`rollback --prepare`: its switch is a rollback), and
+    whether its release phase ran (not with --no-release-phase)."""
 
     release: str
     sha: str
     candidate: ServerHandle
     deadline: float
     rollback: bool = False
+    release_phase: bool = True
 
 
 def prepared_path(app: App) -> Path:
@@ -164,7 +166,7 @@ async def prepare(app: App, ref: str, who: str, report: Report, *,
                                              before_build=lambda m: _stop_if_live(app, m))
         return app._settings_changed(manifest, app.live_manifest(), "deploy", who, report)
 
-    return await _leave_prepared(app, built, ref, who, report)
+    return await _leave_prepared(app, built, ref, who, report, release_phase=release_phase)
 
 
 async def prepare_rollback(app: App, manifest: Manifest, who: str, report: Report
@@ -182,7 +184,8 @@ async def prepare_rollback(app: App, manifest: Manifest, who: str, report: Repor
 
 
 async def _leave_prepared(app: App, target: Callable[[], Awaitable[Manifest]], ref: str,
-                          who: str, report: Report, *, rollback: bool = False) -> Prepared:
+                          who: str, report: Report, *, rollback: bool = False,
+                          release_phase: bool = True) -> Prepared:
     """The job begun: *target*'s release gets a healthy candidate, previewed on next.sock
     and recorded as prepared; any failure stops the candidate and fails the job."""
     candidate: ServerHandle | None = None
@@ -202,10 +205,12 @@ async def _leave_prepared(app: App, target: Callable[[], Awaitable[Manifest]], r
         app.jobs.step(Step.HEALTHY, report, detail, candidate=candidate.instance)
         await preview(app, candidate, health, report)
         prepared = Prepared(manifest.id, manifest.sha, candidate,
-                            app.clock() + app.config.swap.prepare_timeout, rollback)
+                            app.clock() + app.config.swap.prepare_timeout, rollback,
+                            release_phase)
         write_json_atomic(prepared_path(app), {
             "release": prepared.release, "candidate": candidate.instance,
-            "deadline": prepared.deadline, "rollback": rollback})
+            "deadline": prepared.deadline, "rollback": rollback,
+            "release_phase": release_phase})
     except LiveAlready:
         app.jobs.end()  # nothing was begun for it: no history line, no failure
         raise
@@ -289,9 +294,10 @@ async def _stop_candidate(app: App, candidate: ServerHandle) -> None:
             app.root.next_sock.unlink(missing_ok=True)
 
 
-def _recorded(app: App) -> tuple[str, str, float, bool] | None:
-    """(release, candidate instance, deadline, rollback) from state/prepared.json; None
-    when there is none; ("", "", 0, False) when it is unreadable."""
+def _recorded(app: App) -> tuple[str, str, float, bool, bool] | None:
+    """(release, candidate instance, deadline, rollback, release phase ran) from
+    state/prepared.json; None when there is none; ("", "", 0, False, True) when it is
+    unreadable (a file from before release_phase was recorded: True)."""
     try:
         data = json.loads(prepared_path(app).read_text())
     except FileNotFoundError:
@@ -302,7 +308,7 @@ def _recorded(app: App) -> tuple[str, str, float, bool] | None:
     deadline = fields.get("deadline")
     return (str(fields.get("release", "")), str(fields.get("candidate", "")),
             float(deadline) if isinstance(deadline, (int, float)) else 0.0,
-            fields.get("rollback") is True)
+            fields.get("rollback") is True, fields.get("release_phase") is not False)
 
 
 async def readopt(app: App, handle: ServerHandle, interrupted: bool, notes: list[str]
@@ -313,7 +319,7 @@ async def readopt(app: App, handle: ServerHandle, interrupted: bool, notes: list
     recorded = _recorded(app)
     if interrupted or recorded is None or recorded[1] != handle.instance:
         return False
-    release, _candidate, deadline, rollback = recorded
+    release, _candidate, deadline, rollback, release_phase = recorded
     if deadline <= app.clock() or not handle.alive:
         return False
     health = app.release_health(release)
@@ -321,7 +327,8 @@ async def readopt(app: App, handle: ServerHandle, interrupted: bool, notes: list
                                timeout=5)
     if not in_range(probe.status, health.expect) or not handle.alive:
         return False
-    app.prepared = Prepared(release, app.store.get(release).sha, handle, deadline, rollback)
+    app.prepared = Prepared(release, app.store.get(release).sha, handle, deadline, rollback,
+                            release_phase)
     notes.append(f"{handle.instance} stays prepared for the {deadline - app.clock():.0f}s "
                  "left until its deadline")
     return True
@@ -342,7 +349,7 @@ def after_restart(app: App, notes: list[str],
     recorded = _recorded(app)
     if recorded is None:
         return
-    release, candidate, deadline, _rollback = recorded
+    release, candidate, deadline, _rollback, _release_phase = recorded
     expired = 0 < deadline <= app.clock()
     app.store.record("prepare_expired" if expired else "prepare_abandoned", release=release,
                      candidate=candidate, who="relman (daemon restarted)")

@@ -174,6 +174,34 @@ def test_deploy_prepare_takes_over_a_warm_instance_of_its_release(make_app, app_
             and s["process"] == "web"] == [warm]
 
 
+def test_prepare_with_the_release_phase_redoes_one_prepared_without_it(make_app, app_repo,
+                                                                       base_dir):
+    """A candidate prepared with --no-release-phase (a killed fleet run's, on a host that
+    was not its release host) is not taken as done by a prepare that runs the release
+    phase (the rerun's release host): it is aborted, the release phase runs, and a new
+    candidate is prepared. The other way round it is reused."""
+    notes = base_dir / "release-phase.txt"
+    app = make_app(release={"commands": [["sh", "-c", f"pwd >> {notes}"]]})
+    app.relman("deploy", "v1", check=True)
+    notes.unlink()
+    release_version(app_repo, "v2")
+    v2 = app.relman("deploy", "v2", "--prepare", "--no-release-phase",
+                    check=True).stdout.splitlines()[-1]
+    assert not notes.exists()
+    skipped = candidate_pid(app, v2)
+    proc = app.relman("deploy", "v2", "--prepare", check=True)
+    assert "was prepared without the release phase: preparing again" in proc.stdout
+    assert proc.stdout.splitlines()[-1] == v2
+    assert notes.read_text().split() == [str(root_of(app) / "releases" / v2)]
+    assert candidate_pid(app, v2) != skipped
+    assert not psutil.pid_exists(skipped)
+    with_phase = candidate_pid(app, v2)
+    again = app.relman("deploy", "v2", "--prepare", "--no-release-phase", check=True)
+    assert "is prepared already" in again.stdout
+    assert candidate_pid(app, v2) == with_phase
+    app.relman("abort", v2, check=True)
+
+
 def test_rollback_prepare_starts_a_candidate_and_survives_a_daemon_kill(make_app, app_repo):
     """With nothing warm, `rollback --prepare` starts a candidate of the target (no fetch,
     no build); of the live release it exits 0 with live=True; a daemon SIGKILLed while it
