@@ -25,3 +25,14 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate!r}")
         time.sleep(interval)
+
+
+def pid_gone(pid: int) -> bool:
+    """*pid* has exited: no such process, or a zombie its parent has not reaped yet. One
+    look, so it cannot race the exit between a pid_exists() and a Process()."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -15,7 +15,7 @@ import pytest
 
 from testing.daemon import RELMAN
 from testing.git import release_version
-from testing.waiting import wait_until
+from testing.waiting import pid_gone, wait_until
 from tests.integration.test_supervision import live_pid, root_of, serving
 
 
@@ -57,7 +57,7 @@ def test_a_long_request_in_flight_is_answered_by_the_old_server(stack, app_repo,
     assert result["body"].startswith("sample v1")
     assert int(result["body"].split(" pid ")[1].split()[0]) in old_workers
     assert live_pid(app) != old
-    assert not psutil.pid_exists(old) or psutil.Process(old).status() == psutil.STATUS_ZOMBIE
+    assert pid_gone(old)
     assert f"pid={old} graceful=True" in app.log_tail(400)
 
 

@@ -13,7 +13,7 @@ import psutil
 from testing.git import release_version
 from testing.load import Load
 from testing.unixhttp import http_get
-from testing.waiting import wait_until
+from testing.waiting import pid_gone, wait_until
 
 
 def root_of(app) -> Path:
@@ -44,9 +44,7 @@ def kill_candidate(app, release: str) -> int:
     """SIGKILL *release*'s candidate and wait until it is gone; its pid."""
     pid = candidate_pid(app, release)
     psutil.Process(pid).kill()
-    wait_until(lambda: not psutil.pid_exists(pid) or
-               psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=30,
-               what="the candidate to die")
+    wait_until(lambda: pid_gone(pid), timeout=30, what="the candidate to die")
     return pid
 
 
@@ -91,7 +89,7 @@ def test_prepare_then_abort_under_load_leaves_live_untouched(stack, app_repo):
         assert aborted["release"] == v2
         time.sleep(0.5)
     assert load.result.failed == 0, (load.result.statuses, load.result.errors)
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert pid_gone(pid)
     status = app.json("status")
     assert (status["live"], status["prepared"]) == (v1, None)
     assert [s["release"] for s in status["servers"]] == [v1]

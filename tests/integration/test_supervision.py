@@ -17,7 +17,7 @@ import pytest
 from testing.daemon import RELMAN
 from testing.git import release_version
 from testing.load import Load
-from testing.waiting import wait_until
+from testing.waiting import pid_gone, wait_until
 from tests.integration.test_deploy import get
 
 
@@ -150,8 +150,7 @@ def test_stale_pidfile_is_never_signalled(make_app):
     pid = live_pid(app)
     app.kill9()
     os.killpg(pid, signal.SIGKILL)
-    wait_until(lambda: not psutil.pid_exists(pid) or
-               psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=10)
+    wait_until(lambda: pid_gone(pid), timeout=10)
     (pidfile,) = root.glob("run/*.pid")
     data = json.loads(pidfile.read_text())
     bystander = psutil.Popen(["sleep", "60"])
