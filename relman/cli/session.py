@@ -15,7 +15,7 @@ critical path.
 
 A line is taken as ssh-command takes SSH_ORIGINAL_COMMAND: shell quoted, `relman` and
 --json optional, --app and --config only naming this app, and only a command ssh-command
-lets through (not `session` itself). Behind a forced command it is one of those, and its
+lets through (not `session` itself, nor `logs`). Behind a forced command it is one of those, and its
 lines keep the key's `--as` label.
 
 It ends at the end of stdin: the coordinator's close, or its death or its connection's (ssh
@@ -34,8 +34,9 @@ from relman.cli.context import Context
 from relman.cli.failures import say
 from relman.cli.ssh import SSH_ALLOWED, run_allowed
 
-#: what a session line may run
-SESSION_ALLOWED = SSH_ALLOWED - {"session"}
+#: what a session line may run: not `session` itself, nor `logs` (`logs -f` never ends,
+#: and a log line could pass for a session's own)
+SESSION_ALLOWED = SSH_ALLOWED - {"session", "logs"}
 
 
 @click.command("session")

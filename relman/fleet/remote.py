@@ -174,5 +174,5 @@ def parse_json(line: str) -> Any:
         return None
     try:
         return json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON; or nested past the parser's depth
         return None

@@ -15,13 +15,20 @@ Fallbacks, so that a session is never worse than a command per session:
   way are answered as far as they got (no answer: the caller asks the host's status, as for
   a lost ssh session), and the host's next commands go one ssh session each.
 - A command whose caller gave up waiting (a status look timed out): its answer is read
-  and dropped when it comes, and the next command is answered after it."""
+  and dropped when it comes; until then the host's commands go one ssh session each, not
+  behind it (a recovery must not wait for a status that hangs).
+- A command whose words hold a line break (or cannot be encoded) is not a line: it goes
+  in an ssh session of its own.
+
+A run holds a process and three pipes per host for its whole length, so the coordinator
+raises its soft limit of open files to the hard one (a fleet of hundreds of hosts)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import resource
 import shlex
 import signal
 import time
@@ -90,13 +97,19 @@ class HostSession:
                 refused = await self._open(echo)
                 if refused is not None:
                     return refused
-        if self.ended is not None or self.proc is None or self.proc.stdin is None:
+        if self.ready is not None and not self.ready.done():
+            await asyncio.shield(self.ready)  # an opening whose first caller gave up
+        line = _line(args)
+        proc = self.proc
+        if (line is None or self.ended is not None or proc is None or proc.stdin is None
+                or proc.returncode is not None
+                or any(w.answered.done() for w in self.waiting)):
             return None
         waiting = _Waiting(echo, asyncio.get_running_loop().create_future())
         self.waiting.append(waiting)
         try:
-            self.proc.stdin.write((shlex.join(args) + "\n").encode())
-            await self.proc.stdin.drain()
+            proc.stdin.write(line)
+            await proc.stdin.drain()
         except (ConnectionError, RuntimeError):
             pass  # it has ended: the watcher answers it with what came
         return await waiting.answered
@@ -125,22 +138,36 @@ class HostSession:
         return None
 
     async def _watch(self, echo: Echo) -> None:
-        """Read its output until ssh exits; then answer whatever still waits."""
+        """Read its output until ssh exits; then answer whatever still waits. Whatever
+        goes wrong here (a bug), the session ends and nothing waits for it forever."""
         proc = self.proc
         assert proc is not None
         assert proc.stdout is not None
         assert proc.stderr is not None
-        readers = asyncio.gather(
-            read_lines(proc.stdout, lambda line: self._on_stdout(line, echo), self.said),
-            read_lines(proc.stderr, lambda line: self._on_stderr(line, echo), self.said))
-        code = await proc.wait()
-        with contextlib.suppress(TimeoutError):  # a master it forked may hold a pipe open
-            await asyncio.wait_for(readers, READ_AFTER_EXIT)
-        self.ended = code
-        if self.ready is not None and not self.ready.done():
-            self.ready.set_result(False)
-        while self.waiting:
-            self.waiting.popleft().answer(self.host, code)
+        code = NOT_RUN
+        try:
+            readers = asyncio.gather(
+                read_lines(proc.stdout, lambda line: self._on_stdout(line, echo), self.said),
+                read_lines(proc.stderr, lambda line: self._on_stderr(line, echo), self.said))
+            exited = asyncio.ensure_future(proc.wait())
+            either: set[asyncio.Future[Any]] = {exited, readers}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if readers.done() and not readers.cancelled() and readers.exception():
+                readers.result()  # a reader failed (a bug): the session is of no more use
+            code = await exited
+            with contextlib.suppress(TimeoutError):  # a master it forked may hold a pipe
+                await asyncio.wait_for(readers, READ_AFTER_EXIT)
+        finally:
+            self.ended = code
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)  # its own group (start_new_session)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(proc.wait(), CLOSE_WAIT)
+            if self.ready is not None and not self.ready.done():
+                self.ready.set_result(False)
+            while self.waiting:
+                self.waiting.popleft().answer(self.host, code)
 
     def _on_stdout(self, line: str, echo: Echo) -> None:
         event = parse_json(line)
@@ -190,8 +217,29 @@ class HostSession:
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)  # its own group (start_new_session)
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.watcher, CLOSE_WAIT)
+        except Exception:  # noqa: BLE001, S110 - a failed watcher has ended its session
+            pass
+
+
+def _line(args: Sequence[str]) -> bytes | None:
+    """*args* as one session line; None when they cannot be one."""
+    words = shlex.join(args)
+    if "\n" in words or "\r" in words:
+        return None
+    try:
+        return (words + "\n").encode()
+    except UnicodeEncodeError:  # a lone surrogate (a non-UTF-8 argument)
+        return None
+
+
+def raise_open_files_limit() -> None:
+    """The soft limit of open files up to the hard one."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Sessions:
@@ -200,6 +248,7 @@ class Sessions:
     def __init__(self, fleet: FleetConfig, connections: Connections,
                  limit: asyncio.Semaphore) -> None:
         self.fleet, self.connections, self.limit = fleet, connections, limit
+        raise_open_files_limit()
         self.sessions = {h: HostSession(h, ssh_argv(fleet, h, ["--json", "session"],
                                                     control_path=connections.path(h)))
                          for h in fleet.hosts}

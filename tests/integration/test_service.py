@@ -290,7 +290,7 @@ def test_session_over_real_ssh_runs_allowed_lines_and_refuses_the_rest(make_app,
     other = base_dir / "other.toml"
     pwned = base_dir / "pwned"
     lines = ["status", "relman --json deploy v2 --build-only", "prune", "session",
-             f"--config {other} status", f"status $(touch {pwned})", "releases"]
+             f"--config {other} status", f"status $(touch {pwned})", "releases", "logs -f"]
     env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
     done = subprocess.run(sshd.argv(key, "relman --json session"), input="\n".join(lines) + "\n",
                           capture_output=True, text=True, timeout=300, env=env, check=False)
@@ -303,18 +303,19 @@ def test_session_over_real_ssh_runs_allowed_lines_and_refuses_the_rest(make_app,
         if isinstance(event, dict) and event.get("type") == "done":
             answers.append([])
     assert answers.pop() == []
-    assert [a[-1]["exit"] for a in answers] == [0, 0, 2, 2, 2, 2, 0], answers
+    assert [a[-1]["exit"] for a in answers] == [0, 0, 2, 2, 2, 2, 0, 2], answers
     assert answers[0][-2]["live"] == app.json("status")["live"]
     assert any(e.get("step") == "built" for e in answers[1]), answers[1]
     built = answers[1][-2]["release"]
     assert answers[2][0]["error"]["message"] == REFUSED.removeprefix(
         "relman: error: ").replace("ssh-command:", "session:").format("prune").replace(
-        "session, ", "")
+        "session, ", "").replace("logs, ", "")
     assert "'session' is not allowed" in answers[3][0]["error"]["message"]
     assert answers[4][0]["error"]["message"] == OTHER_CONFIG.removeprefix(
         "relman: error: ").replace("ssh-command:", "session:").format(other)
     assert "unexpected extra argument" in answers[5][0]["error"]["message"]
     assert built in [r["id"] for r in answers[6][-2]]
+    assert "'logs -f' is not allowed" in answers[7][0]["error"]["message"]
     assert not pwned.exists()
     history = app.json("history")
     assert history[-1]["event"] == "built"

@@ -43,6 +43,8 @@ for line in sys.stdin:
         sys.exit(255)
     if line == "slow":
         time.sleep(1.5)
+    if line == "deep":
+        print("[" * 200_000, flush=True)  # past json's nesting depth
     say({"type": "progress", "step": "ran", "message": line})
     if line == "refused":
         say({"error": {"code": "usage", "message": "no release is prepared"}})
@@ -68,21 +70,22 @@ def sessions(tmp_path: Path, *hosts: str) -> Sessions:
     return Sessions(fleet, Connections(fleet), asyncio.Semaphore(fleet.parallel))
 
 
-def run_all(tmp_path: Path, host: str, *lines: str, give_up: float = 0.0
+def run_all(tmp_path: Path, host: str, *lines: str, give_up: str = ""
             ) -> tuple[list[Answer | None], list[tuple[str, str, str]], int]:
-    """Each of *lines* asked on *host* in turn (the first given up after *give_up* seconds
-    when set); the session closed at the end. (answers, lines echoed, ssh sessions opened)"""
+    """Each of *lines* (a line is its words) asked on *host* in turn, the one equal to
+    *give_up* given up on after 0.3 s; the session closed at the end. (answers, lines
+    echoed, ssh sessions opened)"""
     echoed: list[tuple[str, str, str]] = []
     all_ = sessions(tmp_path, host)
 
     async def main() -> list[Answer | None]:
         answers: list[Answer | None] = []
         try:
-            for number, line in enumerate(lines):
-                ask = all_.ask(host, line.split(), lambda *e: echoed.append(e))
-                if number == 0 and give_up:
+            for line in lines:
+                ask = all_.ask(host, line.split(" "), lambda *e: echoed.append(e))
+                if line == give_up:
                     try:
-                        answers.append(await asyncio.wait_for(ask, give_up))
+                        answers.append(await asyncio.wait_for(ask, 0.3))
                     except TimeoutError:
                         answers.append(None)
                 else:
@@ -143,11 +146,32 @@ def test_a_session_that_ends_mid_command_is_a_lost_answer_then_commands_alone(
 
 
 def test_an_answer_given_up_on_is_not_the_next_commands(tmp_path: Path) -> None:
-    answers, _, _ = run_all(tmp_path, "web1", "slow", "status", give_up=0.3)
-    gave_up, status = answers
-    assert gave_up is None
+    """A status look that timed out stays on the session until it is answered: the next
+    command goes in an ssh session of its own, not behind it, and is never given the
+    answer the first one gets later."""
+    answers, echoed, opened = run_all(tmp_path, "web1", "status", "slow", "switch R",
+                                      give_up="slow")
+    status, gave_up, switch = answers
     assert status is not None
     assert status.result["line"] == "status"
+    assert gave_up is None
+    assert switch is not None
+    assert switch.result["alone"] == "relman --json switch R"
+    assert ("web1", "ran", "slow") in echoed  # it was sent, and answered at the close
+    assert opened == 2
+
+
+def test_words_that_are_no_line_go_alone_and_deep_json_is_no_crash(tmp_path: Path) -> None:
+    answers, _, opened = run_all(tmp_path, "web1", "deploy a\nb", "deep", "status")
+    alone, deep, status = answers
+    assert alone is not None
+    assert alone.result["alone"] == "relman --json deploy 'a\nb'"
+    assert deep is not None
+    assert deep.result["line"] == "deep"
+    assert any(said.startswith("[[[") for said in deep.said)
+    assert status is not None
+    assert status.result["line"] == "status"
+    assert opened == 2
 
 
 def test_each_host_has_a_session_of_its_own(tmp_path: Path) -> None:
@@ -164,3 +188,22 @@ def test_each_host_has_a_session_of_its_own(tmp_path: Path) -> None:
     assert [(a.host, a.result["line"]) for a in answers] == [
         ("a", "status"), ("b", "status"), ("c", "status")]
     assert len({a.result["pid"] for a in answers}) == 3
+
+
+def test_a_reader_that_fails_ends_the_session_and_answers_what_waits(tmp_path: Path) -> None:
+    """A bug in reading a host's lines (here: the echo of its progress raises) must not
+    leave a command waiting forever on a session whose ssh is still running."""
+    def explode(_host: str, step: str, _message: str) -> None:
+        if step == "ran":
+            raise RuntimeError("a bug")
+
+    async def main() -> Answer:
+        all_ = sessions(tmp_path, "web1")
+        try:
+            return await asyncio.wait_for(all_.ask("web1", ["status"], explode), 30)
+        finally:
+            await all_.close()
+
+    answer = asyncio.run(main())
+    assert answer.result is None
+    assert answer.error is None
