@@ -9,15 +9,15 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from relman.config_fleet import FleetConfig
 from relman.fleet.connections import Connections
 from relman.fleet.ssh import ssh_argv
 
-__all__ = ["NOT_RUN", "SSH_UNREACHABLE", "Answer", "Echo", "parse_json", "quiet", "read_lines",
-           "run_on", "ssh_env", "text"]
+__all__ = ["NOT_RUN", "SSH_UNREACHABLE", "Answer", "Echo", "Reply", "parse_json", "quiet",
+           "read_lines", "run_on", "ssh_env", "text"]
 
 #: ssh's exit status for its own errors (connection, authentication): relman never exits 255
 SSH_UNREACHABLE: Final = 255
@@ -76,6 +76,38 @@ class Answer:
         return f"exit {self.code}{': ' + last if last else ''}"
 
 
+@dataclass
+class Reply:
+    """One command's output as it comes: its progress echoed with the host's name, its
+    result or error kept, its other lines (ssh's errors, junk) said; then its Answer."""
+
+    host: str
+    echo: Echo
+    started: float = field(default_factory=time.monotonic)
+    found: dict[str, Any] = field(default_factory=dict)
+    said: list[str] = field(default_factory=list)
+
+    def stdout(self, line: str, event: Any) -> None:
+        """A line of its stdout, *event* its parse_json()."""
+        if event is None:
+            self.stderr(line)
+        elif isinstance(event, dict) and event.get("type") == "progress":
+            self.echo(self.host, str(event.get("step", "")), str(event.get("message", "")))
+        elif isinstance(event, dict) and isinstance(event.get("error"), dict):
+            self.found["error"] = event["error"]
+        else:
+            self.found["result"] = event
+
+    def stderr(self, line: str) -> None:
+        """A line that is not relman's JSON: said, and shown."""
+        self.said.append(line)
+        self.echo(self.host, "", line)
+
+    def answer(self, code: int) -> Answer:
+        return Answer(self.host, code, self.found.get("result"), self.found.get("error"),
+                      round(time.monotonic() - self.started, 3), tuple(self.said[-3:]))
+
+
 async def run_on(fleet: FleetConfig, host: str, args: Sequence[str], echo: Echo, *,
                  limit: asyncio.Semaphore | None = None,
                  connections: Connections | None = None) -> Answer:
@@ -94,7 +126,7 @@ async def run_on(fleet: FleetConfig, host: str, args: Sequence[str], echo: Echo,
 
 
 async def _run(host: str, argv: list[str], echo: Echo) -> Answer:
-    started = time.monotonic()
+    reply = Reply(host, echo)
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -103,34 +135,15 @@ async def _run(host: str, argv: list[str], echo: Echo) -> Answer:
         return Answer(host, NOT_RUN, None, None, 0.0, (f"cannot run {argv[0]}: {e.strerror}",))
     assert proc.stdout is not None
     assert proc.stderr is not None
-    found: dict[str, Any] = {}
-    said: list[str] = []
-
-    def on_stdout(line: str) -> None:
-        event = parse_json(line)
-        if event is None:
-            said.append(line)
-            echo(host, "", line)
-        elif isinstance(event, dict) and event.get("type") == "progress":
-            echo(host, str(event.get("step", "")), str(event.get("message", "")))
-        elif isinstance(event, dict) and isinstance(event.get("error"), dict):
-            found["error"] = event["error"]
-        else:
-            found["result"] = event
-
-    def on_stderr(line: str) -> None:
-        said.append(line)
-        echo(host, "", line)
-
-    readers = asyncio.gather(read_lines(proc.stdout, on_stdout, said),
-                             read_lines(proc.stderr, on_stderr, said))
+    readers = asyncio.gather(
+        read_lines(proc.stdout, lambda line: reply.stdout(line, parse_json(line)), reply.said),
+        read_lines(proc.stderr, reply.stderr, reply.said))
     code = await proc.wait()
     try:  # a master connection forked by this ssh may hold a pipe open: not for long
         await asyncio.wait_for(readers, READ_AFTER_EXIT)
     except TimeoutError:
-        said.append(f"(output still open {READ_AFTER_EXIT:g}s after ssh exited: left)")
-    return Answer(host, code, found.get("result"), found.get("error"),
-                  round(time.monotonic() - started, 3), tuple(said[-3:]))
+        reply.said.append(f"(output still open {READ_AFTER_EXIT:g}s after ssh exited: left)")
+    return reply.answer(code)
 
 
 def ssh_env() -> dict[str, str]:

@@ -31,7 +31,6 @@ import os
 import resource
 import shlex
 import signal
-import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from relman.fleet.remote import (
     SSH_UNREACHABLE,
     Answer,
     Echo,
+    Reply,
     parse_json,
     read_lines,
     run_on,
@@ -59,20 +59,15 @@ CLOSE_WAIT: Final = 10.0
 
 
 @dataclass
-class _Waiting:
+class _Waiting(Reply):
     """One command sent on a session, until its `done` line."""
 
-    echo: Echo
-    answered: asyncio.Future[Answer]
-    started: float = field(default_factory=time.monotonic)
-    found: dict[str, Any] = field(default_factory=dict)
-    said: list[str] = field(default_factory=list)
+    answered: asyncio.Future[Answer] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
 
-    def answer(self, host: str, code: int) -> None:
+    def done(self, code: int) -> None:
         if not self.answered.done():  # else its caller has given up waiting
-            self.answered.set_result(Answer(
-                host, code, self.found.get("result"), self.found.get("error"),
-                round(time.monotonic() - self.started, 3), tuple(self.said[-3:])))
+            self.answered.set_result(self.answer(code))
 
 
 class HostSession:
@@ -83,7 +78,7 @@ class HostSession:
         self.proc: asyncio.subprocess.Process | None = None
         self.ready: asyncio.Future[bool] | None = None  # its hello line came (or not)
         self.waiting: deque[_Waiting] = deque()
-        self.said: list[str] = []  # what it said before its hello (ssh's errors)
+        self.between: Reply | None = None  # its lines outside any command (ssh's errors)
         self.ended: int | None = None  # ssh's exit status, once it has exited
         self.watcher: asyncio.Task[None] | None = None
         self.opening = asyncio.Lock()
@@ -105,7 +100,7 @@ class HostSession:
                 or proc.returncode is not None
                 or any(w.answered.done() for w in self.waiting)):
             return None
-        waiting = _Waiting(echo, asyncio.get_running_loop().create_future())
+        waiting = _Waiting(self.host, echo)
         self.waiting.append(waiting)
         try:
             proc.stdin.write(line)
@@ -118,9 +113,8 @@ class HostSession:
         """Start it and wait for its hello. An Answer when the host cannot be reached (ssh
         exit 255): the command is answered so, as one run by itself would be. None when it
         is open, or when the host cannot run a session (self.ended is set: a command each)."""
-        loop = asyncio.get_running_loop()
-        self.ready = loop.create_future()
-        started = time.monotonic()
+        self.ready = asyncio.get_running_loop().create_future()
+        self.between = between = Reply(self.host, echo)
         self.opened += 1
         try:
             self.proc = await asyncio.create_subprocess_exec(
@@ -130,14 +124,13 @@ class HostSession:
             self.ended = NOT_RUN
             return Answer(self.host, NOT_RUN, None, None, 0.0,
                           (f"cannot run {self.argv[0]}: {e.strerror}",))
-        self.watcher = asyncio.create_task(self._watch(echo))
+        self.watcher = asyncio.create_task(self._watch(between))
         await asyncio.shield(self.ready)
         if self.ended == SSH_UNREACHABLE:
-            return Answer(self.host, SSH_UNREACHABLE, None, None,
-                          round(time.monotonic() - started, 3), tuple(self.said[-3:]))
+            return between.answer(SSH_UNREACHABLE)
         return None
 
-    async def _watch(self, echo: Echo) -> None:
+    async def _watch(self, between: Reply) -> None:
         """Read its output until ssh exits; then answer whatever still waits. Whatever
         goes wrong here (a bug), the session ends and nothing waits for it forever."""
         proc = self.proc
@@ -146,9 +139,8 @@ class HostSession:
         assert proc.stderr is not None
         code = NOT_RUN
         try:
-            readers = asyncio.gather(
-                read_lines(proc.stdout, lambda line: self._on_stdout(line, echo), self.said),
-                read_lines(proc.stderr, lambda line: self._on_stderr(line, echo), self.said))
+            readers = asyncio.gather(read_lines(proc.stdout, self._on_stdout, between.said),
+                                     read_lines(proc.stderr, self._on_stderr, between.said))
             exited = asyncio.ensure_future(proc.wait())
             either: set[asyncio.Future[Any]] = {exited, readers}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
@@ -167,25 +159,27 @@ class HostSession:
             if self.ready is not None and not self.ready.done():
                 self.ready.set_result(False)
             while self.waiting:
-                self.waiting.popleft().answer(self.host, code)
+                self.waiting.popleft().done(code)
 
-    def _on_stdout(self, line: str, echo: Echo) -> None:
+    def _on_stdout(self, line: str) -> None:
         event = parse_json(line)
         if self._before_hello(event):
             return
-        head = self.waiting[0] if self.waiting else None
-        if head is None or event is None:
-            (head.said if head is not None else self.said).append(line)
-            (head.echo if head is not None else echo)(self.host, "", line)
-        elif isinstance(event, dict) and event.get("type") == "done":
+        if self.waiting and isinstance(event, dict) and event.get("type") == "done":
             code = event.get("exit")
-            self.waiting.popleft().answer(self.host, code if isinstance(code, int) else 1)
-        elif isinstance(event, dict) and event.get("type") == "progress":
-            head.echo(self.host, str(event.get("step", "")), str(event.get("message", "")))
-        elif isinstance(event, dict) and isinstance(event.get("error"), dict):
-            head.found["error"] = event["error"]
+            self.waiting.popleft().done(code if isinstance(code, int) else 1)
         else:
-            head.found["result"] = event
+            self._now().stdout(line, event)
+
+    def _on_stderr(self, line: str) -> None:
+        self._now().stderr(line)
+
+    def _now(self) -> Reply:
+        """Whose output comes now: the command answered next, else nobody's."""
+        if self.waiting:
+            return self.waiting[0]
+        assert self.between is not None
+        return self.between
 
     def _before_hello(self, event: object) -> bool:
         """True when *event* was the session's hello, or its refusal to start."""
@@ -195,14 +189,10 @@ class HostSession:
             self.ready.set_result(True)
             return True
         if isinstance(event.get("error"), dict):  # no session there: `relman session`
-            self.said.append(str(event["error"].get("message", "")))  # refused or unknown
+            assert self.between is not None  # refused it, or does not know it
+            self.between.said.append(str(event["error"].get("message", "")))
             return True
         return False
-
-    def _on_stderr(self, line: str, echo: Echo) -> None:
-        head = self.waiting[0] if self.waiting else None
-        (head.said if head is not None else self.said).append(line)
-        (head.echo if head is not None else echo)(self.host, "", line)
 
     async def close(self) -> None:
         """End it: its stdin closed (it ends after the command under way), its ssh
