@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import structlog
 
@@ -294,10 +294,19 @@ async def _stop_candidate(app: App, candidate: ServerHandle) -> None:
             app.root.next_sock.unlink(missing_ok=True)
 
 
-def _recorded(app: App) -> tuple[str, str, float, bool, bool] | None:
-    """(release, candidate instance, deadline, rollback, release phase ran) from
-    state/prepared.json; None when there is none; ("", "", 0, False, True) when it is
-    unreadable (a file from before release_phase was recorded: True)."""
+class _Recorded(NamedTuple):
+    """What state/prepared.json says."""
+
+    release: str
+    candidate: str  # its instance
+    deadline: float
+    rollback: bool
+    release_phase: bool  # a file from before it was recorded: True
+
+
+def _recorded(app: App) -> _Recorded | None:
+    """state/prepared.json; None when there is none; ("", "", 0, False, True) when it is
+    unreadable."""
     try:
         data = json.loads(prepared_path(app).read_text())
     except FileNotFoundError:
@@ -306,9 +315,9 @@ def _recorded(app: App) -> tuple[str, str, float, bool, bool] | None:
         data = None
     fields = data if isinstance(data, dict) else {}
     deadline = fields.get("deadline")
-    return (str(fields.get("release", "")), str(fields.get("candidate", "")),
-            float(deadline) if isinstance(deadline, (int, float)) else 0.0,
-            fields.get("rollback") is True, fields.get("release_phase") is not False)
+    return _Recorded(str(fields.get("release", "")), str(fields.get("candidate", "")),
+                     float(deadline) if isinstance(deadline, (int, float)) else 0.0,
+                     fields.get("rollback") is True, fields.get("release_phase") is not False)
 
 
 async def readopt(app: App, handle: ServerHandle, interrupted: bool, notes: list[str]
@@ -317,9 +326,9 @@ async def readopt(app: App, handle: ServerHandle, interrupted: bool, notes: list
     state/prepared.json names it, its deadline is ahead, no job was interrupted, and it
     answers its health check. True if so (it must not be stopped)."""
     recorded = _recorded(app)
-    if interrupted or recorded is None or recorded[1] != handle.instance:
+    if interrupted or recorded is None or recorded.candidate != handle.instance:
         return False
-    release, _candidate, deadline, rollback, release_phase = recorded
+    release, deadline = recorded.release, recorded.deadline
     if deadline <= app.clock() or not handle.alive:
         return False
     health = app.release_health(release)
@@ -327,8 +336,8 @@ async def readopt(app: App, handle: ServerHandle, interrupted: bool, notes: list
                                timeout=5)
     if not in_range(probe.status, health.expect) or not handle.alive:
         return False
-    app.prepared = Prepared(release, app.store.get(release).sha, handle, deadline, rollback,
-                            release_phase)
+    app.prepared = Prepared(release, app.store.get(release).sha, handle, deadline,
+                            recorded.rollback, recorded.release_phase)
     notes.append(f"{handle.instance} stays prepared for the {deadline - app.clock():.0f}s "
                  "left until its deadline")
     return True
@@ -349,7 +358,7 @@ def after_restart(app: App, notes: list[str],
     recorded = _recorded(app)
     if recorded is None:
         return
-    release, candidate, deadline, _rollback, _release_phase = recorded
+    release, candidate, deadline = recorded.release, recorded.candidate, recorded.deadline
     expired = 0 < deadline <= app.clock()
     app.store.record("prepare_expired" if expired else "prepare_abandoned", release=release,
                      candidate=candidate, who="relman (daemon restarted)")
