@@ -12,7 +12,7 @@ import psutil
 from testing.git import release_version
 from testing.load import Load
 from testing.unixhttp import http_get
-from testing.waiting import wait_until
+from testing.waiting import pid_gone, wait_until
 from tests.integration.test_prepare import (
     answer,
     candidate_pid,
@@ -178,8 +178,9 @@ def test_prepare_with_the_release_phase_redoes_one_prepared_without_it(make_app,
                                                                        base_dir):
     """A candidate prepared with --no-release-phase (a killed fleet run's, on a host that
     was not its release host) is not taken as done by a prepare that runs the release
-    phase (the rerun's release host): it is aborted, the release phase runs, and a new
-    candidate is prepared. The other way round it is reused."""
+    phase (the rerun's release host), a daemon restart in between or not: it is aborted,
+    the release phase runs, and a new candidate is prepared. The other way round it is
+    reused."""
     notes = base_dir / "release-phase.txt"
     app = make_app(release={"commands": [["sh", "-c", f"pwd >> {notes}"]]})
     app.relman("deploy", "v1", check=True)
@@ -189,12 +190,15 @@ def test_prepare_with_the_release_phase_redoes_one_prepared_without_it(make_app,
                     check=True).stdout.splitlines()[-1]
     assert not notes.exists()
     skipped = candidate_pid(app, v2)
+    app.kill9()  # what prepared.json says of it survives the daemon
+    app.start()
+    assert candidate_pid(app, v2) == skipped
     proc = app.relman("deploy", "v2", "--prepare", check=True)
     assert "was prepared without the release phase: preparing again" in proc.stdout
     assert proc.stdout.splitlines()[-1] == v2
     assert notes.read_text().split() == [str(root_of(app) / "releases" / v2)]
     assert candidate_pid(app, v2) != skipped
-    assert not psutil.pid_exists(skipped)
+    assert pid_gone(skipped)  # adopted after the restart: a zombie until init reaps it
     with_phase = candidate_pid(app, v2)
     again = app.relman("deploy", "v2", "--prepare", "--no-release-phase", check=True)
     assert "is prepared already" in again.stdout

@@ -8,6 +8,7 @@ import json
 import os
 import pwd
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -235,3 +236,39 @@ def test_prepare_and_abort_over_ssh(capsys: pytest.CaptureFixture[str],
     assert message in err or message in out, (out, err)
     if code == 2:
         assert len((err or out).strip().splitlines()) == 1, (out, err)
+
+
+def test_session_answers_each_line_and_refuses_bad_ones_in_one_json_error(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        config: Path) -> None:
+    """`relman session` through the forced command: blank lines are skipped; each other
+    line ends with a done line carrying its exit code; a line that cannot be parsed, names
+    another app, nests a session, follows logs or misuses an option is one JSON error with
+    exit 2, and the session goes on to the next line."""
+    import io
+    import sys
+
+    lines = ["", "history -n 1", "'history", "--app other history", "session", "logs -f",
+             "history -n -5", "relman --json history -n 1"]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(
+        "\n".join(lines).encode() + b"\n")))
+    code, out, err = ssh(capsys, monkeypatch, config, "relman session", "--as", "ci")
+    assert (code, err) == (0, "")
+    said = [json.loads(line) for line in out.splitlines()]
+    assert said[0]["type"] == "session"
+    answers: list[list[Any]] = [[]]
+    for event in said[1:]:
+        answers[-1].append(event)
+        if isinstance(event, dict) and event.get("type") == "done":
+            answers.append([])
+    assert answers.pop() == []
+    assert [a[-1]["exit"] for a in answers] == [0, 2, 2, 2, 2, 2, 0]
+    assert answers[0][0][0]["event"] == "deployed"
+    messages = [a[0]["error"]["message"] for a in answers[1:6]]
+    assert messages[:4] == ["session: cannot parse the line",
+                            "session: --app other: this key serves app shop",
+                            "session: 'session' is not allowed; allowed: abort, deploy, "
+                            "history, ps, releases, rollback, status, switch",
+                            "session: 'logs -f' is not allowed; allowed: abort, deploy, "
+                            "history, ps, releases, rollback, status, switch"]
+    assert "'-n' / '--limit': -5" in messages[4]
