@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from testing.git import release_version
+from testing.session_output import session_answers
 from testing.sshd import PrivateSshd, login_name, require_tool
 from testing.waiting import wait_until
 
@@ -295,14 +296,7 @@ def test_session_over_real_ssh_runs_allowed_lines_and_refuses_the_rest(make_app,
     done = subprocess.run(sshd.argv(key, "relman --json session"), input="\n".join(lines) + "\n",
                           capture_output=True, text=True, timeout=300, env=env, check=False)
     assert done.returncode == 0, (done.stdout, done.stderr, sshd.log_tail())
-    said = [json.loads(line) for line in done.stdout.splitlines()]
-    assert said[0]["type"] == "session"
-    answers: list[list[dict]] = [[]]
-    for event in said[1:]:
-        answers[-1].append(event)
-        if isinstance(event, dict) and event.get("type") == "done":
-            answers.append([])
-    assert answers.pop() == []
+    answers = session_answers(done.stdout)
     assert [a[-1]["exit"] for a in answers] == [0, 0, 2, 2, 2, 2, 0, 2], answers
     assert answers[0][-2]["live"] == app.json("status")["live"]
     assert any(e.get("step") == "built" for e in answers[1]), answers[1]

@@ -8,7 +8,6 @@ import json
 import os
 import pwd
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,6 +15,7 @@ from relman.errors import UsageError
 from relman.releases import AppRoot
 from relman.releases import history as audit
 from relman.who import who_of
+from testing.session_output import session_answers
 from tests.unit.test_broken_config import GOOD, run
 
 
@@ -254,14 +254,7 @@ def test_session_answers_each_line_and_refuses_bad_ones_in_one_json_error(
         "\n".join(lines).encode() + b"\n")))
     code, out, err = ssh(capsys, monkeypatch, config, "relman session", "--as", "ci")
     assert (code, err) == (0, "")
-    said = [json.loads(line) for line in out.splitlines()]
-    assert said[0]["type"] == "session"
-    answers: list[list[Any]] = [[]]
-    for event in said[1:]:
-        answers[-1].append(event)
-        if isinstance(event, dict) and event.get("type") == "done":
-            answers.append([])
-    assert answers.pop() == []
+    answers = session_answers(out)
     assert [a[-1]["exit"] for a in answers] == [0, 2, 2, 2, 2, 2, 0]
     assert answers[0][0][0]["event"] == "deployed"
     messages = [a[0]["error"]["message"] for a in answers[1:6]]
